@@ -1,0 +1,109 @@
+"""The typed run configuration: the single source of truth for YAML, CLI, Python API and studio forms.
+
+Every field is documented where it is declared; `tunelab train --help` and
+`tunelab config schema` render those descriptions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelCfg(Section):
+    name: str = Field(
+        "smollm2-135m",
+        description="Base model: an alias (smollm2-135m, tiny-llama, tiny-qwen2), a local HF folder, "
+        "a .gguf file, a run folder, or a hub id already in the local cache (never downloaded).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype; auto = float32 on CPU, bfloat16 on a GPU that supports it."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model folder. Off unless you trust the source."
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Chat template: null = the tokenizer's own, else a named one (chatml, llama3, qwen, "
+        "alpaca, vicuna) or a path to a .jinja file. The template used is stored with the run.",
+    )
+
+
+class DataCfg(Section):
+    train: str = Field(..., description="Training data file (JSON array or JSONL).")
+    eval: str | None = Field(None, description="Validation file; if null, val_size of train is held out.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field(
+        "auto", description="Record format; auto detects it from the first record and says what it found."
+    )
+    val_size: float = Field(
+        0.15, ge=0.0, lt=1.0, description="Fraction of train held out for validation when eval is null (0 = none)."
+    )
+    max_length: int = Field(1024, gt=8, description="Longest tokenized sample; longer ones are truncated, "
+                            "keeping as much of the response as possible.")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many training records.")
+
+
+class FullCfg(Section):
+    """Train every weight."""
+
+    name: Literal["full"] = "full"
+
+
+class LoraCfg(Section):
+    """Low-rank adapters on linear layers (Hu et al. 2021), through PEFT."""
+
+    name: Literal["lora"] = "lora"
+    r: int = Field(16, gt=0, description="Rank of the update; trainable parameters grow linearly with it.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: Union[Literal["all-linear", "attention", "mlp"], list[str]] = Field(
+        "all-linear",
+        description="Which linear layers get adapters: all-linear, attention, mlp, or a list of module names.",
+    )
+
+
+MethodCfg = Annotated[Union[FullCfg, LoraCfg], Field(discriminator="name")]
+
+
+class TrainCfg(Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training data (fractions allowed).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, gt=0, description="Samples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: float = Field(2.0e-4, gt=0, description="Peak learning rate.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (never on norms or biases).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null = no clipping.")
+    seed: int = Field(42, description="Seeds data order, splits, dropout and initialisation.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    eval_every: int | None = Field(None, gt=0, description="Evaluate every N steps (and always at the end).")
+    save_every: int | None = Field(None, gt=0, description="Write a resumable checkpoint every N steps.")
+    save_total_limit: int | None = Field(3, gt=0, description="Keep at most this many step checkpoints.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after N evaluations without improving validation loss; keep the best."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    log_every: int = Field(1, gt=0, description="Log metrics every N steps.")
+    resume: Literal["auto", "never"] | str = Field(
+        "never", description="auto = continue the latest checkpoint in output_dir; or a checkpoint path."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks CUDA if present.")
+
+
+class RunCfg(Section):
+    """One training run. `output_dir` becomes the run folder."""
+
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    data: DataCfg
+    method: MethodCfg = Field(default_factory=LoraCfg)
+    stage: Literal["sft"] = Field("sft", description="How the model learns; sft = supervised fine-tuning.")
+    train: TrainCfg = Field(default_factory=TrainCfg)
+    output_dir: str = Field("runs/my-run", description="The run folder to write.")

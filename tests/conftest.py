@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny models, the real data folder, a temp run root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: real public datasets (read-only)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: the test suite reads real datasets from ../shared/data")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tunelab.models import load_tokenizer
+
+    return load_tokenizer("tiny-llama")
+
+
+@pytest.fixture()
+def tiny_llama():
+    from tunelab.models import load_model
+
+    return load_model("tiny-llama")
+
+
+@pytest.fixture()
+def tiny_qwen2():
+    from tunelab.models import load_model
+
+    return load_model("tiny-qwen2")
