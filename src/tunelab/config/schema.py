@@ -21,7 +21,7 @@ class ModelCfg(Section):
     name: str = Field(
         "smollm2-135m",
         description="Base model: an alias (smollm2-135m, tiny-llama, tiny-qwen2), a local HF folder, "
-        "a .gguf file, a run folder, or a hub id already in the local cache (never downloaded).",
+        "a .gguf file, or a hub id already in the local cache (never downloaded).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype; auto = float32 on CPU, bfloat16 on a GPU that supports it."

@@ -1,0 +1,153 @@
+"""Chat templates and label masks: render a conversation, train only on the assistant's turns.
+
+The tokenizer's own template comes first; named fallbacks cover tokenizers without one.
+The template actually used is saved with the run, so chat and serve render exactly what
+training saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.data.formats import Conversation
+from tunelab.data.io import DataError
+
+IGNORE_INDEX = -100
+
+NAMED_TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+        "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "qwen": (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+        "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "alpaca": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' + message['content'] + eos_token + '\n\n' }}"
+        "{% else %}{{ '### Input:\n' + message['content'] + '\n\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
+    ),
+    "vicuna": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + ' ' }}"
+        "{% elif message['role'] == 'user' %}{{ 'USER: ' + message['content'] + ' ' }}"
+        "{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' + message['content'] + eos_token + ' ' }}"
+        "{% else %}{{ 'TOOL: ' + message['content'] + ' ' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+    ),
+}
+
+# End-of-turn markers a template may use; generation stops on those present in the template.
+TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
+
+
+class TemplateError(ValueError):
+    """A chat template that cannot be used for training; the message says why and what to set."""
+
+
+def resolve_template(tokenizer, name: str | None) -> str:
+    """The Jinja template to use: a named one, a .jinja file, or the tokenizer's own (chatml if it has none)."""
+    if name is None:
+        own = getattr(tokenizer, "chat_template", None)
+        if isinstance(own, dict):  # some tokenizers keep several; 'default' is the chat one
+            own = own.get("default")
+        return own or NAMED_TEMPLATES["chatml"]
+    if name in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[name]
+    path = Path(name)
+    if path.suffix == ".jinja" and path.is_file():
+        return path.read_text(encoding="utf-8")
+    raise TemplateError(f"model.chat_template: {name!r} is neither a named template "
+                        f"({', '.join(NAMED_TEMPLATES)}) nor an existing .jinja file")
+
+
+def render(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """Render messages to text with the given template (no tokenization)."""
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def stop_token_ids(tokenizer, template: str) -> list[int]:
+    """Token ids that end an assistant turn under this template (eos plus markers the template uses)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    vocab = tokenizer.get_vocab()
+    for marker in TURN_END_MARKERS:
+        if marker in template and marker in vocab and vocab[marker] not in ids:
+            ids.append(vocab[marker])
+    return ids
+
+
+def assistant_spans(tokenizer, template: str, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation and return (text, character spans of each assistant turn incl. its end marker)."""
+    msgs = conv.messages
+    text = render(tokenizer, template, msgs)
+    spans = []
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        prefix = render(tokenizer, template, msgs[:i], add_generation_prompt=True) if i else ""
+        upto = render(tokenizer, template, msgs[: i + 1])
+        if not (text.startswith(upto) and upto.startswith(prefix)):
+            raise TemplateError(
+                f"{conv.meta.get('where', 'a record')}: the chat template does not render conversations "
+                "incrementally (turn {i} changes earlier text), so the assistant's tokens cannot be located; "
+                "set model.chat_template to a named template such as chatml"
+            )
+        spans.append((len(prefix), len(upto)))
+    return text, spans
+
+
+@dataclass
+class Tokenized:
+    """One training sample: token ids and labels (IGNORE_INDEX where the loss is masked)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def n_targets(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def tokenize_conversation(tokenizer, template: str, conv: Conversation, max_length: int) -> Tokenized:
+    """Tokenize with labels on assistant turns only; truncate without ever cutting the whole response."""
+    text, spans = assistant_spans(tokenizer, template, conv)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(ids)
+    for k, (start, _end) in enumerate(offsets):
+        if any(s <= start < e for s, e in spans):
+            labels[k] = ids[k]
+    if not any(label != IGNORE_INDEX for label in labels):
+        raise DataError(f"{conv.meta.get('where', 'a record')}: no trainable tokens after rendering (empty answer?)")
+    if len(ids) <= max_length:
+        return Tokenized(ids, labels)
+    return _truncate(ids, labels, max_length)
+
+
+def _truncate(ids: list[int], labels: list[int], max_length: int) -> Tokenized:
+    """Keep the response: the prompt keeps its most recent tokens; the response keeps its start."""
+    first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    prompt_ids, rest_ids, rest_labels = ids[:first], ids[first:], labels[first:]
+    rest_budget = max(max_length - len(prompt_ids), max_length // 2)
+    rest_ids, rest_labels = rest_ids[:rest_budget], rest_labels[:rest_budget]
+    keep_prompt = max_length - len(rest_ids)
+    prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:] if keep_prompt > 0 else []
+    return Tokenized(prompt_ids + rest_ids, [IGNORE_INDEX] * len(prompt_ids) + rest_labels, truncated=True)
+
+
+def prompt_ids(tokenizer, template: str, messages: list[dict]) -> list[int]:
+    """Token ids of a prompt ending in the assistant header, ready for generation."""
+    text = render(tokenizer, template, messages, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
