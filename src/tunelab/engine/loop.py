@@ -1,0 +1,277 @@
+"""The training loop shared by every stage.
+
+A stage hands over its samples, a collate function and a loss function returning
+(summed loss, target-token count); the loop does the rest: ordering, accumulation with
+token-normalized loss, clipping, schedules, evaluation, early stopping, checkpoints,
+signals and the NaN guard. One place to look, top to bottom.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from tunelab.config.schema import TrainCfg
+from tunelab.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from tunelab.engine.optim import build_optimizer, build_scheduler
+from tunelab.tracking.progress import TrainProgress
+from tunelab.utils.io import atomic_dir
+
+# loss_fn(model, batch) -> (summed loss tensor, number of target tokens in the batch)
+LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, int]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved first (its path is in .checkpoint)."""
+
+    def __init__(self, checkpoint: Path):
+        super().__init__(f"interrupted; checkpoint saved at {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class FitResult:
+    """What the loop did: the final position and the numbers for summary.json."""
+
+    step: int
+    stopped: str
+    summary: dict = field(default_factory=dict)
+
+
+def micro_batches(samples: Sequence, batch_size: int, seed: int, start: int, order_fn) -> Iterator[tuple[int, list]]:
+    """Endless (micro_index, samples) stream over epochs, in each epoch's seeded order, from `start` on."""
+    per_epoch = math.ceil(len(samples) / batch_size)
+    index = start
+    while True:
+        epoch, k = divmod(index, per_epoch)
+        order = order_fn(len(samples), seed, epoch)
+        for j in range(k, per_epoch):
+            yield index, [samples[i] for i in order[j * batch_size:(j + 1) * batch_size]]
+            index += 1
+
+
+def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast) -> tuple[float, int]:
+    """Backpropagate a whole accumulated batch with the loss normalized by its total target tokens.
+
+    Returns (mean loss per target token, target tokens). Dividing each micro-batch's summed loss
+    by the global count makes N micro-batches give exactly the gradient of one big batch.
+    """
+    from tunelab.engine.loss import count_targets
+
+    n_tokens = sum(count_targets(b["labels"]) for b in batches)
+    if n_tokens == 0:
+        raise ValueError("an accumulated batch has no target tokens; check the data's label masks")
+    total = 0.0
+    for b in batches:
+        with autocast():
+            loss_sum, _ = loss_fn(model, b)
+        (loss_sum / n_tokens).backward()
+        total += float(loss_sum.detach())
+    return total / n_tokens, n_tokens
+
+
+@torch.no_grad()
+def evaluate_loss(model, samples: Sequence, collate_fn, loss_fn: LossFn, batch_size: int, device, autocast) -> float:
+    """Mean per-token loss over samples (summed over all tokens, then divided once)."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(samples), batch_size):
+        batch = _to(collate_fn(samples[i:i + batch_size]), device)
+        with autocast():
+            loss_sum, count = loss_fn(model, batch)
+        total += float(loss_sum)
+        n += count
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def _signals_to_flag(flag: dict):
+    """Turn the first SIGINT/SIGTERM into a flag the loop checks between steps (a second one kills as usual)."""
+
+    def handler(signum, frame):
+        flag["signal"] = signum
+        signal.signal(signum, previous[signum])
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def total_steps_for(cfg: TrainCfg, n_samples: int) -> int:
+    """Optimizer steps the run will take: max_steps, or epochs over the data."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    micro_per_epoch = math.ceil(n_samples / cfg.batch_size)
+    return max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
+
+
+def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequence, collate_fn, loss_fn: LossFn,
+        cfg: TrainCfg, run_dir: Path, device: torch.device, trackers: list, order_fn,
+        progress: bool = True) -> FitResult:
+    """Train `model` (already prepared by `method.apply`) and leave the final/best weights in it."""
+    run_dir = Path(run_dir)
+    total_steps = total_steps_for(cfg, len(train_samples))
+    micro_per_epoch = math.ceil(len(train_samples) / cfg.batch_size)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "config"):
+            model.config.use_cache = False
+
+    pos = {"micro_index": 0, "tokens": 0, "best_eval": None, "best_step": None, "bad_evals": 0, "elapsed_s": 0.0}
+    step = 0
+    resume_from = _resume_target(cfg.resume, run_dir)
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from, model, method, optimizer, scheduler)
+        step = saved.pop("step")
+        pos.update(saved)
+        _trim_metrics(run_dir / "metrics.jsonl", step)
+
+    bar = TrainProgress(total_steps, start_step=step, enabled=progress)
+    if resume_from is not None:
+        bar.note(f"resumed from {resume_from} at step {step}")
+    stream = micro_batches(train_samples, cfg.batch_size, cfg.seed, pos["micro_index"], order_fn)
+    params = [p for p in model.parameters() if p.requires_grad]
+    stopped, last_eval, last_loss = "completed", None, None
+    flag: dict = {}
+    model.train()
+    t_start = time.perf_counter() - pos["elapsed_s"]
+
+    def log(metrics: dict) -> None:
+        for t in trackers:
+            t.log(metrics, step)
+
+    def checkpoint() -> Path:
+        pos["elapsed_s"] = time.perf_counter() - t_start
+        return save_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos), keep=cfg.save_total_limit)
+
+    with _signals_to_flag(flag):
+        while step < total_steps:
+            t0 = time.perf_counter()
+            batches = []
+            for _ in range(cfg.grad_accum):
+                pos["micro_index"], samples = next(stream)
+                batches.append(_to(collate_fn(samples), device))
+            pos["micro_index"] += 1
+            loss, n_targets = accumulate_gradients(model, batches, loss_fn, autocast)
+            if not math.isfinite(loss):
+                last = list_checkpoints(run_dir)
+                raise TrainingDiverged(
+                    f"loss became {loss} at step {step + 1}; weights were not updated. "
+                    f"Last good checkpoint: {last[-1] if last else 'none (set train.save_every)'}. "
+                    "Lower train.lr, keep train.max_grad_norm set, or check the data for empty answers")
+            if cfg.max_grad_norm:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            else:
+                grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            n_inputs = sum(int(b["attention_mask"].sum()) for b in batches)
+            pos["tokens"] += n_inputs
+            dt = time.perf_counter() - t0
+            metrics = {"epoch": round(pos["micro_index"] / micro_per_epoch, 4), "loss": loss, "lr": lr,
+                       "grad_norm": grad_norm, "tokens": pos["tokens"], "tokens_per_s": n_inputs / dt,
+                       "elapsed_s": round(time.perf_counter() - t_start, 3)}
+            if device.type == "cuda":
+                metrics["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            last_loss = loss
+            if step % cfg.log_every == 0 or step == total_steps:
+                log(metrics)
+            bar.update(step, metrics)
+
+            at_end = step == total_steps
+            if val_samples and ((cfg.eval_every and step % cfg.eval_every == 0) or at_end):
+                last_eval = evaluate_loss(model, val_samples, collate_fn, loss_fn, cfg.batch_size, device, autocast)
+                log({"eval_loss": last_eval, "eval_ppl": math.exp(min(last_eval, 50))})
+                bar.update(step, {**metrics, "eval_loss": last_eval})
+                if pos["best_eval"] is None or last_eval < pos["best_eval"] - 1e-6:
+                    pos.update(best_eval=last_eval, best_step=step, bad_evals=0)
+                    if cfg.early_stopping_patience:
+                        with atomic_dir(run_dir / "best") as tmp:
+                            method.save(model, tmp)
+                else:
+                    pos["bad_evals"] += 1
+                    if cfg.early_stopping_patience and pos["bad_evals"] >= cfg.early_stopping_patience:
+                        stopped = "early_stopping"
+                        bar.note(f"early stopping at step {step}: validation loss has not improved for "
+                                 f"{pos['bad_evals']} evaluations (best {pos['best_eval']:.4f} at step {pos['best_step']})")
+            if cfg.save_every and step % cfg.save_every == 0 and not at_end:
+                checkpoint()
+            if flag.get("signal"):
+                path = checkpoint()
+                bar.close()
+                raise TrainingInterrupted(path)
+            if stopped != "completed":
+                break
+    bar.close()
+    if cfg.early_stopping_patience and (run_dir / "best").is_dir() and pos["best_step"] != step:
+        method.load_state(model, run_dir / "best")
+    elapsed = time.perf_counter() - t_start
+    summary = {
+        "steps": step, "epochs": round(pos["micro_index"] / micro_per_epoch, 4), "train_loss": last_loss,
+        "eval_loss": last_eval, "best_step": pos["best_step"], "best_eval_loss": pos["best_eval"],
+        "tokens": pos["tokens"], "tokens_per_s": pos["tokens"] / max(elapsed, 1e-9), "elapsed_s": round(elapsed, 3),
+        "stopped": stopped if stopped != "completed" or not cfg.max_steps else "max_steps",
+    }
+    return FitResult(step, summary["stopped"], summary)
+
+
+def _resume_target(resume: str, run_dir: Path) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"train.resume: {resume} is not a checkpoint folder; use auto, never, "
+                                f"or a path like {run_dir}/checkpoints/step-000100")
+    return path
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint being resumed, so the curve has no duplicates."""
+    import json
+
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    from tunelab.utils.io import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in keep))

@@ -1,0 +1,23 @@
+"""Loading safetensors folders into live models (no pickle, ever)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+
+def load_safetensors_dir(model, folder: Path) -> None:
+    """Copy every tensor of folder/*.safetensors into the model; missing keys must be tied weights."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .safetensors files to load")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    tied |= set(getattr(model, "all_tied_weights_keys", None) or {})
+    untied = [k for k in missing if k not in tied]
+    if unexpected or untied:
+        raise ValueError(f"{folder}: weights do not match the model (missing {untied[:5]}, unexpected {unexpected[:5]})")

@@ -1,0 +1,65 @@
+"""Live training progress: a rich bar with loss, lr, tokens/s and ETA on a terminal; plain lines elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainProgress:
+    """Shows one line per update on non-terminals (at most ~25 lines a run), a live bar on terminals."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, console: Console | None = None, enabled: bool = True):
+        self.total = total_steps
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
+        self.every = max(1, total_steps // 25)
+        self.t0 = time.perf_counter()
+        self.start_step = start_step
+        self._bar = None
+        if self.live:
+            self._bar = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=self.console, transient=False,
+            )
+            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, info="")
+            self._bar.start()
+
+    @staticmethod
+    def describe(m: dict) -> str:
+        parts = [f"loss {m['loss']:.4f}"] if "loss" in m else []
+        if "lr" in m:
+            parts.append(f"lr {m['lr']:.2e}")
+        if "tokens_per_s" in m:
+            parts.append(f"{m['tokens_per_s']:,.0f} tok/s")
+        if "eval_loss" in m:
+            parts.append(f"eval {m['eval_loss']:.4f}")
+        if "mem_gib" in m:
+            parts.append(f"{m['mem_gib']:.1f} GiB")
+        return "  ".join(parts)
+
+    def update(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        if self.live:
+            self._bar.update(self._task, completed=step, info=self.describe(metrics))
+            return
+        if step % self.every == 0 or step == self.total or step == self.start_step + 1:
+            done = step - self.start_step
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / max(done, 1) * (self.total - step)
+            print(f"step {step}/{self.total}  {self.describe(metrics)}  ETA {eta:,.0f}s", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
