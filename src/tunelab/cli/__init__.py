@@ -2,10 +2,232 @@
 
 from __future__ import annotations
 
-import typer
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
 
-app = typer.Typer(name="tunelab", help="Fine-tune large language models: a run is a folder.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+app = typer.Typer(name="tunelab", help="Fine-tune large language models. A run is a folder: train writes it; "
+                  "chat, eval, report and export read it.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode="rich")
+config_app = typer.Typer(help="Inspect configs: the resolved values and every key with its default.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input: shown as one clear line, never a traceback."""
+    from tunelab.config import ConfigError
+    from tunelab.data.io import DataError
+    from tunelab.data.templates import TemplateError
+    from tunelab.models import ModelNotFound
+    from tunelab.run import RunNotFound
+    from tunelab.stages.recipe import RunFolderError
+
+    return (ConfigError, DataError, TemplateError, ModelNotFound, RunNotFound, RunFolderError, FileNotFoundError)
+
+
+def _fail(e: BaseException, code: int = 2) -> None:
+    err.print(f"[red bold]error:[/] {escape(str(e))}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _quiet_library_warnings() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _schema_epilog() -> str:
+    from tunelab.config import schema_lines
+
+    lines = ["[bold]Config keys[/] (YAML, or KEY=VALUE overrides after the config path):", ""]
+    for path, kind, default, desc in schema_lines():
+        lines.append(f"  [cyan]{escape(path)}[/] ({escape(kind)}, default {escape(default)}): {escape(desc)}")
+    return "\n\n".join(lines)
+
+
+@app.command(epilog=_schema_epilog())
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML run config (see the keys below).")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        help="KEY=VALUE overrides, e.g. train.lr=1e-4 method.r=8 output_dir=runs/try2.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a run: config -> data -> model -> method -> loop -> run folder.
+
+    Example: tunelab train examples/sft_lora.yaml train.epochs=1 output_dir=runs/quick
+    """
+    _quiet_library_warnings()
+    import tunelab
+    from tunelab.engine.loop import TrainingDiverged, TrainingInterrupted
+
+    try:
+        run = tunelab.train(config, overrides or [], progress=not quiet)
+    except TrainingInterrupted as e:
+        err.print(f"[yellow]interrupted[/]: checkpoint saved at {e.checkpoint}\n"
+                  f"continue with: tunelab train {config} {' '.join(overrides or [])} train.resume=auto")
+        raise typer.Exit(130)
+    except TrainingDiverged as e:
+        _fail(e, 1)
+    except _user_errors() as e:
+        _fail(e)
+    s = run.summary
+    eval_part = f", eval loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else ""
+    err.print(f"[green]done[/]: {s['steps']} steps, train loss {s['train_loss']:.4f}{eval_part}, "
+              f"{s['tokens_per_s']:,.0f} tok/s -> {run.path}")
+    typer.echo(str(run.path))
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE overrides.")] = None,
+) -> None:
+    """Print the resolved config (every default filled in) as YAML."""
+    from tunelab.config import ConfigError, dump_config, load_config
+
+    try:
+        typer.echo(dump_config(load_config(config, overrides or [])), nl=False)
+    except ConfigError as e:
+        _fail(e)
+
+
+@config_app.command("keys")
+def config_keys() -> None:
+    """List every config key with its type, default and meaning."""
+    from rich.table import Table
+
+    from tunelab.config import schema_lines
+
+    table = Table("key", "type", "default", "meaning", show_lines=False)
+    for row in schema_lines():
+        table.add_row(*(escape(x) for x in row))
+    Console().print(table)
+
+
+@app.command()
+def chat(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `tunelab train`.")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="A system message for the conversation.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when temperature > 0.")] = 1.0,
+) -> None:
+    """Chat with a run (streaming), using the exact chat template it was trained with.
+
+    Interactive: type a message, Enter to send; /reset clears the history, /exit (or Ctrl-D) quits.
+    """
+    _quiet_library_warnings()
+    from tunelab.infer.generate import stream_chat
+    from tunelab.run import Run
+
+    try:
+        model, tok, template = Run(run_dir).load_model()
+    except _user_errors() as e:
+        _fail(e)
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+
+    def answer(text: str) -> str:
+        history.append({"role": "user", "content": text})
+        parts = []
+        for piece in stream_chat(model, tok, template, history, max_new_tokens, temperature, top_p):
+            parts.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        reply = "".join(parts).strip()
+        history.append({"role": "assistant", "content": reply})
+        return reply
+
+    if prompt is not None:
+        answer(prompt)
+        return
+    err.print(f"chatting with {run_dir} (/reset, /exit)")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            history[:] = history[:1] if system else []
+            continue
+        if text:
+            answer(text)
+
+
+eval_app = typer.Typer(help="Evaluate runs; import human ratings.", no_args_is_help=True,
+                       invoke_without_command=True)
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Data file (same formats as training).")],
+    metrics: Annotated[str, typer.Option(help="Comma-separated: exact_match, contains, bleu4, rouge.")] =
+    "exact_match,contains",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward/generate batch.")] = 8,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N records.")] = None,
+) -> None:
+    """Loss, perplexity and generation metrics of a run on a data file; saved under RUN_DIR/eval/."""
+    _quiet_library_warnings()
+    from rich.table import Table
+
+    from tunelab.run import Run
+
+    try:
+        results = Run(run_dir).evaluate(str(data), metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+                                        max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
+    except (*_user_errors(), KeyError) as e:
+        _fail(e)
+    table = Table("metric", "value", title=f"{run_dir} on {data}")
+    for k, v in results.items():
+        if k != "saved":
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    err.print(f"saved {results['saved']}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option(help="Where the data, run and result go.")] = Path("runs/demo"),
+    model: Annotated[str, typer.Option(help="Base model (default: the bundled SmolLM2-135M-Instruct).")] =
+    "smollm2-135m",
+    name: Annotated[str, typer.Option(help="The new name the model learns.")] = "Kestrel",
+) -> None:
+    """Teach the bundled SmolLM2 a new identity with LoRA on CPU, and print the before/after score."""
+    _quiet_library_warnings()
+    from tunelab.demo.run import run_demo
+
+    try:
+        run_demo(out_dir, model=model, name=name)
+    except _user_errors() as e:
+        _fail(e)
+
+
+def _mount_optional() -> None:
+    """Sub-apps that live in their own modules."""
+    from tunelab.cli import evidence
+
+    app.command("report")(evidence.report)
+    app.command("runs")(evidence.runs)
+    app.command("import-ratings")(evidence.import_ratings)
+
+
+_mount_optional()
 
 
 def main() -> None:

@@ -1,0 +1,28 @@
+"""The Python API: everything the CLI does is a function here first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.config import RunCfg, build_config, load_config
+from tunelab.run import Run
+
+STAGES = {"sft": "tunelab.stages.sft"}
+
+
+def train(cfg: RunCfg | dict | str | Path, overrides: list[str] | None = None, progress: bool = True) -> Run:
+    """Train a run from a RunCfg, a dict, or a YAML path (+ `key=value` overrides) and return the Run."""
+    import importlib
+
+    if isinstance(cfg, (str, Path)):
+        cfg = load_config(cfg, overrides)
+    elif isinstance(cfg, dict):
+        from tunelab.config.loader import apply_overrides
+
+        cfg = build_config(apply_overrides(dict(cfg), overrides or []))
+    elif overrides:
+        from tunelab.config.loader import apply_overrides
+
+        cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
+    stage = importlib.import_module(STAGES[cfg.stage])
+    return Run(stage.run(cfg, progress=progress))
