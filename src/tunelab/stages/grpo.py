@@ -1,0 +1,126 @@
+"""GRPO: group-relative advantages and the clipped surrogate with a KL penalty to the reference.
+
+Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath, Sec. 4.1) samples ``G`` completions per
+prompt, scores them, and uses each score's z-score inside its group as the advantage of every token of that
+completion, so no critic is needed. The policy loss is PPO's clipped surrogate plus ``beta`` times the
+k3 estimate of KL(pi || pi_ref), added per token.
+
+What is implemented:
+
+- Advantages (``group_advantages``): ``(r_i - mean_group) / (std_group + eps)`` with the unbiased (n - 1)
+  standard deviation and ``eps = 1e-4``, as TRL's GRPOTrainer does; ``scale=False`` keeps only the mean
+  subtraction (Dr. GRPO, Liu et al. 2025, argues the std division biases toward easy/hard prompts).
+- Clipping: ``clip(rho, 1 - eps_low, 1 + eps_high)``; ``eps_high > eps_low`` is DAPO's "clip-higher"
+  (Yu et al. 2025, Sec. 3.1). The KL term is not clipped.
+- Averaging over tokens (``reduction``), the registry ``GRPO_REDUCTIONS``:
+    ``sequence``  mean over completions of each completion's token mean (GRPO paper, Eq. 3)
+    ``token``     sum over all tokens / number of tokens (DAPO's token-level loss, Eq. 8), so long
+                  completions weigh in proportion to their length
+    ``dr_grpo``   sum over all tokens / (completions x padded length T) (Dr. GRPO), a length-independent
+                  constant; pad T to the generation limit to match the paper.
+
+Rows are grouped contiguously: the completions of prompt ``p`` are rows ``p*G .. p*G + G - 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from tunelab.stages.common import check_same_shape, kl_k3, masked_mean, pick
+
+Reduction = Callable[[Tensor, Tensor], Tensor]
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """Group-normalized advantage of each completion; ``(N,) -> (N,)`` with ``N = prompts * group_size``.
+
+    A group whose rewards are all equal gets advantage 0 for every member (nothing to learn from it).
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (one score per completion), got shape {tuple(rewards.shape)}")
+    if group_size < 2 or rewards.numel() % group_size:
+        raise ValueError(
+            f"group_size={group_size} must be >= 2 and divide the number of completions ({rewards.numel()}); "
+            "sample the same number of completions for every prompt"
+        )
+    grouped = rewards.view(-1, group_size)  # (P, G)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)  # (P, G)
+    if scale:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)  # unbiased std, as in TRL
+    return centred.reshape(-1)
+
+
+def reduce_sequence(per_token: Tensor, mask: Tensor) -> Tensor:
+    """Mean over sequences of each sequence's masked token mean (GRPO)."""
+    return masked_mean(per_token, mask, dim=1).mean()
+
+
+def reduce_token(per_token: Tensor, mask: Tensor) -> Tensor:
+    """Masked mean over every token of the batch (DAPO token-level)."""
+    return masked_mean(per_token, mask)
+
+
+def reduce_dr_grpo(per_token: Tensor, mask: Tensor) -> Tensor:
+    """Masked sum divided by (rows x padded length), a constant (Dr. GRPO)."""
+    return (per_token * mask).sum() / mask.numel()
+
+
+GRPO_REDUCTIONS: dict[str, Reduction] = {"sequence": reduce_sequence, "token": reduce_token, "dr_grpo": reduce_dr_grpo}
+
+
+def grpo_loss(
+    logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    old_logps: Tensor | None = None,
+    ref_logps: Tensor | None = None,
+    beta: float = 0.04,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    reduction: str = "sequence",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GRPO objective (Shao et al. 2024, Eq. 3), negated for minimization.
+
+    Per token: ``-min(rho A, clip(rho, 1 - eps, 1 + eps_high) A) + beta * k3(pi, pi_ref)`` with
+    ``rho = exp(log pi - log pi_old)`` and ``A`` the completion's advantage, then averaged by ``reduction``.
+
+    Args:
+        logps: ``(N, T)`` log-probs of the sampled tokens under the policy being trained (with grad).
+        advantages: ``(N,)`` from ``group_advantages``.
+        mask: ``(N, T)`` generated tokens.
+        old_logps: ``(N, T)`` log-probs at sampling time; None means the update is on-policy (``rho = 1``,
+            the value still carries the gradient ``A * grad log pi``).
+        ref_logps: ``(N, T)`` reference log-probs; required when ``beta > 0``.
+        beta: KL coefficient (DeepSeekMath: 0.04; 0 drops the reference model).
+        clip_eps, clip_eps_high: lower/upper clip range (upper defaults to the lower).
+        reduction: ``sequence``, ``token`` or ``dr_grpo`` (see the module docstring).
+
+    Returns:
+        ``(loss, metrics)``; metrics: ``kl`` (token-mean k3), ``clip_ratio`` (share of tokens whose
+        clipped term was chosen), both detached.
+    """
+    reduce = pick(GRPO_REDUCTIONS, reduction, "GRPO reduction")
+    if old_logps is None:
+        old_logps = logps.detach()
+    check_same_shape(logps=logps, old_logps=old_logps, ref_logps=ref_logps, mask=mask)
+    if advantages.shape != logps.shape[:1]:
+        raise ValueError(f"advantages must have shape ({logps.size(0)},), one per completion; "
+                         f"got {tuple(advantages.shape)}")
+    if beta and ref_logps is None:
+        raise ValueError("grpo_loss needs ref_logps when beta > 0; pass beta=0 to train without a reference model")
+    adv = advantages.unsqueeze(1)  # (N, 1), broadcast over tokens
+    ratio = torch.exp(logps - old_logps)  # (N, T)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - clip_eps, 1 + high) * adv
+    per_token = -torch.min(unclipped, clipped)  # (N, T)
+    metrics = {"clip_ratio": masked_mean((clipped < unclipped).float(), mask).detach()}
+    if ref_logps is not None:
+        kl = kl_k3(logps, ref_logps)  # (N, T)
+        metrics["kl"] = masked_mean(kl.detach(), mask)
+        if beta:
+            per_token = per_token + beta * kl
+    return reduce(per_token, mask), metrics

@@ -1,0 +1,255 @@
+"""Preference optimization: DPO (sigmoid / IPO / hinge), ORPO, SimPO and KTO losses.
+
+Every loss here takes per-sequence log-probabilities (see ``tunelab.stages.common.sequence_logps``) and
+returns ``(loss, metrics)``. They are collected in ``PREFERENCE_LOSSES`` so a recipe picks one by name:
+
+    loss, metrics = PREFERENCE_LOSSES["sigmoid"](logps, PreferenceParams(beta=0.1))
+
+Logged metrics (scalars, detached):
+    rewards/chosen, rewards/rejected   mean implicit reward of the chosen / rejected completions
+    rewards/margins                    mean (chosen - rejected) reward
+    rewards/accuracies                 share of pairs whose chosen reward is higher (paired losses only)
+    logps/chosen, logps/rejected       mean policy log-prob (summed over tokens, or averaged where the loss is)
+
+The implicit reward is what each method's objective ranks: ``beta * (log pi - log pi_ref)`` for DPO and
+KTO, ``beta * mean token log pi`` for SimPO and ORPO (which need no reference model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tunelab.stages.common import check_same_shape, pick
+
+Metrics = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class PreferenceLogps:
+    """Per-sequence log-probs for one batch. Chosen tensors are ``(Bc,)``, rejected ``(Br,)``.
+
+    Paired losses (DPO, IPO, hinge, ORPO, SimPO) need ``Bc == Br`` with row ``i`` of each forming a pair.
+    KTO is unpaired: ``chosen`` are the desirable completions, ``rejected`` the undesirable ones, in any number.
+    """
+
+    chosen: Tensor
+    """Summed log pi(y | x) over the chosen completion's tokens."""
+    rejected: Tensor
+    """Summed log pi(y | x) over the rejected completion's tokens."""
+    chosen_tokens: Tensor | None = None
+    """Completion token counts; needed by the length-normalized losses (IPO, ORPO, SimPO)."""
+    rejected_tokens: Tensor | None = None
+    ref_chosen: Tensor | None = None
+    """Same sums under the frozen reference model; needed by DPO, IPO, hinge and KTO."""
+    ref_rejected: Tensor | None = None
+    kl: Tensor | None = None
+    """KTO only, ``(Bk,)``: policy log-probs of mismatched (prompt, completion) pairs for the KL baseline."""
+    ref_kl: Tensor | None = None
+    """KTO only, ``(Bk,)``: reference log-probs of the same mismatched pairs."""
+
+
+@dataclass(frozen=True)
+class PreferenceParams:
+    """Hyper-parameters read by the preference losses; each loss documents the ones it uses."""
+
+    beta: float = 0.1
+    """Inverse temperature: DPO/hinge/KTO beta, IPO tau, ORPO lambda, SimPO beta (paper default 2.0)."""
+    label_smoothing: float = 0.0
+    """Probability that a pair's label is flipped (conservative DPO, sigmoid and SimPO); 0 disables it."""
+    gamma: float = 0.5
+    """SimPO target reward margin (TRL's ``simpo_gamma``)."""
+    desirable_weight: float = 1.0
+    """KTO weight on desirable examples' losses."""
+    undesirable_weight: float = 1.0
+    """KTO weight on undesirable examples' losses."""
+
+
+PreferenceLoss = Callable[[PreferenceLogps, PreferenceParams], tuple[Tensor, Metrics]]
+
+
+def _require(logps: PreferenceLogps, loss: str, *fields: str) -> list[Tensor]:
+    """Return the named fields, raising a ValueError that names the loss and each missing field."""
+    missing = [name for name in fields if getattr(logps, name) is None]
+    if missing:
+        raise ValueError(
+            f"preference loss {loss!r} needs PreferenceLogps.{', .'.join(missing)}; "
+            "compute them with sequence_logps / target_counts (reference ones under the frozen reference model)"
+        )
+    return [getattr(logps, name) for name in fields]
+
+
+def _paired(logps: PreferenceLogps, loss: str, *fields: str) -> list[Tensor]:
+    """Like ``_require`` but also checks every tensor has the chosen tensor's (B,) shape."""
+    tensors = _require(logps, loss, "chosen", "rejected", *fields)
+    check_same_shape(**dict(zip(("chosen", "rejected", *fields), tensors)))
+    return tensors
+
+
+def _reward_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor, chosen: Tensor, rejected: Tensor) -> Metrics:
+    """Mean rewards, margin and pair accuracy for paired losses; every value detached, shape ()."""
+    chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    return {
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "logps/chosen": chosen.detach().mean(),
+        "logps/rejected": rejected.detach().mean(),
+    }
+
+
+def _logratios(logps: PreferenceLogps, loss: str) -> tuple[Tensor, Tensor]:
+    """``log pi/pi_ref`` of chosen and rejected, each ``(B,)``."""
+    chosen, rejected, ref_chosen, ref_rejected = _paired(logps, loss, "ref_chosen", "ref_rejected")
+    return chosen - ref_chosen, rejected - ref_rejected
+
+
+def _dpo_metrics(logps: PreferenceLogps, params: PreferenceParams, chosen_lr: Tensor, rejected_lr: Tensor) -> Metrics:
+    """Reward metrics with DPO's implicit reward ``beta * log pi/pi_ref``."""
+    return _reward_metrics(params.beta * chosen_lr, params.beta * rejected_lr, logps.chosen, logps.rejected)
+
+
+def dpo_sigmoid_loss(logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
+    """DPO (Rafailov et al. 2023, Eq. 7): ``-log sigmoid(beta * (log-ratio_chosen - log-ratio_rejected))``.
+
+    With ``label_smoothing = eps`` > 0 this is conservative DPO (cDPO): the pair's label is assumed flipped
+    with probability eps, ``-(1 - eps) log s(beta d) - eps log s(-beta d)``.
+    Reads ``beta``, ``label_smoothing``; needs reference log-probs.
+    """
+    chosen_lr, rejected_lr = _logratios(logps, "sigmoid")  # (B,) each
+    logits = params.beta * (chosen_lr - rejected_lr)  # (B,)
+    eps = params.label_smoothing
+    losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+    return losses.mean(), _dpo_metrics(logps, params, chosen_lr, rejected_lr)
+
+
+def dpo_hinge_loss(logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
+    """Hinge DPO (SLiC-HF, Zhao et al. 2023, as in TRL's ``hinge``): ``relu(1 - beta * (lr_chosen - lr_rejected))``.
+
+    Reads ``beta`` (``1/beta`` is the margin in log-ratio units); needs reference log-probs.
+    """
+    chosen_lr, rejected_lr = _logratios(logps, "hinge")
+    losses = torch.relu(1 - params.beta * (chosen_lr - rejected_lr))
+    return losses.mean(), _dpo_metrics(logps, params, chosen_lr, rejected_lr)
+
+
+def ipo_loss(logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
+    """IPO (Azar et al. 2023, Eq. 17): ``(h - 1 / (2 tau))^2`` with ``tau = beta``.
+
+    ``h`` is the difference of *per-token averaged* log-ratios, ``lr_chosen / n_chosen - lr_rejected / n_rejected``:
+    the summed form makes the squared loss grow with length, and the averaged form is what the paper's
+    results use (TRL's ``ipo`` does the same). Regresses the margin to a fixed target instead of pushing it
+    to infinity, so it does not overfit deterministic preferences. Needs reference log-probs and token counts.
+    """
+    chosen_lr, rejected_lr = _logratios(logps, "ipo")
+    _, _, n_chosen, n_rejected = _paired(logps, "ipo", "chosen_tokens", "rejected_tokens")
+    h = chosen_lr / n_chosen.clamp(min=1) - rejected_lr / n_rejected.clamp(min=1)  # (B,)
+    losses = (h - 1 / (2 * params.beta)) ** 2
+    return losses.mean(), _dpo_metrics(logps, params, chosen_lr, rejected_lr)
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(x))`` for ``x < 0``, switching formula at ``-ln 2`` to avoid cancellation (Maechler 2012)."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_loss(logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
+    """ORPO (Hong et al. 2024, Eqs. 4-7): ``NLL(chosen) - lambda * mean log sigmoid(log odds-ratio)``.
+
+    ``log odds(y) = log p - log(1 - p)`` with ``p`` the per-token *averaged* probability of the completion,
+    and the odds ratio compares chosen to rejected. The NLL term is the token-mean cross-entropy of the
+    chosen completions over the whole batch (sum of log-probs / number of tokens). No reference model:
+    SFT and preference alignment in one loss. ``lambda = beta``. Needs token counts.
+    """
+    chosen, rejected, n_chosen, n_rejected = _paired(logps, "orpo", "chosen_tokens", "rejected_tokens")
+    avg_chosen = chosen / n_chosen.clamp(min=1)  # (B,) mean token log-prob, < 0
+    avg_rejected = rejected / n_rejected.clamp(min=1)
+    log_odds = (avg_chosen - avg_rejected) - (_log1mexp(avg_chosen) - _log1mexp(avg_rejected))  # (B,)
+    ratio = F.logsigmoid(log_odds)  # (B,)
+    nll = -chosen.sum() / n_chosen.sum().clamp(min=1)  # ()
+    loss = nll - params.beta * ratio.mean()
+    metrics = _reward_metrics(params.beta * avg_chosen, params.beta * avg_rejected, avg_chosen, avg_rejected)
+    metrics.update({"nll_loss": nll.detach(), "log_odds_ratio": ratio.detach().mean(),
+                    "log_odds_chosen": log_odds.detach().mean()})
+    return loss, metrics
+
+
+def simpo_loss(logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
+    """SimPO (Meng et al. 2024, Eq. 6): ``-log sigmoid(beta * (avg_chosen - avg_rejected) - gamma)``.
+
+    ``avg`` is the per-token averaged log-prob (length-normalized reward, no reference model); ``gamma``
+    is the target reward margin. ``label_smoothing`` as in cDPO. Reads ``beta`` (paper: 2.0-2.5),
+    ``gamma``, ``label_smoothing``; needs token counts.
+    """
+    chosen, rejected, n_chosen, n_rejected = _paired(logps, "simpo", "chosen_tokens", "rejected_tokens")
+    avg_chosen = chosen / n_chosen.clamp(min=1)  # (B,)
+    avg_rejected = rejected / n_rejected.clamp(min=1)
+    logits = params.beta * (avg_chosen - avg_rejected) - params.gamma  # (B,)
+    eps = params.label_smoothing
+    losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+    return losses.mean(), _reward_metrics(params.beta * avg_chosen, params.beta * avg_rejected, avg_chosen, avg_rejected)
+
+
+def kto_loss(logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
+    """KTO (Ethayarajh et al. 2024, Eq. 7) on unpaired desirable (``chosen``) / undesirable (``rejected``) examples.
+
+    ``z0 = max(0, mean(kl - ref_kl))`` estimates KL(pi || pi_ref) from mismatched (prompt, completion) pairs
+    of the batch and is a baseline, not differentiated. Desirable loss ``1 - s(beta (r - z0))``, undesirable
+    loss ``1 - s(beta (z0 - r))`` with ``r = log pi/pi_ref``; each weighted (``desirable_weight`` /
+    ``undesirable_weight``, chosen so ``w_d n_d / (w_u n_u)`` is in [1, 4/3]) and averaged over all examples.
+    Without ``kl``/``ref_kl``, ``z0 = 0``. Extra metric ``kl``: the z0 estimate.
+    """
+    chosen, rejected, ref_chosen, ref_rejected = _require(logps, "kto", "chosen", "rejected", "ref_chosen",
+                                                          "ref_rejected")
+    check_same_shape(chosen=chosen, ref_chosen=ref_chosen)
+    check_same_shape(rejected=rejected, ref_rejected=ref_rejected)
+    if chosen.numel() + rejected.numel() == 0:
+        raise ValueError("preference loss 'kto' got an empty batch (no desirable and no undesirable examples)")
+    if (logps.kl is None) != (logps.ref_kl is None):
+        raise ValueError("preference loss 'kto' needs both PreferenceLogps.kl and .ref_kl, or neither")
+    if logps.kl is None:
+        z0 = chosen.new_zeros(())
+    else:
+        check_same_shape(kl=logps.kl, ref_kl=logps.ref_kl)
+        z0 = (logps.kl - logps.ref_kl).mean().detach().clamp(min=0)  # ()
+    chosen_lr = chosen - ref_chosen  # (Bc,)
+    rejected_lr = rejected - ref_rejected  # (Br,)
+    chosen_losses = 1 - torch.sigmoid(params.beta * (chosen_lr - z0))
+    rejected_losses = 1 - torch.sigmoid(params.beta * (z0 - rejected_lr))
+    losses = torch.cat([params.desirable_weight * chosen_losses, params.undesirable_weight * rejected_losses])
+    chosen_rewards, rejected_rewards = params.beta * chosen_lr.detach(), params.beta * rejected_lr.detach()
+    metrics: Metrics = {"kl": z0}
+    if chosen.numel():
+        metrics["rewards/chosen"] = chosen_rewards.mean()
+        metrics["logps/chosen"] = chosen.detach().mean()
+    if rejected.numel():
+        metrics["rewards/rejected"] = rejected_rewards.mean()
+        metrics["logps/rejected"] = rejected.detach().mean()
+    if chosen.numel() and rejected.numel():
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return losses.mean(), metrics
+
+
+PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
+    "sigmoid": dpo_sigmoid_loss,
+    "ipo": ipo_loss,
+    "hinge": dpo_hinge_loss,
+    "orpo": orpo_loss,
+    "simpo": simpo_loss,
+    "kto": kto_loss,
+}
+"""Preference losses by name. ``sigmoid``, ``ipo`` and ``hinge`` are DPO's loss types (reference model needed);
+``orpo`` and ``simpo`` are reference-free; ``kto`` takes unpaired desirable/undesirable examples."""
+
+REFERENCE_FREE = frozenset({"orpo", "simpo"})
+"""Losses that do not read reference-model log-probs (a recipe can skip the reference forward pass)."""
+
+
+def preference_loss(name: str, logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
+    """Run the loss registered as ``name``; an unknown name raises a ValueError listing the choices."""
+    return pick(PREFERENCE_LOSSES, name, "preference loss")(logps, params)
