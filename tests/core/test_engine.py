@@ -1,0 +1,146 @@
+"""The training loop's invariants: exact grad accumulation, exact resume, NaN guard, early stopping, signals."""
+
+import os
+import signal
+from functools import partial
+
+import pytest
+import torch
+
+from tunelab.config import LoraCfg, TrainCfg
+from tunelab.data.formats import Conversation
+from tunelab.data.pipeline import collate, epoch_order
+from tunelab.data.templates import resolve_template, tokenize_conversation
+from tunelab.engine.loop import TrainingDiverged, TrainingInterrupted, accumulate_gradients, fit
+from tunelab.engine.optim import lr_lambda, param_groups
+from tunelab.methods import get_method
+from tunelab.models import load_model
+from tunelab.stages.sft import sft_loss
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_tokenizer):
+    tpl = resolve_template(tiny_tokenizer, None)
+    out = []
+    for i in range(12):
+        conv = Conversation([{"role": "user", "content": f"question {i} " + "about things " * (i % 5)},
+                             {"role": "assistant", "content": f"answer {i} " + "with detail " * (3 * (i % 4))}])
+        out.append(tokenize_conversation(tiny_tokenizer, tpl, conv, 128))
+    return out
+
+
+def lora_model(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return get_method("lora").apply(load_model("tiny-llama"), LoraCfg(r=4, alpha=8, dropout=dropout))
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_four_micro_batches_equal_one_batch_of_four(samples):
+    uneven = [samples[0], samples[3], samples[6], samples[7]]
+    assert len({len(s.input_ids) for s in uneven}) == 4
+    full = get_method("full")
+    nullctx = __import__("contextlib").nullcontext
+    m1 = full.apply(load_model("tiny-llama"), None)
+    loss1, n1 = accumulate_gradients(m1, [collate(uneven, 2)], sft_loss, nullctx)
+    m4 = full.apply(load_model("tiny-llama"), None)
+    loss4, n4 = accumulate_gradients(m4, [collate([s], 2) for s in uneven], sft_loss, nullctx)
+    assert n1 == n4 == sum(s.n_targets for s in uneven)
+    assert loss1 == pytest.approx(loss4, rel=1e-5)
+    g1, g4 = grads(m1), grads(m4)
+    assert g1.keys() == g4.keys() and len(g1) > 10
+    for k in g1:
+        torch.testing.assert_close(g4[k], g1[k], rtol=1e-4, atol=1e-6)
+    # a per-micro-batch mean (the common bug) would weight short samples up: make sure that differs
+    m_bad = full.apply(load_model("tiny-llama"), None)
+    for s in uneven:
+        loss, n = sft_loss(m_bad, collate([s], 2))
+        (loss / n / 4).backward()
+    bad = grads(m_bad)
+    assert not all(torch.allclose(bad[k], g1[k], rtol=1e-4, atol=1e-6) for k in g1)
+
+
+def run_fit(model, samples, run_dir, loss_fn=sft_loss, val=(), **train):
+    cfg = TrainCfg(**{"max_steps": 10, "batch_size": 2, "grad_accum": 2, "lr": 5e-3, "warmup_ratio": 0.1,
+                      "seed": 7, **train})
+    return fit(model, get_method("lora"), samples, list(val), partial(collate, pad_id=2), loss_fn, cfg, run_dir,
+               torch.device("cpu"), [], epoch_order, progress=False)
+
+
+def lora_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_interrupt_then_resume_equals_uninterrupted(samples, tmp_path):
+    straight = lora_model(dropout=0.1)
+    res = run_fit(straight, samples, tmp_path / "a")
+    assert res.step == 10
+
+    calls = {"n": 0}
+
+    def interrupting_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 10:  # during step 5 (2 micro-batches a step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return sft_loss(model, batch)
+
+    first = lora_model(dropout=0.1)
+    with pytest.raises(TrainingInterrupted) as e:
+        run_fit(first, samples, tmp_path / "b", loss_fn=interrupting_loss)
+    assert e.value.checkpoint.name == "step-000005"
+    resumed = lora_model(dropout=0.1, seed=123)  # different init: everything must come from the checkpoint
+    res2 = run_fit(resumed, samples, tmp_path / "b", resume="auto")
+    assert res2.step == 10
+    a, b = lora_state(straight), lora_state(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    assert res2.summary["train_loss"] == pytest.approx(res.summary["train_loss"], rel=1e-5)
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(samples, tmp_path):
+    def nan_loss(model, batch):
+        loss, n = sft_loss(model, batch)
+        return loss * float("nan"), n
+
+    model = lora_model()
+    before = lora_state(model)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 1; weights were not updated.*save_every"):
+        run_fit(model, samples, tmp_path / "c", loss_fn=nan_loss)
+    after = lora_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_early_stopping_keeps_the_best_weights(samples, tmp_path):
+    evals = iter([1.0, 0.5, 0.7, 0.8, 0.9, 0.95])
+
+    def scripted_eval_loss(model, batch):
+        if model.training:
+            return sft_loss(model, batch)
+        loss, n = sft_loss(model, batch)
+        return torch.tensor(next(evals) * n), n
+
+    model = lora_model()
+    res = run_fit(model, samples[:10], tmp_path / "d", loss_fn=scripted_eval_loss, val=samples[10:11],
+                  eval_every=2, early_stopping_patience=2, lr=1e-2)
+    assert res.stopped == "early_stopping"
+    assert res.summary["best_step"] == 4 and res.step == 8
+    assert res.summary["best_eval_loss"] == pytest.approx(0.5)
+    best = lora_model()
+    get_method("lora").load_state(best, tmp_path / "d" / "best")
+    a, b = lora_state(model), lora_state(best)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_and_weight_decay_groups():
+    f = lr_lambda("cosine", total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+    assert lr_lambda("linear", 100, 0)(50) == pytest.approx(0.5)
+    assert lr_lambda("constant", 100, 0)(99) == 1.0
+    model = load_model("tiny-llama")
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    norms = [p for n, p in model.named_parameters() if "norm" in n]
+    assert norms and all(any(p is q for q in no_decay["params"]) for p in norms)
