@@ -6,15 +6,15 @@ Every field is documented where it is declared; `tunelab train --help` and
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from tunelab.config.base import Section
+from tunelab.config.data import DataCfg
+from tunelab.config.methods import FullCfg, LoraCfg, MethodCfg
+from tunelab.config.optim import OptimCfg
+from tunelab.config.stages import StageName
 
 
 class ModelCfg(Section):
@@ -34,42 +34,6 @@ class ModelCfg(Section):
         description="Chat template: null = the tokenizer's own, else a named one (chatml, llama3, qwen, "
         "alpaca, vicuna) or a path to a .jinja file. The template used is stored with the run.",
     )
-
-
-class DataCfg(Section):
-    train: str = Field(..., description="Training data file (JSON array or JSONL).")
-    eval: str | None = Field(None, description="Validation file; if null, val_size of train is held out.")
-    format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field(
-        "auto", description="Record format; auto detects it from the first record and says what it found."
-    )
-    val_size: float = Field(
-        0.15, ge=0.0, lt=1.0, description="Fraction of train held out for validation when eval is null (0 = none)."
-    )
-    max_length: int = Field(1024, gt=8, description="Longest tokenized sample; longer ones are truncated, "
-                            "keeping as much of the response as possible.")
-    max_samples: int | None = Field(None, gt=0, description="Use at most this many training records.")
-
-
-class FullCfg(Section):
-    """Train every weight."""
-
-    name: Literal["full"] = "full"
-
-
-class LoraCfg(Section):
-    """Low-rank adapters on linear layers (Hu et al. 2021), through PEFT."""
-
-    name: Literal["lora"] = "lora"
-    r: int = Field(16, gt=0, description="Rank of the update; trainable parameters grow linearly with it.")
-    alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha / r.")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    target_modules: Union[Literal["all-linear", "attention", "mlp"], list[str]] = Field(
-        "all-linear",
-        description="Which linear layers get adapters: all-linear, attention, mlp, or a list of module names.",
-    )
-
-
-MethodCfg = Annotated[Union[FullCfg, LoraCfg], Field(discriminator="name")]
 
 
 class TrainCfg(Section):
@@ -104,6 +68,10 @@ class RunCfg(Section):
     model: ModelCfg = Field(default_factory=ModelCfg)
     data: DataCfg
     method: MethodCfg = Field(default_factory=LoraCfg)
-    stage: Literal["sft"] = Field("sft", description="How the model learns; sft = supervised fine-tuning.")
+    stage: StageName = Field("sft", description="How the model learns; sft = supervised fine-tuning.")
     train: TrainCfg = Field(default_factory=TrainCfg)
+    optim: OptimCfg = Field(default_factory=OptimCfg)
     output_dir: str = Field("runs/my-run", description="The run folder to write.")
+
+
+__all__ = ["DataCfg", "FullCfg", "LoraCfg", "MethodCfg", "ModelCfg", "OptimCfg", "RunCfg", "Section", "TrainCfg"]
