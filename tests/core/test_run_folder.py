@@ -19,7 +19,8 @@ def trained(tmp_path_factory, shared_data):
            "data": {"train": str(shared_data / "llamafactory_demo/alpaca_en_demo.json"), "max_samples": 40,
                     "max_length": 96, "val_size": 0.2},
            "method": {"name": "lora", "r": 4, "alpha": 8},
-           "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "eval_every": 2, "save_every": 2},
+           "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "eval_every": 2, "save_every": 2,
+                     "report_to": ["tensorboard"]},
            "output_dir": str(root / "r")}
     (root / "c.yaml").write_text(yaml.safe_dump(cfg))
     res = CliRunner().invoke(app, ["train", str(root / "c.yaml"), "train.seed=3", "--quiet"])
@@ -44,6 +45,19 @@ def test_run_folder_contents(trained):
     assert all(m["tokens_per_s"] > 0 and m["grad_norm"] > 0 for m in train_rows)
     assert [m["step"] for m in eval_rows] == [2, 4]
     assert [c.name for c in sorted((p / "checkpoints").iterdir())] == ["step-000002"]
+
+
+def test_report_and_tracker_written_at_the_end(trained):
+    _, run = trained
+    html = (run.path / "report.html").read_text()
+    assert "<svg" in html and "tiny-qwen2" in html
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run.path / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
+    losses = [m["loss"] for m in run.metrics() if "loss" in m]
+    assert [e.value for e in acc.Scalars("loss")] == pytest.approx(losses, rel=1e-6)
 
 
 def test_template_travels_with_the_run(trained):

@@ -29,8 +29,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunelab.models import ModelNotFound
     from tunelab.run import RunNotFound
     from tunelab.stages.recipe import RunFolderError
+    from tunelab.tracking import MissingExtra
 
-    return (ConfigError, DataError, TemplateError, ModelNotFound, RunNotFound, RunFolderError, FileNotFoundError)
+    return (ConfigError, DataError, TemplateError, ModelNotFound, RunNotFound, RunFolderError, FileNotFoundError,
+            MissingExtra)
 
 
 def _fail(e: BaseException, code: int = 2) -> None:

@@ -60,6 +60,10 @@ class TrainCfg(Section):
         "never", description="auto = continue the latest checkpoint in output_dir; or a checkpoint path."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks CUDA if present.")
+    report_to: list[Literal["jsonl", "tensorboard", "swanlab", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="Trackers, all offline inside the run folder; jsonl (metrics.jsonl) is always written.")
+    report: bool = Field(True, description="Write report.html (loss curves, evals) at the end of training.")
 
 
 class RunCfg(Section):

@@ -81,7 +81,7 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
         Console(stderr=True).print(
             f"[bold]{cfg.method.name}[/] on {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
             f"({meta['trainable_pct']:.2f}%) on {device}")
-    trackers = [make_tracker("jsonl")]
+    trackers = [make_tracker(name) for name in dict.fromkeys(["jsonl", *cfg.train.report_to])]
     for t in trackers:
         t.start(run_dir, cfg.model_dump(mode="json"))
     return RunSetup(cfg, run_dir, model, tokenizer, template, method, device, trackers)
@@ -96,6 +96,10 @@ def finish_run(setup: RunSetup, summary: dict, data_stats: dict) -> Path:
     atomic_write_json(run_dir / "summary.json", {**summary, "data": data_stats})
     for t in setup.trackers:
         t.finish()
+    if setup.cfg.train.report:
+        from tunelab.eval.report import write_report
+
+        write_report(run_dir)
     return run_dir
 
 
