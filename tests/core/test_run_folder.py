@@ -118,3 +118,18 @@ def test_bad_inputs_are_one_clear_line(tmp_path):
     assert res.exit_code == 2 and "never downloads" in res.output
     with pytest.raises(RunNotFound, match="not a tunelab run folder"):
         Run(tmp_path)
+
+
+def test_export_merged_equals_the_unmerged_run(trained, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    _, run = trained
+    res = CliRunner().invoke(app, ["export", str(run.path), "--format", "merged", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "chat_template.jinja").read_text() == run.chat_template
+    model, _, _ = run.load_model()
+    x = torch.tensor([[1, 200, 300, 400, 500]])
+    torch.testing.assert_close(merged(input_ids=x).logits, model(input_ids=x).logits, rtol=1e-4, atol=1e-5)
+    res = CliRunner().invoke(app, ["export", str(run.path), "--format", "gguff"])
+    assert res.exit_code == 2 and "did you mean" in res.output

@@ -220,6 +220,41 @@ def demo(
         _fail(e)
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `tunelab train`.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="merged (safetensors), gguf, ollama, onnx or triton.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output path (default RUN_DIR/export/FORMAT).")] = None,
+    quant: Annotated[Optional[str], typer.Option(help="gguf/ollama: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0.")]
+    = None,
+    system: Annotated[Optional[str], typer.Option(help="ollama: a SYSTEM prompt for the Modelfile.")] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="triton: the model's name in the repository.")] = None,
+    with_past: Annotated[Optional[bool], typer.Option("--with-past/--no-past",
+                                                      help="onnx/triton: include the KV cache inputs.")] = None,
+) -> None:
+    """Export a run: adapters are merged into the base first (where the method allows), then written as FORMAT.
+
+    Example: tunelab export runs/quick --format gguf --quant q8_0
+    """
+    _quiet_library_warnings()
+    from tunelab.export import ExportError
+    from tunelab.export import export as do_export
+    from tunelab.methods import NotMergeable
+    from tunelab.run import Run
+
+    options = {k: v for k, v in {"quant": quant, "system": system, "model_name": model_name,
+                                 "with_past": with_past}.items() if v is not None}
+    try:
+        run = Run(run_dir)
+        model, tok, template = run.load_model(device="cpu", merged=True)
+        target = out or run.path / "export" / fmt
+        path = do_export(model, tok, template, fmt, target, **options)
+    except (*_user_errors(), ExportError, NotMergeable) as e:
+        _fail(e)
+    err.print(f"[green]exported[/] {run_dir} as {fmt}")
+    typer.echo(str(path))
+
+
 def _mount_optional() -> None:
     """Sub-apps that live in their own modules."""
     from tunelab.cli import evidence
