@@ -133,3 +133,24 @@ def test_export_merged_equals_the_unmerged_run(trained, tmp_path):
     torch.testing.assert_close(merged(input_ids=x).logits, model(input_ids=x).logits, rtol=1e-4, atol=1e-5)
     res = CliRunner().invoke(app, ["export", str(run.path), "--format", "gguff"])
     assert res.exit_code == 2 and "did you mean" in res.output
+
+
+def test_serve_a_run_folder_answers_like_the_run(trained):
+    from fastapi.testclient import TestClient
+
+    from tunelab.cli.serve import spec_from_run
+    from tunelab.infer.generate import generate
+    from tunelab.infer.server import create_app
+
+    _, run = trained
+    spec = spec_from_run(run.path)
+    assert spec.name == run.path.name and spec.adapter_dir.endswith("adapter")
+    assert spec.chat_template == run.chat_template
+    model, tok, template = run.load_model()
+    expected = generate(model, tok, template, [[{"role": "user", "content": "hello"}]], max_new_tokens=6)[0]
+    with TestClient(create_app([spec])) as client:
+        res = client.post("/v1/chat/completions", json={
+            "model": spec.name, "max_tokens": 6, "temperature": 0,
+            "messages": [{"role": "user", "content": "hello"}]})
+    assert res.status_code == 200, res.text
+    assert res.json()["choices"][0]["message"]["content"].strip() == expected

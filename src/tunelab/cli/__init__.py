@@ -262,6 +262,9 @@ def _mount_optional() -> None:
     app.command("report")(evidence.report)
     app.command("runs")(evidence.runs)
     app.command("import-ratings")(evidence.import_ratings)
+    from tunelab.cli.serve import app as serve_app
+
+    app.add_typer(serve_app)
 
 
 _mount_optional()
