@@ -262,6 +262,9 @@ def _mount_optional() -> None:
     app.command("report")(evidence.report)
     app.command("runs")(evidence.runs)
     app.command("import-ratings")(evidence.import_ratings)
+    from tunelab.cli.data import app as data_app
+
+    app.add_typer(data_app, name="data", help="Prepare data: clean, dedup, split, extract-dialogue, augment.")
     from tunelab.cli.serve import app as serve_app
 
     app.add_typer(serve_app)

@@ -1,0 +1,260 @@
+"""`tunelab data ...`: data-preparation commands, thin wrappers over `tunelab.data.prepare`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.data.io import DataError, read_records, write_records
+from tunelab.data.prepare import augment, clean, dedup, extract_dialogue, split
+from tunelab.data.prepare.augment import AUGMENTERS
+from tunelab.utils.io import atomic_write_jsonl
+
+app = typer.Typer(help="Prepare data: clean, deduplicate, split, extract dialogue from scripts, augment.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode="rich")
+out = Console()
+err = Console(stderr=True)
+
+InputArg = Annotated[Path, typer.Argument(help="Records file: .json (array) or .jsonl.", show_default=False)]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (.json or .jsonl). "
+                                                   "Default: beside the input, e.g. data.clean.json.")]
+RejectedOpt = Annotated[Optional[Path], typer.Option("--rejected", help="Side file (JSONL) for dropped rows with "
+                                                     "reason and position. Default: <output>.rejected.jsonl.")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _run(fn: Callable[[], None]) -> None:
+    """Run a command body, turning bad input into one clear message and exit code 1."""
+    try:
+        fn()
+    except (DataError, ValueError, OSError) as e:
+        _fail(str(e))
+
+
+def _default_out(src: Path, tag: str) -> Path:
+    return src.with_name(f"{src.stem}.{tag}{src.suffix if src.suffix in ('.json', '.jsonl') else '.jsonl'}")
+
+
+def _side(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.rejected.jsonl")
+
+
+def _summary(title: str, counts: Counter, order: list[str], files: dict[str, Path | None]) -> None:
+    out.print(f"[bold]{title}[/]", highlight=False)
+    table = Table()
+    table.add_column("")
+    table.add_column("records", justify="right")
+    for key in order + sorted(k for k in counts if k not in order):
+        if key in counts or key in order[:2]:
+            table.add_row(key.replace("_", " "), f"{counts.get(key, 0):,}")
+    out.print(table)
+    for name, path in files.items():
+        if path is not None:
+            out.print(f"{name}: {path}", highlight=False)
+
+
+@app.command("clean")
+def clean_cmd(
+    input: InputArg,
+    output: OutputOpt = None,
+    rejected: RejectedOpt = None,
+    min_chars: Annotated[int, typer.Option(help="Drop records with fewer characters (all text fields).")] = 2,
+    max_chars: Annotated[Optional[int], typer.Option(help="Drop records with more characters. Default: no limit.")]
+    = None,
+    keep_cjk_punct: Annotated[bool, typer.Option(help="Keep full-width Chinese punctuation (NFKC turns '，' "
+                                                 "into ',').")] = False,
+    html: Annotated[bool, typer.Option(help="Strip HTML tags and entities (turn off for code data).")] = True,
+) -> None:
+    """Normalize text (NFKC, control characters, HTML remnants, whitespace) and drop empty/short/long records.
+
+    Example:
+
+        tunelab data clean data.json -o data.clean.json --min-chars 4 --max-chars 4000
+    """
+    def body() -> None:
+        steps = ("unicode", "html", "control", "whitespace") if html else ("unicode", "control", "whitespace")
+        res = clean(read_records(input), min_chars=min_chars, max_chars=max_chars, steps=steps,
+                    keep_cjk_punct=keep_cjk_punct)
+        dst = output or _default_out(input, "clean")
+        kept, side = res.write(dst, rejected or _side(dst))
+        _summary(f"clean {input}", res.counts, ["input", "kept", "modified"], {"kept": kept, "rejected": side})
+    _run(body)
+
+
+@app.command("dedup")
+def dedup_cmd(
+    input: InputArg,
+    output: OutputOpt = None,
+    rejected: RejectedOpt = None,
+    mode: Annotated[str, typer.Option(help="exact, near or both.")] = "both",
+    threshold: Annotated[float, typer.Option(help="Jaccard similarity for near duplicates (lower removes more).")]
+    = 0.8,
+    num_perm: Annotated[int, typer.Option(help="MinHash permutations (more: slower, more accurate).")] = 128,
+    char_ngram: Annotated[int, typer.Option(help="Shingle size in characters for Chinese/Japanese/Korean.")] = 3,
+    word_ngram: Annotated[int, typer.Option(help="Shingle size in words for other text.")] = 3,
+) -> None:
+    """Remove exact and near-duplicate records (MinHash LSH), keeping the first occurrence.
+
+    Removed rows go to the side file with the position of the record they duplicate.
+
+    Example:
+
+        tunelab data dedup huanhuan.json -o huanhuan.dedup.json --mode both --threshold 0.8
+    """
+    def body() -> None:
+        res = dedup(read_records(input), mode=mode, threshold=threshold, num_perm=num_perm,  # type: ignore[arg-type]
+                    char_ngram=char_ngram, word_ngram=word_ngram)
+        dst = output or _default_out(input, "dedup")
+        kept, side = res.write(dst, rejected or _side(dst))
+        _summary(f"dedup {input}", res.counts, ["input", "kept", "exact", "near"], {"kept": kept, "removed": side})
+    _run(body)
+
+
+@app.command("split")
+def split_cmd(
+    input: InputArg,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Folder for train/val/test files. "
+                                                    "Default: <input stem>_split beside the input.")] = None,
+    val: Annotated[float, typer.Option(help="Validation fraction (0.15-0.2 is the usual advice).")] = 0.15,
+    test: Annotated[float, typer.Option(help="Test fraction (0: no test file).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Shuffle seed: same seed, same split.")] = 42,
+    stratify: Annotated[str, typer.Option(help="Field to stratify on; 'auto' uses 'label' when every record has "
+                                          "one; 'none' turns it off.")] = "auto",
+) -> None:
+    """Split into train/val(/test) files, seeded, stratified by label for classification data.
+
+    Example:
+
+        tunelab data split news.jsonl --out-dir news_split --val 0.15 --test 0.1 --seed 42
+    """
+    def body() -> None:
+        res = split(read_records(input), val=val, test=test, seed=seed,
+                    stratify=None if stratify.lower() == "none" else stratify)
+        paths = res.write(out_dir or input.with_name(f"{input.stem}_split"),
+                          input.suffix if input.suffix in (".json", ".jsonl") else ".jsonl")
+        out.print(f"[bold]split {input}[/]" + (f" (stratified by '{res.stratified_by}')" if res.stratified_by
+                                                else ""), highlight=False)
+        table = Table()
+        table.add_column("part")
+        table.add_column("records", justify="right")
+        labels = sorted({lab for c in res.label_counts.values() for lab in c})
+        for lab in labels:
+            table.add_column(lab, justify="right")
+        for part, rows in res.parts.items():
+            if part in paths:
+                table.add_row(part, f"{len(rows):,}", *(str(res.label_counts[part][lab]) for lab in labels))
+        out.print(table)
+        for part, path in paths.items():
+            out.print(f"{part}: {path}", highlight=False)
+        if not 0.15 <= val <= 0.2:
+            out.print(f"note: val={val} is outside the usual 0.15-0.2", style="yellow")
+    _run(body)
+
+
+def _read_script(path: Path, encoding: str | None) -> str:
+    if not path.is_file():
+        raise DataError(f"{path}: no such script file")
+    data = path.read_bytes()
+    for enc in ([encoding] if encoding else ["utf-8-sig", "gb18030"]):
+        try:
+            return data.decode(enc)
+        except UnicodeDecodeError as e:
+            last = e
+    raise DataError(f"{path}: cannot decode as {encoding or 'UTF-8 or GB18030'} ({last}); pass --encoding")
+
+
+@app.command("extract-dialogue")
+def extract_dialogue_cmd(
+    script: Annotated[Path, typer.Argument(help="Play/film script, plain text ('名字：台词' or 'NAME: line').",
+                                           show_default=False)],
+    character: Annotated[str, typer.Option("--character", "-c", help="The persona: whose lines become outputs.")],
+    alias: Annotated[Optional[list[str]], typer.Option("--alias", "-a", help="Another name of the same "
+                                                       "character (repeat for more).")] = None,
+    history: Annotated[int, typer.Option(help="Keep up to N earlier exchanges of the scene as history.")] = 0,
+    system: Annotated[Optional[str], typer.Option(help="System prompt added to every record.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file. Default: "
+                                                   "<script stem>.<character>.json.")] = None,
+    encoding: Annotated[Optional[str], typer.Option(help="Script encoding. Default: UTF-8, then GB18030.")] = None,
+) -> None:
+    """Turn a script into Alpaca records for a persona model: the character's lines are outputs.
+
+    The line just before each of the character's lines is the instruction.
+
+    Stage directions （…） (…) […] 【…】 are dropped; scene headings (第一幕, SCENE 2, 场景：…) reset the context.
+
+    Example:
+
+        tunelab data extract-dialogue script.txt --character 甄嬛 --alias 嬛嬛 --history 2 -o huanhuan.json
+    """
+    def body() -> None:
+        res = extract_dialogue(_read_script(script, encoding), character, aliases=alias or [], history=history,
+                               system=system, source=str(script))
+        dst = output or script.with_name(f"{script.stem}.{character}.json")
+        write_records(dst, res.kept)
+        side = atomic_write_jsonl(_side(dst), res.rejected) if res.rejected else None
+        _summary(f"extract-dialogue {script} --character {character}", res.counts,
+                 ["lines", "scenes", "turns", "target_turns", "records", "no_prompt"],
+                 {"records": dst, "skipped": side})
+    _run(body)
+
+
+@app.command("augment")
+def augment_cmd(
+    input: InputArg,
+    output: OutputOpt = None,
+    op: Annotated[Optional[list[str]], typer.Option("--op", help=f"Operation, repeatable: {', '.join(AUGMENTERS)}. "
+                                                    "Default: synonym.")] = None,
+    rate: Annotated[float, typer.Option(help="Per-word (per-sentence for reorder) probability.")] = 0.1,
+    copies: Annotated[int, typer.Option(help="Augmented copies per record and operation.")] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    answers: Annotated[bool, typer.Option(help="Also change the answer side (off: answers stay exactly as "
+                                          "written).")] = False,
+    original: Annotated[bool, typer.Option(help="Keep the original records in the output.")] = True,
+    generate: Annotated[int, typer.Option(help="Also write N new records with a model (few-shot).")] = 0,
+    model: Annotated[Optional[str], typer.Option(help="Model for --generate (name or folder).")] = None,
+    shots: Annotated[int, typer.Option("--k", help="Seed examples shown per generation prompt.")] = 3,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest reply per generation call, in tokens.")] = 256,
+    max_calls: Annotated[Optional[int], typer.Option(help="Most generation calls (default 2 * N + 2).")] = None,
+) -> None:
+    """Add augmented copies: synonym replacement, reordering, random deletion/insertion; optionally LLM few-shot.
+
+    Only the input side changes unless --answers is given, so answers stay correct.
+
+    Examples:
+
+        tunelab data augment train.json -o train.aug.json --op synonym --op delete --rate 0.1
+
+        tunelab data augment train.json -o train.gen.json --op synonym --generate 20 --model smollm2-135m
+    """
+    def body() -> None:
+        records = read_records(input)
+        res = augment(records, ops=op or ["synonym"], rate=rate, copies=copies, seed=seed,
+                      sides=("input", "output") if answers else ("input",), keep_original=original)
+        files: dict[str, Path | None] = {}
+        if generate:
+            if not model:
+                raise ValueError("--generate needs --model (a model name such as smollm2-135m, or a folder)")
+            from tunelab.data.prepare import generate_with_model
+            from tunelab.models import load_model, load_tokenizer
+
+            gen = generate_with_model(load_model(model), load_tokenizer(model), records, k=shots, n=generate,
+                                      seed=seed, max_new_tokens=max_new_tokens, max_calls=max_calls)
+            res.kept.extend(gen.kept)
+            res.counts.update({f"generated {k}": v for k, v in gen.counts.items()})
+            res.counts["kept"] = len(res.kept)
+            res.rejected = gen.rejected
+        dst = output or _default_out(input, "aug")
+        kept, side = res.write(dst, _side(dst) if res.rejected else None)
+        files.update(kept=kept, rejected=side)
+        _summary(f"augment {input}", res.counts, ["input", "kept", "augmented", "unchanged"], files)
+    _run(body)
