@@ -79,6 +79,24 @@ def _leveldb_log_records(path):
     return out
 
 
+def _wandb_records_when_complete(path, pb2, timeout_s: float = 30.0):
+    """W&B's writer process may still be flushing after finish() returns on a loaded machine:
+    wait (bounded) until the run's closing 'exit' record is on disk."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = _leveldb_log_records(path)
+        kinds = []
+        for data in records:
+            rec = pb2.Record()
+            rec.ParseFromString(data)
+            kinds.append(rec.WhichOneof("record_type"))
+        if "exit" in kinds or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def test_wandb_offline_run_files(tmp_path):
     pytest.importorskip("wandb")
     from wandb.proto import wandb_internal_pb2
@@ -86,7 +104,8 @@ def test_wandb_offline_run_files(tmp_path):
     _log_run("wandb", tmp_path)
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     history, config = [], {}
-    for data in _leveldb_log_records(next(run_dir.glob("run-*.wandb"))):
+    records = _wandb_records_when_complete(next(run_dir.glob("run-*.wandb")), wandb_internal_pb2)
+    for data in records:
         rec = wandb_internal_pb2.Record()
         rec.ParseFromString(data)
         kind = rec.WhichOneof("record_type")
