@@ -7,7 +7,6 @@ is set, so we use its recommended local backend instead; it needs no server or n
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,7 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-
-def scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """The real-number entries of a metrics dict (bools, strings and None are not plottable)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def plain(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as JSON types only (paths and enums become strings), which every backend accepts."""
-    return json.loads(json.dumps(config, default=str))
+from tunelab.tracking.values import plain, scalars
 
 
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer parameter values

@@ -8,10 +8,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
 
-
-def scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """The real-number entries of a metrics dict (bools, strings and None are not plottable)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+from tunelab.tracking.values import scalars
 
 
 class TensorBoardTracker:
