@@ -265,6 +265,9 @@ def _mount_optional() -> None:
     from tunelab.cli.data import app as data_app
 
     app.add_typer(data_app, name="data", help="Prepare data: clean, dedup, split, extract-dialogue, augment.")
+    from tunelab.cli.bench import app as bench_app
+
+    app.add_typer(bench_app, name="bench")
     from tunelab.cli.serve import app as serve_app
 
     app.add_typer(serve_app)

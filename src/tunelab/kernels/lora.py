@@ -1,0 +1,148 @@
+"""Fused LoRA linear: `y = x W^T + b + s * (x A^T) B^T` in one autograd node.
+
+PEFT's `lora.Linear.forward` runs the base layer, then (for fp32 adapter weights on a
+bf16 model) casts the input to fp32, applies dropout (an Identity copy when p = 0),
+and runs two more matmuls; autograd keeps the fp32 copy of every input for the
+backward pass. Here the adapter weights are cast to the input's dtype instead (they are
+rank x d, so the cast is tiny), the low-rank product is added in place into the base
+output, and the backward pass is written out, saving only `x` and the (N, r) product.
+LoRA: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.
+
+The swap goes through public module APIs: `fuse_lora(model)` replaces each eligible
+`peft.tuners.lora.Linear` with a `FusedLoraLinear` that holds the original module (and
+so the same parameters), and `unfuse_lora(model)` puts the originals back, e.g. before
+`save_pretrained` so adapter files keep PEFT's key names. Whenever the fused path does
+not apply (dropout > 0, DoRA, merged or disabled adapters, several active adapters) the
+wrapper calls PEFT's own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LoraLinearFunction(torch.autograd.Function):
+    """Forward and backward of a LoRA linear with a frozen base weight (base grads only if asked)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+        # x (..., in), weight (out, in), bias (out,), lora_a (r, in), lora_b (out, r)
+        x2 = x.reshape(-1, x.shape[-1])                       # (N, in)
+        a = lora_a.to(x.dtype)
+        b = lora_b.to(x.dtype)
+        xa = x2 @ a.t()                                       # (N, r)
+        y = F.linear(x2, weight, bias)                        # (N, out)
+        y.addmm_(xa, b.t(), alpha=scaling)
+        ctx.save_for_backward(x2, weight, a, b, xa)
+        ctx.scaling = scaling
+        ctx.has_bias = bias is not None
+        ctx.dtypes = (lora_a.dtype, lora_b.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x2, weight, a, b, xa = ctx.saved_tensors
+        s = ctx.scaling
+        a_dtype, b_dtype, w_dtype, bias_dtype = ctx.dtypes
+        dy = grad_y.reshape(-1, grad_y.shape[-1]).to(x2.dtype)   # (N, out)
+        dxa = (dy @ b).mul_(s)                                    # (N, r)
+        dx = da = db = dw = dbias = None
+        if ctx.needs_input_grad[0]:
+            dx = dy @ weight.to(x2.dtype)                         # (N, in)
+            dx.addmm_(dxa, a)
+            dx = dx.view(*grad_y.shape[:-1], x2.shape[-1])
+        if ctx.needs_input_grad[1]:
+            dw = (dy.t() @ x2).to(w_dtype)                        # (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            dbias = dy.sum(0).to(bias_dtype)
+        if ctx.needs_input_grad[3]:
+            da = (dxa.t() @ x2).to(a_dtype)                       # (r, in)
+        if ctx.needs_input_grad[4]:
+            db = (dy.t() @ xa).mul_(s).to(b_dtype)                # (out, r)
+        return dx, dw, dbias, da, db, None
+
+
+def lora_linear_ops(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Same result as `lora_linear` from plain differentiable ops.
+
+    Used inside torch.compile: the compiler then sees the whole layer and its partitioner
+    chooses what to save (e.g. keeps gate/up and recomputes the SwiGLU product instead of
+    also storing it as down_proj's input), which a hand-written backward would hide.
+    """
+    x2 = x.reshape(-1, x.shape[-1])                                        # (N, in)
+    xa = x2 @ lora_a.to(x.dtype).t()                                       # (N, r)
+    y = torch.addmm(F.linear(x2, weight, bias), xa, lora_b.to(x.dtype).t(), alpha=scaling)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """`x @ weight.T + bias + scaling * (x @ lora_a.T) @ lora_b.T`, computed in x's dtype.
+
+    x: (..., in); weight: (out, in); lora_a: (r, in); lora_b: (out, r). Eager: one autograd
+    node with a hand-written backward (in-place add, only x and the (N, r) product saved).
+    Under torch.compile: `lora_linear_ops`, so the compiler can fuse and re-plan saving.
+    """
+    if torch.compiler.is_compiling():
+        return lora_linear_ops(x, weight, bias, lora_a, lora_b, scaling)
+    return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling)
+
+
+class FusedLoraLinear(nn.Module):
+    """Drop-in for a `peft.tuners.lora.Linear`: same parameters, fused forward when it applies."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def _fused_args(self) -> tuple | None:
+        """(base, A, B, scaling) when the fused path computes exactly what PEFT would, else None."""
+        inner = self.inner
+        if getattr(inner, "disable_adapters", False) or getattr(inner, "merged", False):
+            return None
+        active = [n for n in inner.active_adapters if n in inner.lora_A]
+        if len(active) != 1:
+            return None
+        name = active[0]
+        if inner.use_dora.get(name, False) or not isinstance(inner.lora_dropout[name], nn.Identity):
+            return None
+        base = inner.get_base_layer()
+        if not isinstance(base, nn.Linear):
+            return None
+        return base, inner.lora_A[name].weight, inner.lora_B[name].weight, inner.scaling[name]
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        fused = None if args or kwargs else self._fused_args()
+        if fused is None:
+            return self.inner(x, *args, **kwargs)
+        base, a, b, s = fused
+        return lora_linear(x, base.weight, base.bias, a, b, s)
+
+
+def _is_peft_lora_linear(module: nn.Module) -> bool:
+    from peft.tuners.lora import Linear as PeftLoraLinear
+
+    return isinstance(module, PeftLoraLinear)
+
+
+def fuse_lora(model: nn.Module) -> int:
+    """Wrap every `peft.tuners.lora.Linear` in `model` with `FusedLoraLinear`; returns how many.
+
+    Parameters are shared, not copied, so optimizers built before or after see the same tensors.
+    """
+    targets = [name for name, m in model.named_modules() if _is_peft_lora_linear(m)]
+    for name in targets:
+        model.set_submodule(name, FusedLoraLinear(model.get_submodule(name)))
+    return len(targets)
+
+
+def unfuse_lora(model: nn.Module) -> int:
+    """Undo `fuse_lora`: put the original PEFT modules back (do this before saving adapters)."""
+    targets = [name for name, m in model.named_modules() if isinstance(m, FusedLoraLinear)]
+    for name in targets:
+        model.set_submodule(name, model.get_submodule(name).inner)
+    return len(targets)

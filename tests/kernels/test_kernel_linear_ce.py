@@ -1,0 +1,118 @@
+"""Chunked linear + cross-entropy vs plain `F.linear` + `F.cross_entropy`: loss and all gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunelab.kernels.linear_ce import (
+    default_chunk_size,
+    linear_cross_entropy,
+    shift_labels,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _inputs(device, n=37, h=16, v=50, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    weight = torch.randn(v, h, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    b = torch.randn(v, generator=g, dtype=torch.float64).to(device).requires_grad_() if bias else None
+    labels = torch.randint(0, v, (n,), generator=g).to(device)
+    labels[::5] = -100
+    return hidden, weight, b, labels
+
+
+def _grads(loss, *ts):
+    return torch.autograd.grad(loss, [t for t in ts if t is not None])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("chunk", [1, 8, 64])
+def test_matches_cross_entropy(device, smoothing, chunk):
+    hidden, weight, bias, labels = _inputs(device)
+    ref = F.cross_entropy(F.linear(hidden, weight, bias), labels, ignore_index=-100,
+                          label_smoothing=smoothing, reduction="sum")
+    got = linear_cross_entropy(hidden, weight, labels, bias, label_smoothing=smoothing,
+                               chunk_size=chunk, backend="torch")
+    torch.testing.assert_close(got, ref)
+    for g_got, g_ref in zip(_grads(2.5 * got, hidden, weight, bias), _grads(2.5 * ref, hidden, weight, bias)):
+        torch.testing.assert_close(g_got, g_ref)
+
+
+def test_frozen_weight_gets_no_grad_and_batched_shape():
+    hidden, weight, _, labels = _inputs("cpu", n=24, bias=False)
+    weight = weight.detach()
+    h3, y3 = hidden.view(2, 12, -1), labels.view(2, 12)
+    got = linear_cross_entropy(h3, weight, y3, chunk_size=5, backend="torch")
+    ref = F.cross_entropy(F.linear(hidden, weight), labels, reduction="sum")
+    torch.testing.assert_close(got, ref)
+    (g,) = torch.autograd.grad(got, hidden)
+    (g_ref,) = torch.autograd.grad(ref, hidden)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_bf16_close_to_fp64_reference():
+    hidden, weight, _, labels = _inputs("cpu", n=64, h=32, v=300, bias=False)
+    ref = F.cross_entropy(F.linear(hidden, weight), labels, reduction="sum")
+    got = linear_cross_entropy(hidden.detach().bfloat16(), weight.detach().bfloat16(), labels, chunk_size=16)
+    assert got.dtype == torch.float32
+    assert abs(got.item() - ref.item()) / ref.item() < 2e-2
+
+
+def test_all_ignored_gives_zero_loss_and_grad():
+    hidden, weight, _, labels = _inputs("cpu", bias=False)
+    labels = torch.full_like(labels, -100)
+    got = linear_cross_entropy(hidden, weight, labels, chunk_size=8)
+    assert got.item() == 0.0
+    (g,) = torch.autograd.grad(got, hidden)
+    assert torch.count_nonzero(g) == 0
+
+
+def test_errors_name_the_problem():
+    hidden, weight, _, labels = _inputs("cpu", bias=False)
+    with pytest.raises(ValueError, match="unknown linear-CE backend 'triton'"):
+        linear_cross_entropy(hidden, weight, labels, backend="triton")
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        linear_cross_entropy(hidden, weight, labels, label_smoothing=1.0)
+    with pytest.raises(ValueError, match="disagree on the token dims"):
+        linear_cross_entropy(hidden, weight, labels[:-1])
+
+
+def test_shift_labels_and_chunk_size():
+    y = torch.tensor([[5, 6, 7], [1, -100, 2]])
+    assert shift_labels(y).tolist() == [[6, 7, -100], [-100, 2, -100]]
+    assert default_chunk_size(151936) == 1024  # 2**28 values / 152k vocab -> 1766 -> 1024
+    assert default_chunk_size(1000) == 262144
+    assert default_chunk_size(10**9) == 64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_liger_backend_matches_torch_backend(smoothing):
+    pytest.importorskip("liger_kernel")
+    hidden, weight, _, labels = _inputs("cuda", n=300, h=64, v=1000, bias=False)
+    hidden32, weight32 = hidden.detach().float().requires_grad_(), weight.detach().float().requires_grad_()
+    ref = linear_cross_entropy(hidden32, weight32, labels, label_smoothing=smoothing, backend="torch")
+    got = linear_cross_entropy(hidden32, weight32, labels, label_smoothing=smoothing, backend="liger")
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+    for g1, g2 in zip(torch.autograd.grad(got, (hidden32, weight32)), torch.autograd.grad(ref, (hidden32, weight32))):
+        torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_compiled_bf16_path_close_to_fp64_reference(smoothing):
+    hidden, weight, _, labels = _inputs("cuda", n=300, h=64, v=1000, bias=False)
+    ref = F.cross_entropy(F.linear(hidden, weight), labels, label_smoothing=smoothing, reduction="sum")
+    g_ref = torch.autograd.grad(ref, (hidden, weight))
+    hb, wb = hidden.detach().bfloat16().requires_grad_(), weight.detach().bfloat16().requires_grad_()
+    got = linear_cross_entropy(hb, wb, labels, label_smoothing=smoothing, chunk_size=128, backend="torch")
+    assert abs(got.item() - ref.item()) / ref.item() < 1e-2
+    for g, gr in zip(torch.autograd.grad(got, (hb, wb)), g_ref):
+        assert ((g.double() - gr).norm() / gr.norm()).item() < 2e-2

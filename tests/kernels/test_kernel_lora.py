@@ -1,0 +1,125 @@
+"""Fused LoRA linear vs PEFT's own lora.Linear: outputs and gradients, and the module swap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from tunelab.kernels.lora import (
+    FusedLoraLinear,
+    fuse_lora,
+    lora_linear,
+    lora_linear_ops,
+    unfuse_lora,
+)
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(12, 20, bias=True)
+        self.down = torch.nn.Linear(20, 12, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def _peft_model(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    model = get_peft_model(Tiny().double(), LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"],
+                                                      lora_dropout=dropout))
+    for name, p in model.named_parameters():  # lora_B starts at zero: make the update non-trivial
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)
+    return model
+
+
+@pytest.mark.parametrize("fn", [lora_linear, lora_linear_ops])
+def test_lora_linear_matches_reference_with_base_grads(fn):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(20, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(20, generator=g, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    bb = torch.randn(20, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = x @ w.T + b + 0.5 * (x @ a.T) @ bb.T
+    got = fn(x, w, b, a, bb, 0.5)
+    torch.testing.assert_close(got, ref)
+    gy = torch.randn_like(ref)
+    for g1, g2 in zip(torch.autograd.grad(got, (x, w, b, a, bb), gy), torch.autograd.grad(ref, (x, w, b, a, bb), gy)):
+        torch.testing.assert_close(g1, g2)
+    torch.autograd.gradcheck(lambda *t: fn(*t, 0.5), (x[:1, :2].detach().requires_grad_(), w, b, a, bb))
+
+
+def test_fused_model_matches_peft_outputs_and_grads():
+    ref_model, fused_model = _peft_model(), _peft_model()
+    assert fuse_lora(fused_model) == 2
+    assert sum(isinstance(m, FusedLoraLinear) for m in fused_model.modules()) == 2
+    x = torch.randn(4, 7, 12, dtype=torch.float64)
+    out_ref, out = ref_model(x), fused_model(x)
+    torch.testing.assert_close(out, out_ref)
+    out_ref.square().sum().backward()
+    out.square().sum().backward()
+    ref_grads = {n: p.grad for n, p in ref_model.named_parameters() if p.requires_grad}
+    got_grads = {n.replace(".inner", ""): p.grad for n, p in fused_model.named_parameters() if p.requires_grad}
+    assert ref_grads.keys() == got_grads.keys() and len(ref_grads) == 4
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, msg=name)
+
+
+def test_unfuse_restores_peft_keys():
+    model = _peft_model()
+    keys = list(model.state_dict())
+    fuse_lora(model)
+    assert list(model.state_dict()) != keys
+    assert unfuse_lora(model) == 2
+    assert list(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize("case", ["dropout", "disabled", "merged"])
+def test_falls_back_to_peft_when_fused_path_does_not_apply(case):
+    ref_model = _peft_model(dropout=0.3 if case == "dropout" else 0.0)
+    fused_model = _peft_model(dropout=0.3 if case == "dropout" else 0.0)
+    fuse_lora(fused_model)
+    x = torch.randn(2, 12, dtype=torch.float64)
+    if case == "dropout":
+        ref_model.eval(), fused_model.eval()   # dropout inactive -> both deterministic, same function
+    if case == "disabled":
+        with ref_model.disable_adapter(), fused_model.disable_adapter():
+            torch.testing.assert_close(fused_model(x), ref_model(x))
+        return
+    if case == "merged":
+        ref_model.merge_adapter(), fused_model.merge_adapter()
+    wrapper = next(m for m in fused_model.modules() if isinstance(m, FusedLoraLinear))
+    assert wrapper._fused_args() is None
+    torch.testing.assert_close(fused_model(x), ref_model(x))
+
+
+def test_bf16_input_with_fp32_adapter():
+    model = _peft_model()
+    ref = model(torch.ones(2, 12, dtype=torch.float64))
+    model = model.to(torch.bfloat16)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.data = p.data.float()
+    fuse_lora(model)
+    out = model(torch.ones(2, 12, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 2e-2
+    out.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_compiled_fused_model_matches_peft():
+    ref_model, fused_model = _peft_model(), _peft_model()
+    fuse_lora(fused_model)
+    compiled = torch.compile(fused_model, backend="aot_eager")   # traces the lora_linear_ops path
+    x = torch.randn(3, 12, dtype=torch.float64)
+    out_ref, out = ref_model(x), compiled(x)
+    torch.testing.assert_close(out, out_ref)
+    out_ref.sum().backward()
+    out.sum().backward()
+    for (n1, p1), (n2, p2) in zip(ref_model.named_parameters(), fused_model.named_parameters()):
+        if p1.requires_grad:
+            torch.testing.assert_close(p2.grad, p1.grad, msg=n1)
