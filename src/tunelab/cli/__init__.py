@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,42 +10,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from tunelab.cli.common import _fail, _quiet_library_warnings, _user_errors, err
+
 app = typer.Typer(name="tunelab", help="Fine-tune large language models. A run is a folder: train writes it; "
                   "chat, eval, report and export read it.", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode="rich")
 config_app = typer.Typer(help="Inspect configs: the resolved values and every key with its default.",
                          no_args_is_help=True)
 app.add_typer(config_app, name="config")
-
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input: shown as one clear line, never a traceback."""
-    from tunelab.config import ConfigError
-    from tunelab.data.io import DataError
-    from tunelab.data.templates import TemplateError
-    from tunelab.models import ModelNotFound
-    from tunelab.run import RunNotFound
-    from tunelab.stages.recipe import RunFolderError
-    from tunelab.tracking import MissingExtra
-
-    return (ConfigError, DataError, TemplateError, ModelNotFound, RunNotFound, RunFolderError, FileNotFoundError,
-            MissingExtra)
-
-
-def _fail(e: BaseException, code: int = 2) -> None:
-    err.print(f"[red bold]error:[/] {escape(str(e))}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _quiet_library_warnings() -> None:
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def _schema_epilog() -> str:
@@ -170,39 +141,6 @@ def chat(
             answer(text)
 
 
-eval_app = typer.Typer(help="Evaluate runs; import human ratings.", no_args_is_help=True,
-                       invoke_without_command=True)
-
-
-@app.command("eval")
-def eval_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Data file (same formats as training).")],
-    metrics: Annotated[str, typer.Option(help="Comma-separated: exact_match, contains, bleu4, rouge.")] =
-    "exact_match,contains",
-    max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer.")] = 64,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward/generate batch.")] = 8,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N records.")] = None,
-) -> None:
-    """Loss, perplexity and generation metrics of a run on a data file; saved under RUN_DIR/eval/."""
-    _quiet_library_warnings()
-    from rich.table import Table
-
-    from tunelab.run import Run
-
-    try:
-        results = Run(run_dir).evaluate(str(data), metrics=[m.strip() for m in metrics.split(",") if m.strip()],
-                                        max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
-    except (*_user_errors(), KeyError) as e:
-        _fail(e)
-    table = Table("metric", "value", title=f"{run_dir} on {data}")
-    for k, v in results.items():
-        if k != "saved":
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
-    err.print(f"saved {results['saved']}")
-
-
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option(help="Where the data, run and result go.")] = Path("runs/demo"),
@@ -257,7 +195,9 @@ def export(
 
 def _mount_optional() -> None:
     """Sub-apps that live in their own modules."""
-    from tunelab.cli import evidence
+    from tunelab.cli import evaluate, evidence
+
+    app.command("eval")(evaluate.eval_cmd)
 
     app.command("report")(evidence.report)
     app.command("runs")(evidence.runs)
