@@ -35,25 +35,33 @@ def train(
     overrides: Annotated[Optional[list[str]], typer.Argument(
         help="KEY=VALUE overrides, e.g. train.lr=1e-4 method.r=8 output_dir=runs/try2.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Train on N processes of this machine (torchrun; "
+                                       "parallel.strategy picks ddp or fsdp; train.batch_size is per process).")] = 1,
 ) -> None:
     """Train a run: config -> data -> model -> method -> loop -> run folder.
 
     Example: tunelab train examples/sft_lora.yaml train.epochs=1 output_dir=runs/quick
     """
+    from tunelab.engine.launch import is_launched_rank, is_main_rank, ranked, run_torchrun
+
+    if nproc > 1 and not is_launched_rank():  # start N ranks, each running this same command
+        raise typer.Exit(run_torchrun(nproc, ["train", str(config), *(overrides or []), *(["--quiet"] if quiet else [])]))
     _quiet_library_warnings()
     import tunelab
     from tunelab.engine.loop import TrainingDiverged, TrainingInterrupted
 
     try:
-        run = tunelab.train(config, overrides or [], progress=not quiet)
+        run = tunelab.train(config, overrides or [], progress=not quiet and is_main_rank())
     except TrainingInterrupted as e:
         err.print(f"[yellow]interrupted[/]: checkpoint saved at {e.checkpoint}\n"
                   f"continue with: tunelab train {config} {' '.join(overrides or [])} train.resume=auto")
         raise typer.Exit(130)
     except TrainingDiverged as e:
-        _fail(e, 1)
+        _fail(ranked(e), 1)
     except _user_errors() as e:
-        _fail(e)
+        _fail(ranked(e))
+    if not is_main_rank():  # rank 0 reports for the whole run
+        return
     s = run.summary
     eval_part = f", eval loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else ""
     err.print(f"[green]done[/]: {s['steps']} steps, train loss {s['train_loss']:.4f}{eval_part}, "
@@ -204,7 +212,7 @@ def _mount_optional() -> None:
     app.command("import-ratings")(evidence.import_ratings)
     from tunelab.cli.data import app as data_app
 
-    app.add_typer(data_app, name="data", help="Prepare data: clean, dedup, split, extract-dialogue, augment.")
+    app.add_typer(data_app, name="data", help="Prepare data: clean, dedup, split, extract-dialogue, augment, inspect, convert.")
     from tunelab.cli.bench import app as bench_app
 
     app.add_typer(bench_app, name="bench")

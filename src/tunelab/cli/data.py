@@ -258,3 +258,66 @@ def augment_cmd(
         files.update(kept=kept, rejected=side)
         _summary(f"augment {input}", res.counts, ["input", "kept", "augmented", "unchanged"], files)
     _run(body)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    input: Annotated[Path, typer.Argument(help="Data file (.json, .jsonl, .csv, .tsv, .parquet) or a "
+                                          "save_to_disk folder.", show_default=False)],
+    model: Annotated[str, typer.Option(help="Model whose tokenizer and chat template measure the lengths.")]
+    = "smollm2-135m",
+    max_length: Annotated[int, typer.Option(help="Training max_length: samples longer than it are counted.")] = 1024,
+    chat_template: Annotated[Optional[str], typer.Option(help="Named template or .jinja file (default: the "
+                                                         "tokenizer's own).")] = None,
+    png: Annotated[Optional[Path], typer.Option(help="Token-length histogram PNG. Default: "
+                                                "<input stem>.lengths.png beside the input.")] = None,
+    example: Annotated[int, typer.Option(help="Which valid record to show rendered.")] = 0,
+) -> None:
+    """Detected format, counts, token-length histogram, truncation at max_length, duplicates, labels,
+    and one rendered example with the trained tokens marked.
+
+    Example:
+
+        tunelab data inspect huanhuan.json --model smollm2-135m --max-length 512 --png huanhuan.png
+    """
+    def body() -> None:
+        from tunelab.data.inspect import TRAINED_CLOSE, TRAINED_OPEN, inspect_data, write_length_png
+        from tunelab.data.templates import resolve_template
+        from tunelab.models import load_tokenizer
+
+        tok = load_tokenizer(model)
+        report = inspect_data(input, tok, resolve_template(tok, chat_template), max_length, example_index=example)
+        text = report.to_text()
+        head, _, sample = text.partition(f"example (trained tokens in {TRAINED_OPEN} {TRAINED_CLOSE}):\n")
+        out.print(head, highlight=False, markup=False, soft_wrap=True, end="")
+        if sample:
+            out.print(f"example (trained tokens in [green]{TRAINED_OPEN} {TRAINED_CLOSE}[/]):", highlight=False)
+            for piece, trained in report.example:
+                out.print(f"{TRAINED_OPEN}{piece}{TRAINED_CLOSE}" if trained else piece,
+                          style="green" if trained else None, highlight=False, markup=False, soft_wrap=True,
+                          end="")
+            out.print()
+        dst = write_length_png(report, png or input.with_name(f"{input.stem}.lengths.png"))
+        out.print(f"histogram: {dst}", highlight=False)
+    _run(body)
+
+
+@app.command("convert")
+def convert_cmd(
+    input: Annotated[Path, typer.Argument(help="Data file or save_to_disk folder (format auto-detected).",
+                                          show_default=False)],
+    output: Annotated[Path, typer.Argument(help="Output JSONL file.", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help="Target format: alpaca, sharegpt or messages.")],
+) -> None:
+    """Convert SFT data between Alpaca, ShareGPT and OpenAI messages (JSONL out, tool calls kept).
+
+    Example:
+
+        tunelab data convert glaive_toolcall_en_demo.json tools.messages.jsonl --to messages
+    """
+    def body() -> None:
+        from tunelab.data.convert import convert
+
+        n, found = convert(input, output, to)
+        out.print(f"converted {n} records from {found} to {to}: {output}", highlight=False)
+    _run(body)

@@ -4,20 +4,75 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 
 from tunelab.config.base import Section
 
+RecordFormat = Literal["auto", "alpaca", "sharegpt", "messages"]
+
+
+class DataSource(Section):
+    """One dataset in a mixture: `data.train: [{path: a.json, weight: 0.8}, {path: general.json, weight: 0.2}]`."""
+
+    path: str = Field(..., description="Data file (.json, .jsonl, .csv, .tsv, .parquet) or a datasets.save_to_disk "
+                      "folder.")
+    weight: float = Field(1.0, gt=0, description="Share of the training samples drawn from this source, relative "
+                          "to the other sources' weights.")
+    format: RecordFormat | None = Field(None, description="Record format of this source; null = data.format.")
+    columns: dict[str, str] | None = Field(None, description="Column mapping for this source; null = data.columns.")
+
 
 class DataCfg(Section):
-    train: str = Field(..., description="Training data file (JSON array or JSONL).")
+    train: str | list[DataSource] = Field(
+        ..., min_length=1, description="Training data: one file (JSON array, JSONL, CSV, TSV, Parquet or a datasets.save_to_disk "
+        "folder), or a list of {path, weight, format} sources mixed by weight (e.g. 80% task / 20% general replay).")
     eval: str | None = Field(None, description="Validation file; if null, val_size of train is held out.")
-    format: Literal["auto", "alpaca", "sharegpt", "messages"] = Field(
+    format: RecordFormat = Field(
         "auto", description="Record format; auto detects it from the first record and says what it found."
     )
+    columns: dict[str, str] | None = Field(
+        None, description="Rename columns before parsing, standard name -> your column, e.g. "
+        "{instruction: question, output: answer} or {messages: dialog}.")
     val_size: float = Field(
         0.15, ge=0.0, lt=1.0, description="Fraction of train held out for validation when eval is null (0 = none)."
     )
     max_length: int = Field(1024, gt=8, description="Longest tokenized sample; longer ones are truncated, "
                             "keeping as much of the response as possible.")
     max_samples: int | None = Field(None, gt=0, description="Use at most this many training records.")
+    packing: bool = Field(False, description="Pack several samples into each row of max_length tokens: no padding, "
+                          "positions restart per sample and attention never crosses samples.")
+    skip_invalid: bool = Field(False, description="Skip records that fail to parse or tokenize instead of stopping; "
+                               "they are counted and written to rejected.jsonl in the run folder.")
+    cache: bool = Field(True, description="Reuse tokenized data from the tunelab cache when the data, tokenizer, "
+                        "template and lengths are unchanged.")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_error_per_source(cls, value):
+        """Validate list entries here so a typo reads `data.train[0].wieght: ...`, not a union of two branches."""
+        if not isinstance(value, list):
+            return value
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                item = {"path": item}
+            try:
+                out.append(DataSource.model_validate(item))
+            except ValidationError as e:
+                problems = "; ".join(
+                    f"data.train[{i}].{'.'.join(map(str, err['loc']))}: "
+                    + (f"unknown key; valid keys: {', '.join(DataSource.model_fields)}"
+                       if err["type"] == "extra_forbidden" else err["msg"])
+                    for err in e.errors())
+                raise ValueError(problems) from None
+        return out
+
+    def sources(self) -> list[DataSource]:
+        """`train` as a list of sources (a single path is one source of weight 1)."""
+        if isinstance(self.train, str):
+            return [DataSource(path=self.train)]
+        return list(self.train)
+
+    def train_label(self) -> str:
+        """A short name of the training data for messages."""
+        return self.train if isinstance(self.train, str) else " + ".join(s.path for s in self.train)

@@ -7,6 +7,7 @@ line (or index) and field.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -17,9 +18,13 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass
 class Conversation:
-    """Messages in order ({"role", "content"}); `tools` holds a tool schema string when the record has one."""
+    """Messages in order ({"role", "content"}); `tools` holds the tool schemas as JSON text when the record has them.
 
-    messages: list[dict[str, str]]
+    An assistant message that calls tools also has `tool_calls`: [{"name", "arguments"}], and its
+    content is the call as JSON text (what templates without tool support render).
+    """
+
+    messages: list[dict[str, Any]]
     tools: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -84,9 +89,11 @@ def parse_sharegpt(rec: Record) -> Conversation:
         if role is None:
             raise DataError(f"{rec.where}: conversations[{i}].from = {turn['from']!r} is not a known role; "
                             f"use one of {', '.join(SHAREGPT_ROLES)}")
-        msgs.append({"role": role, "content": _text(rec, f"conversations[{i}].value", turn["value"])})
-    tools = rec.data.get("tools")
-    return Conversation(msgs, tools=tools if isinstance(tools, str) and tools else None)
+        msg = {"role": role, "content": _text(rec, f"conversations[{i}].value", turn["value"])}
+        if turn["from"] == "function_call":
+            msg["tool_calls"] = _calls_from_text(rec, f"conversations[{i}].value", msg["content"])
+        msgs.append(msg)
+    return Conversation(msgs, tools=_tools_text(rec, rec.data.get("tools")))
 
 
 def parse_messages(rec: Record) -> Conversation:
@@ -100,8 +107,58 @@ def parse_messages(rec: Record) -> Conversation:
             raise DataError(f"{rec.where}: messages[{i}] must be an object with 'role' and 'content'")
         if m["role"] not in ROLES:
             raise DataError(f"{rec.where}: messages[{i}].role = {m['role']!r}; use one of {', '.join(ROLES)}")
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            calls = _openai_calls(rec, i, m["tool_calls"])
+            content = m.get("content") or json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+            msgs.append({"role": "assistant", "content": _text(rec, f"messages[{i}].content", content),
+                         "tool_calls": calls})
+            continue
         msgs.append({"role": m["role"], "content": _text(rec, f"messages[{i}].content", m.get("content"))})
-    return Conversation(msgs)
+    return Conversation(msgs, tools=_tools_text(rec, rec.data.get("tools")))
+
+
+def _calls_from_text(rec: Record, key: str, text: str) -> list[dict]:
+    """ShareGPT function_call text -> [{name, arguments}]; a JSON object or a list of them."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        raise DataError(f"{rec.where}: {key} is a function_call but not JSON; write it as "
+                        '{"name": ..., "arguments": {...}}') from None
+    calls = obj if isinstance(obj, list) else [obj]
+    for c in calls:
+        if not (isinstance(c, dict) and isinstance(c.get("name"), str)):
+            raise DataError(f"{rec.where}: {key} must be {{\"name\": ..., \"arguments\": {{...}}}} (or a list of them)")
+    return [{"name": c["name"], "arguments": c.get("arguments", {})} for c in calls]
+
+
+def _openai_calls(rec: Record, i: int, raw: Any) -> list[dict]:
+    """OpenAI tool_calls [{type, function: {name, arguments (JSON text)}}] -> [{name, arguments}]."""
+    if not isinstance(raw, list):
+        raise DataError(f"{rec.where}: messages[{i}].tool_calls must be a list")
+    calls = []
+    for j, c in enumerate(raw):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not (isinstance(fn, dict) and isinstance(fn.get("name"), str)):
+            raise DataError(f"{rec.where}: messages[{i}].tool_calls[{j}] needs function.name and function.arguments")
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError:
+                raise DataError(f"{rec.where}: messages[{i}].tool_calls[{j}].function.arguments is not JSON") from None
+        calls.append({"name": fn["name"], "arguments": args})
+    return calls
+
+
+def _tools_text(rec: Record, tools: Any) -> str | None:
+    """Tool schemas as JSON text (files hold a JSON string or a list)."""
+    if tools is None or tools == [] or (isinstance(tools, str) and tools.strip() in ("", "[]", "{}")):
+        return None
+    if isinstance(tools, str):
+        return tools
+    if isinstance(tools, list):
+        return json.dumps(tools, ensure_ascii=False)
+    raise DataError(f"{rec.where}: field 'tools' must be a JSON string or a list of tool schemas")
 
 
 FORMATS: dict[str, Callable[[Record], Conversation]] = {
@@ -136,19 +193,42 @@ def validate_conversation(conv: Conversation, where: str) -> None:
                         "with the assistant's answer")
 
 
-def parse_records(records: list[Record], fmt: str = "auto") -> tuple[list[Conversation], str]:
-    """Parse records into conversations; returns (conversations, the format used)."""
+def parse_records(records: list[Record], fmt: str = "auto",
+                  rejects: list[dict] | None = None) -> tuple[list[Conversation], str]:
+    """Parse records into conversations; returns (conversations, the format used).
+
+    With `rejects` (a list), a bad record is appended there as {where, error, record} and skipped
+    instead of stopping everything; otherwise the first bad record raises DataError.
+    """
     if not records:
         raise DataError("no records to parse (the file is empty)")
     if fmt == "auto":
-        fmt = detect_format(records[0])
+        fmt = _detect_first(records, lenient=rejects is not None)
     if fmt not in FORMATS:
         raise DataError(f"data.format: unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
     parse = FORMATS[fmt]
     out = []
     for rec in records:
-        conv = parse(rec)
-        validate_conversation(conv, rec.where)
+        try:
+            conv = parse(rec)
+            validate_conversation(conv, rec.where)
+        except DataError as e:
+            if rejects is None:
+                raise
+            rejects.append({"where": rec.where, "error": str(e), "record": rec.data})
+            continue
         conv.meta["where"] = rec.where
         out.append(conv)
     return out, fmt
+
+
+def _detect_first(records: list[Record], lenient: bool) -> str:
+    """The format of the first record (or, when lenient, of the first record whose format can be told)."""
+    if not lenient:
+        return detect_format(records[0])
+    for rec in records:
+        try:
+            return detect_format(rec)
+        except DataError:
+            continue
+    return detect_format(records[0])

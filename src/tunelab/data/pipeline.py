@@ -1,27 +1,42 @@
-"""From files to batches: read, parse, split, tokenize, collate."""
+"""From files to batches: read, map columns, parse, mix, split, tokenize (cached), pack, collate."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from tunelab.config.schema import DataCfg
+from tunelab.data import cache as tcache
 from tunelab.data.formats import Conversation, parse_records
-from tunelab.data.io import DataError, read_records
-from tunelab.data.templates import IGNORE_INDEX, Tokenized, tokenize_conversation
+from tunelab.data.io import DataError
+from tunelab.data.packing import pack, pack_stats
+from tunelab.data.sources import map_columns, read_any
+from tunelab.data.templates import (
+    IGNORE_INDEX,
+    TemplateError,
+    Tokenized,
+    tokenize_conversation,
+)
+from tunelab.utils.io import atomic_write_jsonl
 
 
 @dataclass
 class PreparedData:
-    """Tokenized train/validation samples and what was found on the way (shown to the user, saved in the run)."""
+    """Tokenized train/validation samples and what was found on the way (shown to the user, saved in the run).
+
+    With data.packing the samples are `PackedRow`s (several samples per row); collate them with
+    `tunelab.data.packing.collate_packed`.
+    """
 
     train: list[Tokenized]
     val: list[Tokenized]
     val_conversations: list[Conversation]
     format: str
     stats: dict
+    rejects: list[dict] = field(default_factory=list)
 
 
 def split_train_val(items: list, val_size: float, seed: int) -> tuple[list, list]:
@@ -35,24 +50,125 @@ def split_train_val(items: list, val_size: float, seed: int) -> tuple[list, list
     return [x for i, x in enumerate(items) if i not in val_idx], [x for i, x in enumerate(items) if i in val_idx]
 
 
-def load_conversations(path: str, fmt: str = "auto") -> tuple[list[Conversation], str]:
-    """Read a data file and parse every record (format auto-detected unless given)."""
-    return parse_records(read_records(path), fmt)
+def load_conversations(path: str, fmt: str = "auto", columns: dict[str, str] | None = None,
+                       rejects: list[dict] | None = None) -> tuple[list[Conversation], str]:
+    """Read a data file (JSON/JSONL/CSV/TSV/Parquet/save_to_disk folder) and parse every record.
+
+    `columns` renames the file's columns to standard names first; with `rejects` bad records are
+    collected there instead of raising.
+    """
+    return parse_records(map_columns(read_any(path), columns), fmt, rejects)
 
 
-def prepare_data(cfg: DataCfg, tokenizer, template: str, seed: int) -> PreparedData:
-    """Everything the engine needs from the data section of the config."""
-    train_convs, fmt = load_conversations(cfg.train, cfg.format)
+def mixture_counts(sizes: list[int], weights: list[float]) -> list[int]:
+    """How many items to take from each source so shares follow `weights` without repeating any item.
+
+    The mixture is as large as the scarcest source (relative to its share) allows: with 1,000 task
+    and 10,000 general records at weights 0.8/0.2 it takes all 1,000 task and 250 general.
+    """
+    total_w = sum(weights)
+    shares = [w / total_w for w in weights]
+    total = min(n / p for n, p in zip(sizes, shares))
+    return [min(n, round(total * p)) for n, p in zip(sizes, shares)]
+
+
+def load_train(cfg: DataCfg, seed: int, rejects: list[dict] | None) -> tuple[list[Conversation], str, dict]:
+    """Training conversations of every source, mixed by weight; returns (conversations, format, per-source counts)."""
+    if isinstance(cfg.train, str):  # one file: exactly the records in file order
+        convs, fmt = load_conversations(cfg.train, cfg.format, cfg.columns, rejects)
+        return convs, fmt, {cfg.train: len(convs)}
+    loaded, formats = [], []
+    for src in cfg.sources():
+        convs, fmt = load_conversations(src.path, src.format or cfg.format, src.columns or cfg.columns, rejects)
+        if not convs:
+            raise DataError(f"{src.path}: no valid records in this data.train source")
+        loaded.append(convs)
+        formats.append(fmt)
+    counts = mixture_counts([len(c) for c in loaded], [s.weight for s in cfg.sources()])
+    rng = random.Random(seed)
+    mixed: list[Conversation] = []
+    for convs, n in zip(loaded, counts):
+        mixed += rng.sample(convs, n) if n < len(convs) else list(convs)
+    rng.shuffle(mixed)
+    return mixed, "+".join(dict.fromkeys(formats)), {s.path: n for s, n in zip(cfg.sources(), counts)}
+
+
+def tokenize_all(tokenizer, template: str, convs: list[Conversation], max_length: int,
+                 rejects: list[dict] | None) -> list[Tokenized]:
+    """Tokenize conversations; with `rejects`, ones that cannot be trained on are recorded and skipped."""
+    out = []
+    for c in convs:
+        try:
+            out.append(tokenize_conversation(tokenizer, template, c, max_length))
+        except (DataError, TemplateError) as e:
+            if rejects is None:
+                raise
+            rejects.append({"where": c.meta.get("where", "?"), "error": str(e), "record": {"messages": c.messages}})
+    return out
+
+
+def _cache_parts(cfg: DataCfg, tokenizer, template: str, seed: int) -> dict:
+    return {
+        # the path is part of the key only so that messages and per-source counts name the right file
+        "sources": [{"path": str(Path(s.path).resolve()), "digest": tcache.file_digest(s.path), "weight": s.weight,
+                     "format": s.format, "columns": s.columns} for s in cfg.sources()],
+        "single": isinstance(cfg.train, str),
+        "eval": tcache.file_digest(cfg.eval) if cfg.eval else None,
+        "settings": cfg.model_dump(exclude={"train", "eval", "cache"}),
+        "tokenizer": tcache.tokenizer_digest(tokenizer),
+        "template": template,
+        "seed": seed,
+    }
+
+
+def _all_exist(cfg: DataCfg) -> bool:
+    return all(Path(s.path).exists() for s in cfg.sources())
+
+
+def prepare_data(cfg: DataCfg, tokenizer, template: str, seed: int, run_dir: str | Path | None = None) -> PreparedData:
+    """Everything the engine needs from the data section of the config.
+
+    Reads from the tokenized cache when nothing it depends on changed (stats["cache"] says hit or
+    miss). With data.skip_invalid, rejected records go to `run_dir/rejected.jsonl`.
+    """
+    key = None
+    if cfg.cache and _all_exist(cfg) and (not cfg.eval or Path(cfg.eval).exists()):
+        key = tcache.cache_key(_cache_parts(cfg, tokenizer, template, seed))
+        hit = tcache.load_entry(key)
+        if hit is not None:
+            splits, meta = hit
+            data = PreparedData(splits["train"], splits["val"], tcache.conversations_from_json(meta["val_conversations"]),
+                                meta["format"], {**meta["stats"], "cache": "hit"}, meta.get("rejects", []))
+            _write_rejects(data, run_dir)
+            return data
+    data = _prepare_fresh(cfg, tokenizer, template, seed)
+    if key is not None:
+        tcache.save_entry(key, {"train": data.train, "val": data.val},
+                          {"format": data.format, "stats": data.stats, "rejects": data.rejects,
+                           "val_conversations": tcache.conversations_to_json(data.val_conversations)})
+    data.stats["cache"] = "miss" if key is not None else "off"
+    _write_rejects(data, run_dir)
+    return data
+
+
+def _prepare_fresh(cfg: DataCfg, tokenizer, template: str, seed: int) -> PreparedData:
+    rejects: list[dict] | None = [] if cfg.skip_invalid else None
+    train_convs, fmt, per_source = load_train(cfg, seed, rejects)
     if cfg.max_samples:
         train_convs = train_convs[: cfg.max_samples]
     if cfg.eval:
-        val_convs, _ = load_conversations(cfg.eval, cfg.format)
+        val_convs, _ = load_conversations(cfg.eval, cfg.format, cfg.columns, rejects)
     else:
         train_convs, val_convs = split_train_val(train_convs, cfg.val_size, seed)
-    train = [tokenize_conversation(tokenizer, template, c, cfg.max_length) for c in train_convs]
-    val = [tokenize_conversation(tokenizer, template, c, cfg.max_length) for c in val_convs]
+    train = tokenize_all(tokenizer, template, train_convs, cfg.max_length, rejects)
+    val = tokenize_all(tokenizer, template, val_convs, cfg.max_length, rejects)
     if not train:
-        raise DataError(f"{cfg.train}: no training samples left after the validation split")
+        why = f" ({len(rejects)} records rejected; see rejected.jsonl in the run folder)" if rejects else ""
+        raise DataError(f"{cfg.train_label()}: no training samples left after filtering and the validation "
+                        f"split{why}; check data.format/data.columns or add data")
+    if not any(t.n_targets for t in train):
+        raise DataError(f"{cfg.train_label()}: no trainable (assistant) tokens in the training data; check the "
+                        "chat template and data.max_length")
     stats = {
         "format": fmt,
         "train_samples": len(train),
@@ -60,12 +176,32 @@ def prepare_data(cfg: DataCfg, tokenizer, template: str, seed: int) -> PreparedD
         "train_tokens": sum(len(t.input_ids) for t in train),
         "train_target_tokens": sum(t.n_targets for t in train),
         "truncated": sum(t.truncated for t in train + val),
+        "rejected": len(rejects or []),
     }
-    return PreparedData(train, val, val_convs, fmt, stats)
+    if not isinstance(cfg.train, str):
+        stats["sources"] = per_source
+    if cfg.packing:
+        packed_train, packed_val = pack(train, cfg.max_length), pack(val, cfg.max_length)
+        stats["packing"] = pack_stats(train, packed_train, cfg.max_length)
+        train, val = packed_train, packed_val
+    return PreparedData(train, val, val_convs, fmt, stats, rejects or [])
+
+
+def _write_rejects(data: PreparedData, run_dir: str | Path | None) -> None:
+    if data.rejects and run_dir is not None:
+        path = Path(run_dir) / "rejected.jsonl"
+        atomic_write_jsonl(path, data.rejects)
+        data.stats["rejected_file"] = str(path)
 
 
 def collate(samples: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of samples into input_ids / attention_mask / labels tensors of shape (B, T)."""
+    """Right-pad a list of samples into input_ids / attention_mask / labels tensors of shape (B, T).
+
+    Packed rows are refused: padding them with a plain mask would let samples attend to each other.
+    """
+    if any(len(getattr(s, "lengths", None) or ()) > 1 for s in samples):
+        raise DataError("packed rows reached a collator without packing support; this stage does not support "
+                        "data.packing (set it to false), or collate with tunelab.data.packing.collate_packed")
     width = max(len(s.input_ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)

@@ -7,6 +7,7 @@ training saw.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,35 @@ NAMED_TEMPLATES: dict[str, str] = {
         "{% else %}{{ 'TOOL: ' + message['content'] + ' ' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
     ),
+    # ChatML with tool calling in the Hermes/Qwen2.5 style: schemas in the system turn, calls in <tool_call>,
+    # results as <tool_response> in a user turn.
+    "chatml-tools": (
+        "{% if tools %}{{ '<|im_start|>system\n' }}{% if messages[0]['role'] == 'system' %}"
+        "{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+        "{{ '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n'"
+        " + 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}"
+        "{% for tool in tools %}{{ '\n' }}{{ tool | tojson }}{% endfor %}"
+        "{{ '\n</tools>\n\nFor each function call, return a json object with function name and arguments '"
+        " + 'within <tool_call></tool_call> XML tags:\n<tool_call>\n'"
+        " + '{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n' }}"
+        "{% elif messages[0]['role'] == 'system' %}"
+        "{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{% endif %}"
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' and loop.first %}"
+        "{% elif message['role'] == 'assistant' and message['tool_calls'] %}{{ '<|im_start|>assistant\n' }}"
+        "{% if message['content'] %}{{ message['content'] + '\n' }}{% endif %}"
+        "{% for call in message['tool_calls'] %}{% if not loop.first %}{{ '\n' }}{% endif %}"
+        "{{ '<tool_call>\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' }}"
+        "{{ call['function']['arguments'] | tojson }}{{ '}\n</tool_call>' }}{% endfor %}{{ '<|im_end|>\n' }}"
+        "{% elif message['role'] == 'tool' %}"
+        "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
+        "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
 }
+
+TOOLS_SYSTEM_PREAMBLE = ("You can call these tools. To call one, answer with a JSON object "
+                         '{"name": <tool name>, "arguments": {...}}.\nTools: ')
 
 # End-of-turn markers a template may use; generation stops on those present in the template.
 TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
@@ -71,10 +100,54 @@ def resolve_template(tokenizer, name: str | None) -> str:
                         f"({', '.join(NAMED_TEMPLATES)}) nor an existing .jinja file")
 
 
-def render(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """Render messages to text with the given template (no tokenization)."""
+def render(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool = False,
+           tools: list[dict] | None = None) -> str:
+    """Render messages to text with the given template (no tokenization); `tools` go to templates that use them."""
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+                                         add_generation_prompt=add_generation_prompt, tools=tools)
+
+
+def supports_tools(template: str) -> bool:
+    """Whether a template renders tool schemas and assistant tool calls itself."""
+    return "tools" in template and "tool_calls" in template
+
+
+def template_messages(conv: Conversation, template: str) -> tuple[list[dict], list[dict] | None]:
+    """The messages and tools to hand to the template for this conversation.
+
+    Templates with tool support get OpenAI-style `tool_calls` and the schemas as `tools`. Others
+    see each call as JSON text in the assistant turn and the schemas in the system turn, so the
+    model still learns which tool to call and how.
+    """
+    tools = _parse_tools(conv.tools)
+    if supports_tools(template):
+        msgs = []
+        for m in conv.messages:
+            if m.get("tool_calls"):
+                calls = [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                         for c in m["tool_calls"]]
+                msgs.append({"role": "assistant", "content": "", "tool_calls": calls})
+            else:
+                msgs.append({"role": m["role"], "content": m["content"]})
+        return msgs, tools
+    msgs = [{"role": m["role"], "content": m["content"]} for m in conv.messages]
+    if tools:
+        schema = TOOLS_SYSTEM_PREAMBLE + json.dumps(tools, ensure_ascii=False)
+        if msgs[0]["role"] == "system":
+            msgs[0] = {"role": "system", "content": msgs[0]["content"] + "\n\n" + schema}
+        else:
+            msgs.insert(0, {"role": "system", "content": schema})
+    return msgs, None
+
+
+def _parse_tools(text: str | None) -> list[dict] | None:
+    if not text:
+        return None
+    try:
+        tools = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return tools if isinstance(tools, list) else [tools]
 
 
 def stop_token_ids(tokenizer, template: str) -> list[int]:
@@ -89,14 +162,14 @@ def stop_token_ids(tokenizer, template: str) -> list[int]:
 
 def assistant_spans(tokenizer, template: str, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation and return (text, character spans of each assistant turn incl. its end marker)."""
-    msgs = conv.messages
-    text = render(tokenizer, template, msgs)
+    msgs, tools = template_messages(conv, template)
+    text = render(tokenizer, template, msgs, tools=tools)
     spans = []
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        prefix = render(tokenizer, template, msgs[:i], add_generation_prompt=True) if i else ""
-        upto = render(tokenizer, template, msgs[: i + 1])
+        prefix = render(tokenizer, template, msgs[:i], add_generation_prompt=True, tools=tools) if i else ""
+        upto = render(tokenizer, template, msgs[: i + 1], tools=tools)
         if not (text.startswith(upto) and upto.startswith(prefix)):
             raise TemplateError(
                 f"{conv.meta.get('where', 'a record')}: the chat template does not render conversations "
