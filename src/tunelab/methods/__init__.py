@@ -6,17 +6,33 @@
 - `load_for_inference(base_model, out_dir) -> model`: rebuild the trained model from a run;
 - `merge(model) -> model`: fold the trained part into plain weights, or raise NotMergeable;
 - `WEIGHTS_DIR`: the run sub-folder name ("adapter" or "model").
+
+A method that wants some parameters to learn faster or slower (LoRA+) tags them with
+`set_lr_scale`; the engine turns the tags into optimizer parameter groups.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from types import ModuleType
+
+import torch
 
 METHODS: dict[str, str] = {
     "full": "tunelab.methods.full",
+    "freeze": "tunelab.methods.freeze",
     "lora": "tunelab.methods.lora",
+    "qlora": "tunelab.methods.qlora",
+    "adapter": "tunelab.methods.adapter",
+    "ia3": "tunelab.methods.ia3",
+    "prefix": "tunelab.methods.prompt",
+    "ptuning_v2": "tunelab.methods.prompt",
+    "prompt": "tunelab.methods.prompt",
+    "ptuning": "tunelab.methods.prompt",
 }
+
+LR_SCALE_ATTR = "tunelab_lr_scale"
 
 
 class NotMergeable(ValueError):
@@ -42,3 +58,44 @@ def count_parameters(model) -> tuple[int, int]:
         if p.requires_grad:
             trainable += p.numel()
     return trainable, total
+
+
+def set_lr_scale(param: torch.nn.Parameter, scale: float) -> None:
+    """Ask the engine to train this parameter at lr * scale (multiplies with layer-wise decay)."""
+    setattr(param, LR_SCALE_ATTR, float(scale))
+
+
+def lr_scale(param: torch.nn.Parameter) -> float:
+    """The multiplier a method set with set_lr_scale (1.0 when none)."""
+    return getattr(param, LR_SCALE_ATTR, 1.0)
+
+
+def decoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
+    """(qualified name, module list) of the model's repeated blocks: the longest ModuleList in it."""
+    best: tuple[str, torch.nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and (best is None or len(module) > len(best[1])):
+            best = (name, module)
+    if best is None:
+        raise ValueError(f"{type(model).__name__}: no list of decoder layers found (no nn.ModuleList)")
+    return best
+
+
+def layer_index(param_name: str, layers_name: str) -> int | None:
+    """Which decoder layer a parameter belongs to (None for embeddings, head, final norm)."""
+    m = re.match(re.escape(layers_name) + r"\.(\d+)\.", param_name)
+    return int(m.group(1)) if m else None
+
+
+def head_and_embedding_ids(model) -> tuple[set[int], set[int]]:
+    """ids of the output head's parameters and the input embeddings' parameters."""
+    head: set[int] = set()
+    for name in ("get_output_embeddings",):
+        module = getattr(model, name, lambda: None)()
+        if module is not None:
+            head |= {id(p) for p in module.parameters()}
+    for n, m in model.named_modules():
+        if n.rsplit(".", 1)[-1] in ("score", "classifier"):
+            head |= {id(p) for p in m.parameters()}
+    emb = getattr(model, "get_input_embeddings", lambda: None)()
+    return head, ({id(p) for p in emb.parameters()} if emb is not None else set())

@@ -1,15 +1,18 @@
 """LoRA (Hu et al. 2021, arXiv:2106.09685) through PEFT: low-rank updates on linear layers.
 
-The run stores a standard PEFT adapter folder (adapter_config.json + adapter_model.safetensors),
-so HF, vLLM and llama.cpp users can load it without tunelab.
+Options: DoRA (arXiv:2402.09353), rsLoRA (arXiv:2312.03732), PiSSA / LoftQ / gaussian
+initialisation, LoRA+ (arXiv:2402.12354: B matrices learn `lora_plus_ratio` times faster,
+through a parameter group the engine builds from `set_lr_scale`), and `modules_to_save`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from peft import LoraConfig, get_peft_model
 
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
-from safetensors.torch import load_file
+from tunelab.methods import set_lr_scale
+from tunelab.methods.peft_io import load_for_inference, load_state, save
+
+__all__ = ["WEIGHTS_DIR", "apply", "load_for_inference", "load_state", "merge", "peft_config", "save"]
 
 WEIGHTS_DIR = "adapter"
 
@@ -19,43 +22,37 @@ TARGET_PRESETS: dict[str, list[str] | str] = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
 }
 
+# tunelab init name -> peft's init_lora_weights value ("loftq" is computed by tunelab.methods.qlora on any device)
+INIT: dict[str, object] = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "loftq": True}
+
 
 def peft_config(cfg) -> LoraConfig:
     """The PEFT LoraConfig for a tunelab LoraCfg."""
     targets = cfg.target_modules
     targets = TARGET_PRESETS[targets] if isinstance(targets, str) else list(targets)
+    if cfg.init == "loftq" and cfg.name != "qlora":
+        raise ValueError("method.init: loftq initialises the adapter to cancel the 4-bit quantization error of the "
+                         "base weights, so it needs a quantized base: use method.name=qlora with method.init=loftq")
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                      task_type="CAUSAL_LM", bias="none")
+                      task_type="CAUSAL_LM", bias="none", use_dora=cfg.dora, use_rslora=cfg.rslora,
+                      init_lora_weights=INIT[cfg.init], modules_to_save=list(cfg.modules_to_save) or None)
 
 
 def apply(model, cfg):
     """Freeze the base and add adapters; a target list that matches no module is a clear error."""
     try:
-        return get_peft_model(model, peft_config(cfg))
+        model = get_peft_model(model, peft_config(cfg))
     except ValueError as e:
         if "not found in the base model" in str(e) or "Target modules" in str(e):
             names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
             raise ValueError(f"method.target_modules: {cfg.target_modules!r} matches no module of this model; "
                              f"module names include {', '.join(names[:20])}") from None
         raise
-
-
-def save(model, out_dir: Path) -> None:
-    """Write the adapter in PEFT format (safetensors)."""
-    model.save_pretrained(out_dir, safe_serialization=True)
-
-
-def load_state(model, out_dir: Path) -> None:
-    """Load adapter weights saved by `save` into a model prepared by `apply` (resume)."""
-    state = load_file(str(Path(out_dir) / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(model, state)
-    if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"{out_dir}: adapter does not match the model (unexpected {result.unexpected_keys[:5]})")
-
-
-def load_for_inference(base_model, out_dir: Path):
-    """The base model with the run's adapter attached (not merged: the adapter can still be switched off)."""
-    return PeftModel.from_pretrained(base_model, str(out_dir), is_trainable=False)
+    if cfg.lora_plus_ratio:
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                set_lr_scale(p, cfg.lora_plus_ratio)
+    return model
 
 
 def merge(model):
