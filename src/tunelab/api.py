@@ -7,7 +7,21 @@ from pathlib import Path
 from tunelab.config import RunCfg, build_config, load_config
 from tunelab.run import Run
 
-STAGES = {"sft": "tunelab.stages.sft"}
+STAGES: dict[str, str] = {
+    "sft": "tunelab.stages.sft",
+    "pretrain": "tunelab.stages.pretrain",
+    "dpo": "tunelab.stages.preference",
+    "orpo": "tunelab.stages.preference",
+    "simpo": "tunelab.stages.preference",
+    "kto": "tunelab.stages.preference",
+    "reward": "tunelab.stages.reward",
+    "classify": "tunelab.stages.classify",
+    "grpo": "tunelab.stages.grpo",
+    "distill": "tunelab.stages.distill",
+    "ppo": "tunelab.stages.ppo",
+    "selftrain": "tunelab.stages.selftrain",
+}
+"""Stage name -> the module whose `run(cfg, progress) -> run_dir` trains it."""
 
 
 def train(cfg: RunCfg | dict | str | Path, overrides: list[str] | None = None, progress: bool = True) -> Run:

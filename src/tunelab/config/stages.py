@@ -1,7 +1,159 @@
-"""Stage names and stage-specific config sections."""
+"""Stage names and stage-specific config sections.
+
+Each stage reads its own section of the run config (`preference:`, `reward:`, `classify:`); the other
+sections keep their defaults and are ignored by stages that do not use them.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-StageName = Literal["sft"]
+from pydantic import Field, model_validator
+
+from tunelab.config.base import Section
+
+StageName = Literal["sft", "pretrain", "dpo", "orpo", "simpo", "kto", "reward", "classify", "grpo", "distill",
+                    "ppo", "selftrain"]
+
+PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "kto")
+"""Stages trained by tunelab.stages.preference; each reads the `preference:` section."""
+
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1}
+"""Paper defaults for `preference.beta` when it is left null."""
+
+
+class PreferenceCfg(Section):
+    """Preference optimization (dpo / orpo / simpo / kto)."""
+
+    loss: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="DPO loss type (stage dpo only): sigmoid = DPO, ipo = IPO, hinge = SLiC hinge.")
+    beta: float | None = Field(
+        None, gt=0, description="DPO/KTO beta, IPO tau, ORPO lambda, SimPO beta; null = the paper default "
+        "(0.1; SimPO 2.0).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Probability a pair's label is flipped (conservative DPO; sigmoid and simpo).")
+    gamma: float = Field(0.5, ge=0, description="SimPO target reward margin.")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO weight on desirable (label true) examples.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO weight on undesirable (label false) examples.")
+    kto_kl: bool = Field(
+        True, description="KTO: estimate the KL baseline from mismatched (prompt, completion) pairs of each "
+        "batch (costs one more forward pass); false uses 0.")
+    precompute_ref: bool = Field(
+        False, description="Compute the reference model's log-probs once before training (one pass over the data) "
+        "instead of in every step.")
+
+    def beta_for(self, stage: str) -> float:
+        """The beta to use: the configured one, or the stage's paper default."""
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(stage, 0.1)
+
+
+class RewardCfg(Section):
+    """Reward modelling (stage reward)."""
+
+    center_coef: float | None = Field(
+        None, ge=0, description="Weight of mean((r_chosen + r_rejected)^2), keeping rewards centred on 0; "
+        "null = off (TRL's center_rewards_coefficient, e.g. 0.01).")
+
+
+class ClassifyCfg(Section):
+    """Sequence classification (stage classify)."""
+
+    mode: Literal["head", "label_tokens"] = Field(
+        "head", description="head = a linear head on the last token's hidden state; label_tokens = score each "
+        "label by the model's probability of writing it as the answer (restricted to the label set).")
+    labels: list[str] | None = Field(
+        None, description="The classes in order; null = the sorted distinct labels of the training data.")
+    class_weights: Literal["none", "balanced"] | list[float] = Field(
+        "none", description="Cross-entropy class weights: none, balanced (n / (k * count) per class, for "
+        "imbalanced data) or one number per label.")
+
+    @model_validator(mode="after")
+    def _weights_match_labels(self) -> ClassifyCfg:
+        if isinstance(self.class_weights, list) and self.labels is not None \
+                and len(self.class_weights) != len(self.labels):
+            raise ValueError(f"class_weights has {len(self.class_weights)} numbers but labels has "
+                             f"{len(self.labels)}; give one weight per label")
+        return self
+
+
+class GrpoCfg(Section):
+    """Group Relative Policy Optimization (stage grpo)."""
+
+    group_size: int = Field(4, ge=2, description="Completions sampled per prompt; advantages are z-scores within "
+                            "each group.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    rewards: list[str] = Field(
+        default_factory=lambda: ["builtin:answer_match"], min_length=1,
+        description="Reward functions, summed (times reward_weights): builtin:answer_match, builtin:format_regex, "
+        "builtin:length, or file.py:function for your own (called with completions, answers, prompts).")
+    reward_weights: list[float] | None = Field(None, description="One weight per reward function; null = all 1.")
+    format_regex: str = Field(r"\\boxed\{.+?\}", description="builtin:format_regex gives 1 when the completion "
+                              "contains a match of this regular expression, else 0.")
+    length_target: int = Field(200, gt=0, description="builtin:length gives 1 up to this many characters, falling "
+                               "linearly to 0 at twice as many.")
+    beta: float = Field(0.04, ge=0, description="Weight of the k3 KL penalty to the reference model (0 = no "
+                        "reference).")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range (lower).")
+    clip_eps_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO clip-higher); null = clip_eps.")
+    reduction: Literal["sequence", "token", "dr_grpo"] = Field(
+        "sequence", description="How token losses are averaged: sequence (GRPO), token (DAPO), dr_grpo.")
+    scale_rewards: bool = Field(True, description="Divide advantages by the group's reward std (false = Dr. GRPO).")
+
+    @model_validator(mode="after")
+    def _one_weight_per_reward(self) -> GrpoCfg:
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} numbers for {len(self.rewards)} "
+                             "rewards; give one weight per reward function")
+        return self
+
+
+class DistillCfg(Section):
+    """Knowledge distillation from a teacher's logits (stage distill)."""
+
+    teacher: str = Field(..., description="Teacher model: an alias, a local HF folder, a cached hub id, or a tunelab "
+                         "run folder (its trained model, adapters merged). Must share the student's vocabulary.")
+    temperature: float = Field(2.0, gt=0, description="Softening temperature of both distributions.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term; 1 - alpha weighs the "
+                         "cross-entropy on the data's answers.")
+    divergence: Literal["forward", "reverse", "jsd"] = Field(
+        "forward", description="forward = KL(teacher || student), reverse = KL(student || teacher), jsd = "
+        "generalized Jensen-Shannon.")
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="Mixture weight of jsd.")
+
+
+class PpoCfg(Section):
+    """PPO from a trained reward model (stage ppo)."""
+
+    reward_model: str = Field(..., description="A reward run folder (stage reward) with the same tokenizer; its "
+                              "score of each prompt + completion is the reward.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    kl_coef: float = Field(0.05, ge=0, description="Per-token penalty on KL(policy || reference) in the reward.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator of the penalty.")
+    gamma: float = Field(1.0, gt=0, le=1, description="GAE discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="Policy clip range.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value (critic) loss.")
+    vf_clip: float | None = Field(0.2, gt=0, description="Value clip range; null = plain squared error.")
+    whiten_advantages: bool = Field(True, description="Normalize advantages over each batch's tokens.")
+
+
+class SelftrainCfg(Section):
+    """Self-training on the model's own filtered samples (stage selftrain)."""
+
+    samples_per_prompt: int = Field(4, gt=0, description="Completions sampled per training prompt.")
+    max_new_tokens: int = Field(128, gt=0, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    rewards: list[str] = Field(
+        default_factory=lambda: ["builtin:answer_match"], min_length=1,
+        description="Reward functions that judge the samples (as grpo.rewards), summed with reward_weights.")
+    reward_weights: list[float] | None = Field(None, description="One weight per reward function; null = all 1.")
+    format_regex: str = Field(r"\\boxed\{.+?\}", description="Pattern of builtin:format_regex.")
+    length_target: int = Field(200, gt=0, description="Characters before builtin:length starts to fall.")
+    min_reward: float = Field(1.0, description="Keep only samples whose summed reward is at least this.")
+    keep: Literal["best", "all"] = Field("best", description="best = the top sample per prompt; all = every sample "
+                                         "reaching min_reward.")

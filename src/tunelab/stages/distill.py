@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tunelab.engine.loss import count_targets
 from tunelab.stages.common import IGNORE_INDEX, masked_mean, pick, token_logps
 
 Divergence = Callable[[Tensor, Tensor, float], Tensor]
@@ -98,3 +99,67 @@ def distill_loss(
     ce = -masked_mean(logps, mask)
     loss = alpha * temperature**2 * div + (1 - alpha) * ce
     return loss, {"divergence": div.detach(), "ce": ce.detach()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe (stage distill): SFT data -> student and teacher logits on the same tokens -> distill_loss -> loop.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_teacher(name: str, dtype: str, device, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The frozen teacher: a tunelab run folder (trained model, adapters merged) or any model name load_model takes."""
+    from pathlib import Path
+
+    from tunelab.models import load_model
+    from tunelab.run import Run
+
+    if (Path(name) / "config.yaml").is_file():
+        model, _, _ = Run(name).load_model(device=str(device), merged=True)
+    else:
+        model = load_model(name, dtype, device, trust_remote_code)
+    return model.eval().requires_grad_(False)
+
+
+def check_vocabularies(student, teacher, teacher_name: str) -> None:
+    """Logit distillation compares distributions token by token, so the output vocabularies must match."""
+    s, t = student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0]
+    if s != t:
+        raise ValueError(f"distill.teacher: {teacher_name} has {t} output tokens but the student has {s}; logit "
+                         "distillation needs the same tokenizer. Pick a teacher of the same family, or distill "
+                         "through generated data (sft on the teacher's answers)")
+
+
+def distill_step(model, batch: dict, teacher, temperature: float, alpha: float, divergence: str, jsd_beta: float):
+    """(token-summed loss, target tokens, metrics): ``distill_loss`` is a token mean, so x count is its sum."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 use_cache=False).logits  # (B, T, V)
+    loss, metrics = distill_loss(out.logits, teacher_logits, batch["labels"], temperature, alpha, divergence,
+                                 jsd_beta)
+    n = count_targets(batch["labels"])
+    return loss * n, n, metrics
+
+
+def run(cfg, progress: bool = True):
+    """Distill a teacher into the student end to end and return the run folder path."""
+    from functools import partial
+
+    from tunelab.data.pipeline import collate, epoch_order, prepare_data
+    from tunelab.engine.loop import fit
+    from tunelab.stages.recipe import finish_run, say, setup_run
+
+    if cfg.distill is None:
+        raise ValueError("stage distill needs a distill: section with a teacher, e.g. distill: {teacher: smollm2-135m}")
+    dcfg = cfg.distill
+    setup = setup_run(cfg, progress)
+    teacher = load_teacher(dcfg.teacher, cfg.model.dtype, setup.device, cfg.model.trust_remote_code)
+    check_vocabularies(setup.model, teacher, dcfg.teacher)
+    data = prepare_data(cfg.data, setup.tokenizer, setup.template, cfg.train.seed)
+    say(progress, f"distill from {dcfg.teacher} ({dcfg.divergence}, T={dcfg.temperature}, alpha={dcfg.alpha}): "
+        f"{data.stats['train_samples']} train / {data.stats['val_samples']} validation samples")
+    step = partial(distill_step, teacher=teacher, temperature=dcfg.temperature, alpha=dcfg.alpha,
+                   divergence=dcfg.divergence, jsd_beta=dcfg.jsd_beta)
+    result = fit(setup.model, setup.method, data.train, data.val, partial(collate, pad_id=setup.tokenizer.pad_token_id),
+                 step, cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress)
+    return finish_run(setup, result.summary, {**data.stats, "teacher": dcfg.teacher})

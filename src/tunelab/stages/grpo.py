@@ -24,12 +24,27 @@ Rows are grouped contiguously: the completions of prompt ``p`` are rows ``p*G ..
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
-from tunelab.stages.common import check_same_shape, kl_k3, masked_mean, pick
+from tunelab.data.pipeline import epoch_order, load_conversations
+from tunelab.data.templates import IGNORE_INDEX, prompt_ids, stop_token_ids
+from tunelab.engine.loop import LOSS_COUNT_KEY, fit
+from tunelab.stages.common import (
+    check_same_shape,
+    kl_k3,
+    masked_mean,
+    pick,
+    token_logps,
+)
+from tunelab.stages.recipe import finish_run, load_split, say, setup_run
+from tunelab.stages.reference import Reference
+from tunelab.stages.rewards import load_reward, reward_name, score
 
 Reduction = Callable[[Tensor, Tensor], Tensor]
 
@@ -124,3 +139,150 @@ def grpo_loss(
         if beta:
             per_token = per_token + beta * kl
     return reduce(per_token, mask), metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe (stage grpo): prompts -> k sampled completions each -> rewards -> group advantages -> clipped loss.
+# One policy update per sampled batch, so the update is on-policy (rho = 1 in value, gradient A * grad log pi).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptSample:
+    """A prompt (messages ending with the user turn), its token ids and the reference answer."""
+
+    prompt: list[dict]
+    ids: list[int]
+    answer: str
+
+
+def prompt_samples(cfg_data, tokenizer, template: str, convs: list) -> list[PromptSample]:
+    """Prompts from conversations: every message before the last assistant turn; that turn is the answer."""
+    out = []
+    for conv in convs:
+        msgs = conv.messages
+        ids = prompt_ids(tokenizer, template, msgs[:-1])[-cfg_data.max_length:]
+        out.append(PromptSample(msgs[:-1], ids, msgs[-1]["content"]))
+    return out
+
+
+def collate_prompts(samples: list[PromptSample], pad_id: int) -> dict:
+    """Left-padded (B, P) prompts (generation continues from each row's last token) and their answers."""
+    width = max(len(s.ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(samples):
+        ids[i, width - len(s.ids):] = torch.tensor(s.ids)
+        mask[i, width - len(s.ids):] = 1
+    return {"input_ids": ids, "attention_mask": mask, LOSS_COUNT_KEY: len(samples),
+            "answers": [s.answer for s in samples], "prompts": [s.prompt for s in samples]}
+
+
+def completion_batch(sequences: Tensor, prompt_mask: Tensor, stop_ids: list[int], pad_id: int) -> dict:
+    """Inputs, labels and positions for scoring sampled sequences ``(N, P + L)``.
+
+    A completion runs up to and including its first stop token; later positions are masked. Position ids
+    follow the attention mask, as they did during generation with left-padded prompts.
+    """
+    width = prompt_mask.size(1)
+    completion = sequences[:, width:]  # (N, L)
+    is_stop = torch.isin(completion, torch.tensor(stop_ids, device=completion.device))
+    after_stop = (is_stop.cumsum(-1) - is_stop.long()) > 0  # positions after the first stop token
+    completion_mask = (~after_stop).long()  # (N, L)
+    attention = torch.cat([prompt_mask, completion_mask], dim=1)  # (N, P + L)
+    labels = torch.full_like(sequences, IGNORE_INDEX)
+    labels[:, width:] = completion.masked_fill(after_stop, IGNORE_INDEX)
+    input_ids = sequences.masked_fill(attention == 0, pad_id)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "position_ids": positions}
+
+
+@torch.no_grad()
+def sample_completions(model, batch: dict, n: int, gen, stop_ids: list[int], pad_id: int) -> Tensor:
+    """``n`` sampled continuations of each left-padded prompt: ``(B * n, P + L)``, prompt p's at rows p*n .. p*n+n-1.
+
+    ``gen`` carries ``temperature``, ``top_p`` and ``max_new_tokens``. Sampling runs in eval mode (no dropout).
+    """
+    was_training = model.training
+    model.eval()
+    out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True,
+                         temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
+                         num_return_sequences=n, eos_token_id=stop_ids, pad_token_id=pad_id)
+    model.train(was_training)
+    return out
+
+
+class GrpoStep:
+    """The loss function handed to the loop: sample, score, normalize within groups, clipped loss with KL.
+
+    Every sampled completion and its rewards are appended to ``completions.jsonl`` in the run folder, so the
+    logged reward curve can be read back example by example.
+    """
+
+    def __init__(self, gcfg, rewards: dict, tokenizer, template: str, reference: Reference | None, log_path):
+        self.cfg, self.rewards, self.tok = gcfg, rewards, tokenizer
+        self.stop_ids = stop_token_ids(tokenizer, template)
+        self.reference, self.log_path, self.calls = reference, log_path, 0
+        self.weights = gcfg.reward_weights or [1.0] * len(rewards)
+
+    def sample(self, model, batch: dict) -> Tensor:
+        """``(B * G, P + L)`` sequences; the G completions of prompt p are rows p*G .. p*G + G - 1."""
+        return sample_completions(model, batch, self.cfg.group_size, self.cfg, self.stop_ids, self.tok.pad_token_id)
+
+    def __call__(self, model, batch: dict):
+        g, n_prompts = self.cfg.group_size, batch[LOSS_COUNT_KEY]
+        sequences = self.sample(model, batch)
+        prompt_mask = batch["attention_mask"].repeat_interleave(g, dim=0)  # (N, P)
+        scored = completion_batch(sequences, prompt_mask, self.stop_ids, self.tok.pad_token_id)
+        width = prompt_mask.size(1)
+        texts = [self.tok.decode(row[keep], skip_special_tokens=True)  # the completion up to its stop token
+                 for row, keep in zip(sequences[:, width:], scored["attention_mask"][:, width:].bool())]
+        answers = [a for a in batch["answers"] for _ in range(g)]
+        prompts = [p for p in batch["prompts"] for _ in range(g)]
+        per_fn = score(self.rewards, texts, answers, prompts)
+        total = torch.tensor([sum(w * v[i] for w, v in zip(self.weights, per_fn.values()))
+                              for i in range(len(texts))], device=sequences.device)  # (N,)
+        advantages = group_advantages(total, g, scale=self.cfg.scale_rewards)
+        out = model(input_ids=scored["input_ids"], attention_mask=scored["attention_mask"],
+                    position_ids=scored["position_ids"], use_cache=False)
+        logps, mask = token_logps(out.logits, scored["labels"])  # (N, T-1) each
+        ref_logps = None
+        if self.reference is not None:
+            ref_logps, _ = token_logps(self.reference.logits(scored), scored["labels"])
+        loss, metrics = grpo_loss(logps, advantages, mask, ref_logps=ref_logps, beta=self.cfg.beta,
+                                  clip_eps=self.cfg.clip_eps, clip_eps_high=self.cfg.clip_eps_high,
+                                  reduction=self.cfg.reduction)
+        metrics.update({"reward": total.mean(), "reward_std": total.view(-1, g).std(dim=1).mean(),
+                        "completion_length": mask.sum(-1).float().mean(),
+                        **{f"rewards/{k}": sum(v) / len(v) for k, v in per_fn.items()}})
+        self._log(texts, prompts, answers, per_fn, total, advantages, model.training)
+        return loss * n_prompts, n_prompts, metrics
+
+    def _log(self, texts, prompts, answers, per_fn, total, advantages, training: bool) -> None:
+        self.calls += 1
+        rows = [{"call": self.calls, "split": "train" if training else "eval", "prompt": prompts[i][-1]["content"],
+                 "reference": answers[i], "completion": text, "rewards": {k: v[i] for k, v in per_fn.items()},
+                 "reward": float(total[i]), "advantage": float(advantages[i])} for i, text in enumerate(texts)]
+        with open(self.log_path, "a", encoding="utf-8") as f:  # an append-only log, like metrics.jsonl
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def run(cfg, progress: bool = True):
+    """Train with GRPO end to end and return the run folder path."""
+    setup = setup_run(cfg, progress)
+    gcfg = cfg.grpo
+    train_convs, val_convs = load_split(cfg.data, lambda path: load_conversations(path, cfg.data.format)[0],
+                                        cfg.train.seed)
+    tok, tpl = setup.tokenizer, setup.template
+    train = prompt_samples(cfg.data, tok, tpl, train_convs)
+    val = prompt_samples(cfg.data, tok, tpl, val_convs)
+    rewards = {reward_name(spec): load_reward(spec, gcfg.format_regex, gcfg.length_target) for spec in gcfg.rewards}
+    reference = Reference(setup.model) if gcfg.beta > 0 else None
+    say(progress, f"grpo: {len(train)} train / {len(val)} validation prompts, {gcfg.group_size} completions each; "
+        f"rewards {', '.join(gcfg.rewards)}")
+    step = GrpoStep(gcfg, rewards, tok, tpl, reference, setup.run_dir / "completions.jsonl")
+    result = fit(setup.model, setup.method, train, val, partial(collate_prompts, pad_id=tok.pad_token_id), step,
+                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress)
+    stats = {"format": "prompts", "train_samples": len(train), "val_samples": len(val),
+             "rewards": list(gcfg.rewards), "group_size": gcfg.group_size}
+    return finish_run(setup, result.summary, stats)

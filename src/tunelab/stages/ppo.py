@@ -15,7 +15,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tunelab.stages.common import KL_ESTIMATORS, check_same_shape, masked_mean, pick
+from tunelab.stages.common import (
+    KL_ESTIMATORS,
+    check_same_shape,
+    masked_mean,
+    masked_whiten,
+    pick,
+)
 
 
 def kl_penalty(logps: Tensor, ref_logps: Tensor, mask: Tensor, estimator: str = "k1") -> Tensor:
@@ -114,3 +120,147 @@ def value_loss(
     clipped = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.max(plain, clipped), mask)
     return loss, {"vf_clipfrac": masked_mean((clipped > plain).float(), mask).detach()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe (stage ppo): prompts -> one sampled completion each -> reward-model score -> KL-shaped rewards ->
+# GAE with the value head -> clipped policy loss + value loss. One update per sampled batch (on-policy).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class PolicyWithValue(torch.nn.Module):
+    """The policy (a causal LM, adapters included) with a per-token value head on its last hidden state.
+
+    The head is the critic; it shares the policy's body (as TRL's ``AutoModelForCausalLMWithValueHead``)
+    and is saved with the run as ``head.safetensors`` (see ``tunelab.stages.heads.HeadMethod``).
+    """
+
+    def __init__(self, lm: torch.nn.Module, seed: int = 0):
+        super().__init__()
+        from tunelab.stages.heads import ScoreModel
+
+        self.lm = lm
+        self.head = ScoreModel(lm, 1, seed=seed).head  # same initialisation as the reward head
+        self.labels = None
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits (N, T, V), values (N, T))``."""
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      output_hidden_states=True, use_cache=False)
+        values = self.head(out.hidden_states[-1].to(self.head.weight.dtype)).squeeze(-1)
+        return out.logits, values
+
+    def generate(self, **kw) -> Tensor:
+        return self.lm.generate(**kw)
+
+    def gradient_checkpointing_enable(self, **kw) -> None:
+        self.lm.gradient_checkpointing_enable(**kw)
+
+
+def right_aligned(input_ids: Tensor, attention_mask: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Move each row's real tokens to the left (right padding), as the reward model was trained to read them."""
+    ids = torch.full_like(input_ids, pad_id)
+    mask = torch.zeros_like(attention_mask)
+    for i in range(input_ids.size(0)):
+        real = input_ids[i][attention_mask[i].bool()]
+        ids[i, :real.numel()] = real
+        mask[i, :real.numel()] = 1
+    return ids, mask
+
+
+class PpoStep:
+    """The loss function handed to the loop: sample, score, shape, GAE, clipped policy and value losses."""
+
+    def __init__(self, pcfg, scorer, reference, tokenizer, template: str, log_path):
+        from tunelab.data.templates import stop_token_ids
+
+        self.cfg, self.scorer, self.reference, self.tok, self.log_path = pcfg, scorer, reference, tokenizer, log_path
+        self.stop_ids = stop_token_ids(tokenizer, template)
+
+    def __call__(self, model, batch: dict):
+        from tunelab.engine.loop import LOSS_COUNT_KEY
+        from tunelab.stages.common import token_logps
+        from tunelab.stages.grpo import completion_batch, sample_completions
+
+        pad = self.tok.pad_token_id
+        sequences = sample_completions(model, batch, 1, self.cfg, self.stop_ids, pad)  # (B, P + L)
+        scored = completion_batch(sequences, batch["attention_mask"], self.stop_ids, pad)
+        with torch.no_grad():
+            scores = self.scorer(*right_aligned(scored["input_ids"], scored["attention_mask"], pad)).squeeze(-1)
+            ref_logps, _ = token_logps(self.reference.logits(scored), scored["labels"])  # (B, T-1)
+        logits, values = model(scored["input_ids"], scored["attention_mask"], scored["position_ids"])
+        logps, mask = token_logps(logits, scored["labels"])  # (B, T-1): token t+1 given the prefix up to t
+        values = values[:, :-1]  # (B, T-1): the value of the state before each scored token
+        old_logps, old_values = logps.detach(), values.detach()
+        rewards = shaped_rewards(scores.float(), old_logps, ref_logps, mask, self.cfg.kl_coef,
+                                 self.cfg.kl_estimator)
+        advantages, returns = gae(rewards, old_values, mask, self.cfg.gamma, self.cfg.lam)
+        if self.cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        pg, pg_metrics = policy_loss(logps, old_logps, advantages, mask, self.cfg.clip_eps)
+        vf, vf_metrics = value_loss(values, old_values, returns, mask, self.cfg.vf_clip)
+        loss = pg + self.cfg.vf_coef * vf
+        n = batch[LOSS_COUNT_KEY]
+        kl = kl_penalty(old_logps, ref_logps, mask, self.cfg.kl_estimator).sum(-1).mean()  # per completion
+        metrics = {"score": scores.mean(), "kl": kl, "pg_loss": pg.detach(), "vf_loss": vf.detach(),
+                   "completion_length": mask.sum(-1).float().mean(), **pg_metrics, **vf_metrics}
+        self._log(sequences, scored, scores, batch, model.training)
+        return loss * n, n, metrics
+
+    def _log(self, sequences: Tensor, scored: dict, scores: Tensor, batch: dict, training: bool) -> None:
+        import json
+
+        width = batch["attention_mask"].size(1)
+        texts = [self.tok.decode(row[keep], skip_special_tokens=True)
+                 for row, keep in zip(sequences[:, width:], scored["attention_mask"][:, width:].bool())]
+        rows = [{"split": "train" if training else "eval", "prompt": p[-1]["content"], "completion": t,
+                 "score": float(s)} for p, t, s in zip(batch["prompts"], texts, scores)]
+        with open(self.log_path, "a", encoding="utf-8") as f:  # an append-only log, like metrics.jsonl
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def run(cfg, progress: bool = True):
+    """Train with PPO against a reward run end to end and return the run folder path."""
+    from functools import partial
+
+    from tunelab.data.pipeline import epoch_order, load_conversations
+    from tunelab.engine.loop import fit
+    from tunelab.run import Run
+    from tunelab.stages.grpo import collate_prompts, prompt_samples
+    from tunelab.stages.heads import HeadMethod, load_scorer
+    from tunelab.stages.recipe import (
+        finish_run,
+        load_split,
+        recount_parameters,
+        say,
+        setup_run,
+    )
+    from tunelab.stages.reference import Reference
+
+    if cfg.ppo is None:
+        raise ValueError("stage ppo needs a ppo: section with a reward model, e.g. ppo: {reward_model: runs/my-rm}")
+    pcfg = cfg.ppo
+    reward_run = Run(pcfg.reward_model)
+    if reward_run.config.stage != "reward":
+        raise ValueError(f"ppo.reward_model: {pcfg.reward_model} is a {reward_run.config.stage} run; train one with "
+                         "stage: reward first")
+    setup = setup_run(cfg, progress)
+    if reward_run.load_tokenizer().get_vocab() != setup.tokenizer.get_vocab():
+        raise ValueError(f"ppo.reward_model: {pcfg.reward_model} uses another tokenizer than {cfg.model.name}; "
+                         "the reward model must read the policy's tokens")
+    scorer = load_scorer(reward_run, device=str(setup.device)).requires_grad_(False)
+    reference = Reference(setup.model)
+    setup.model = PolicyWithValue(setup.model, seed=cfg.train.seed)
+    setup.method = HeadMethod(setup.method)
+    recount_parameters(setup)
+    train_convs, val_convs = load_split(cfg.data, lambda path: load_conversations(path, cfg.data.format)[0],
+                                        cfg.train.seed)
+    tok, tpl = setup.tokenizer, setup.template
+    train, val = prompt_samples(cfg.data, tok, tpl, train_convs), prompt_samples(cfg.data, tok, tpl, val_convs)
+    say(progress, f"ppo: {len(train)} train / {len(val)} validation prompts; reward model {pcfg.reward_model}")
+    step = PpoStep(pcfg, scorer, reference, tok, tpl, setup.run_dir / "completions.jsonl")
+    result = fit(setup.model, setup.method, train, val, partial(collate_prompts, pad_id=tok.pad_token_id), step,
+                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress)
+    stats = {"format": "prompts", "train_samples": len(train), "val_samples": len(val),
+             "reward_model": pcfg.reward_model}
+    return finish_run(setup, result.summary, stats)

@@ -19,12 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tunelab.stages.common import check_same_shape, pick
+from tunelab.data.pipeline import collate, epoch_order
+from tunelab.data.stage_formats import load_kto, load_preference
+from tunelab.data.templates import Tokenized
+from tunelab.engine.loop import LOSS_COUNT_KEY, fit
+from tunelab.stages.common import check_same_shape, pick, sequence_logps, target_counts
+from tunelab.stages.recipe import finish_run, load_split, say, setup_run
+from tunelab.stages.reference import Reference
+from tunelab.stages.tokens import encode, join_truncated, split_prompt_answer
 
 Metrics = dict[str, Tensor]
 
@@ -192,7 +200,8 @@ def simpo_loss(logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor
     logits = params.beta * (avg_chosen - avg_rejected) - params.gamma  # (B,)
     eps = params.label_smoothing
     losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
-    return losses.mean(), _reward_metrics(params.beta * avg_chosen, params.beta * avg_rejected, avg_chosen, avg_rejected)
+    rewards = _reward_metrics(params.beta * avg_chosen, params.beta * avg_rejected, avg_chosen, avg_rejected)
+    return losses.mean(), rewards
 
 
 def kto_loss(logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
@@ -253,3 +262,169 @@ REFERENCE_FREE = frozenset({"orpo", "simpo"})
 def preference_loss(name: str, logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
     """Run the loss registered as ``name``; an unknown name raises a ValueError listing the choices."""
     return pick(PREFERENCE_LOSSES, name, "preference loss")(logps, params)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe (stages dpo, orpo, simpo, kto): examples -> token samples -> collator -> step -> the shared loop.
+# ---------------------------------------------------------------------------------------------------------------
+
+STAGE_LOSS = {"orpo": "orpo", "simpo": "simpo", "kto": "kto"}
+"""The loss of each preference stage; stage ``dpo`` uses ``preference.loss`` (sigmoid, ipo or hinge)."""
+
+
+@dataclass
+class PairSample:
+    """A tokenized preference pair; ``ref`` holds precomputed reference log-probs (chosen, rejected)."""
+
+    chosen: Tokenized
+    rejected: Tokenized
+    ref: tuple[float, float] | None = None
+
+
+@dataclass
+class KtoSample:
+    """A tokenized KTO example and its mismatched pair (this prompt, another example's answer) for the KL term."""
+
+    seq: Tokenized
+    label: bool
+    kl_seq: Tokenized | None = None
+    ref: tuple[float, float] | None = None  # (reference log-prob of seq, of kl_seq)
+
+
+def pair_samples(examples: list, tokenizer, template: str, max_length: int) -> list[PairSample]:
+    """Tokenize preference examples into chosen/rejected sequences sharing the prompt."""
+    out = []
+    for ex in examples:
+        prompt_text, chosen_text = split_prompt_answer(tokenizer, template, ex.prompt, ex.chosen, ex.where)
+        _, rejected_text = split_prompt_answer(tokenizer, template, ex.prompt, ex.rejected, ex.where)
+        prompt = encode(tokenizer, prompt_text)
+        out.append(PairSample(join_truncated(prompt, encode(tokenizer, chosen_text), max_length),
+                              join_truncated(prompt, encode(tokenizer, rejected_text), max_length)))
+    return out
+
+
+def kto_samples(examples: list, tokenizer, template: str, max_length: int, with_kl: bool) -> list[KtoSample]:
+    """Tokenize KTO examples; example ``i``'s KL pair is its prompt with example ``i + 1``'s answer (TRL's shift)."""
+    parts = []
+    for ex in examples:
+        prompt_text, answer_text = split_prompt_answer(tokenizer, template, ex.prompt, ex.completion, ex.where)
+        parts.append((encode(tokenizer, prompt_text), encode(tokenizer, answer_text), ex.label))
+    out = []
+    for i, (prompt, answer, label) in enumerate(parts):
+        kl = join_truncated(prompt, parts[(i + 1) % len(parts)][1], max_length) if with_kl and len(parts) > 1 else None
+        out.append(KtoSample(join_truncated(prompt, answer, max_length), label, kl))
+    return out
+
+
+def collate_pairs(samples: list[PairSample], pad_id: int) -> dict:
+    """One (2B, T) batch: rows 0..B-1 chosen, rows B..2B-1 rejected (one forward pass scores both)."""
+    batch = collate([s.chosen for s in samples] + [s.rejected for s in samples], pad_id)
+    batch[LOSS_COUNT_KEY] = len(samples)  # the loss is a mean over pairs
+    if all(s.ref is not None for s in samples):
+        batch["ref_logps"] = torch.tensor([s.ref[0] for s in samples] + [s.ref[1] for s in samples])  # (2B,)
+    return batch
+
+
+def collate_kto(samples: list[KtoSample], pad_id: int) -> dict:
+    """A (B, T) batch of examples, followed by their B mismatched KL rows when present: (2B, T)."""
+    seqs = [s.seq for s in samples]
+    with_kl = all(s.kl_seq is not None for s in samples)
+    batch = collate(seqs + ([s.kl_seq for s in samples] if with_kl else []), pad_id)
+    batch["desirable"] = torch.tensor([s.label for s in samples])  # (B,) bool
+    batch[LOSS_COUNT_KEY] = len(samples)
+    if all(s.ref is not None for s in samples):
+        refs = [s.ref[0] for s in samples] + ([s.ref[1] for s in samples] if with_kl else [])
+        batch["ref_logps"] = torch.tensor(refs)
+    return batch
+
+
+def _logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed answer log-probs ``(N,)`` and answer token counts ``(N,)``."""
+    return sequence_logps(logits, labels), target_counts(labels)
+
+
+def reference_logps(reference: Reference | None, batch: dict) -> Tensor | None:
+    """Reference log-probs of every row: precomputed in the batch, else one no-grad reference forward."""
+    if "ref_logps" in batch:
+        return batch["ref_logps"].float()
+    if reference is None:
+        return None
+    return sequence_logps(reference.logits(batch), batch["labels"]).float()  # (N,)
+
+
+def pair_step(model, batch: dict, loss_name: str, params: PreferenceParams, reference: Reference | None):
+    """(loss x pairs, pairs, metrics) for a batch from ``collate_pairs``; the loss is a mean over pairs."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    logps, counts = _logps(out.logits, batch["labels"])  # (2B,) each
+    n = batch[LOSS_COUNT_KEY]
+    ref = None if loss_name in REFERENCE_FREE else reference_logps(reference, batch)
+    loss, metrics = preference_loss(loss_name, PreferenceLogps(
+        chosen=logps[:n], rejected=logps[n:], chosen_tokens=counts[:n], rejected_tokens=counts[n:],
+        ref_chosen=None if ref is None else ref[:n], ref_rejected=None if ref is None else ref[n:]), params)
+    return loss * n, n, metrics
+
+
+def kto_step(model, batch: dict, params: PreferenceParams, reference: Reference | None):
+    """(loss x examples, examples, metrics) for a batch from ``collate_kto``."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    logps, _ = _logps(out.logits, batch["labels"])  # (B,) or (2B,) with the KL rows
+    ref = reference_logps(reference, batch)
+    n, good = batch[LOSS_COUNT_KEY], batch["desirable"]
+    with_kl = logps.numel() > n
+    loss, metrics = kto_loss(PreferenceLogps(
+        chosen=logps[:n][good], rejected=logps[:n][~good], ref_chosen=ref[:n][good], ref_rejected=ref[:n][~good],
+        kl=logps[n:].detach() if with_kl else None, ref_kl=ref[n:] if with_kl else None), params)
+    return loss * n, n, metrics
+
+
+@torch.no_grad()
+def precompute_reference(samples: list, collate_fn, reference: Reference, batch_size: int, device) -> None:
+    """Fill each sample's ``ref`` with reference log-probs in one pass, so training skips the reference forward."""
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in collate_fn(chunk).items()}
+        ref = reference_logps(reference, batch).cpu().tolist()
+        n = len(chunk)
+        for j, s in enumerate(chunk):
+            s.ref = (ref[j], ref[n + j] if len(ref) > n else 0.0)
+
+
+def run(cfg, progress: bool = True):
+    """Train a dpo / orpo / simpo / kto run end to end and return the run folder path."""
+    setup = setup_run(cfg, progress)
+    pcfg, is_kto = cfg.preference, cfg.stage == "kto"
+    loss_name = STAGE_LOSS.get(cfg.stage, pcfg.loss)
+    params = PreferenceParams(beta=pcfg.beta_for(cfg.stage), label_smoothing=pcfg.label_smoothing,
+                              gamma=pcfg.gamma, desirable_weight=pcfg.desirable_weight,
+                              undesirable_weight=pcfg.undesirable_weight)
+    tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
+    if is_kto:
+        train_ex, val_ex = load_split(cfg.data, load_kto, cfg.train.seed)
+        train = kto_samples(train_ex, tok, tpl, max_len, pcfg.kto_kl)
+        val = kto_samples(val_ex, tok, tpl, max_len, pcfg.kto_kl)
+        collate_fn = partial(collate_kto, pad_id=tok.pad_token_id)
+    else:
+        train_ex, val_ex = load_split(cfg.data, load_preference, cfg.train.seed)
+        train, val = pair_samples(train_ex, tok, tpl, max_len), pair_samples(val_ex, tok, tpl, max_len)
+        collate_fn = partial(collate_pairs, pad_id=tok.pad_token_id)
+    reference = None
+    if loss_name not in REFERENCE_FREE:
+        reference = Reference(setup.model, copy_weights=not pcfg.precompute_ref)
+        if pcfg.precompute_ref:
+            setup.model.eval()
+            for samples in (train, val):
+                precompute_reference(samples, collate_fn, reference, cfg.train.batch_size, setup.device)
+            reference = None  # every batch now carries its reference log-probs
+    say(progress, f"{cfg.stage} ({loss_name}, beta={params.beta}): {len(train)} train / {len(val)} validation "
+        f"examples from {cfg.data.train}; reference: "
+        + ("none" if loss_name in REFERENCE_FREE else "precomputed" if pcfg.precompute_ref
+           else "adapters off" if reference.shares_weights else "frozen copy"))
+    step = (partial(kto_step, params=params, reference=reference) if is_kto
+            else partial(pair_step, loss_name=loss_name, params=params, reference=reference))
+    result = fit(setup.model, setup.method, train, val, collate_fn, step, cfg.train, setup.run_dir, setup.device,
+                 setup.trackers, epoch_order, progress=progress)
+    stats = {"format": "kto" if is_kto else "preference", "train_samples": len(train), "val_samples": len(val),
+             "loss": loss_name, "beta": params.beta,
+             "truncated": sum(s.seq.truncated if is_kto else s.chosen.truncated or s.rejected.truncated
+                              for s in train + val)}
+    return finish_run(setup, result.summary, stats)

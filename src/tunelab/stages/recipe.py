@@ -14,10 +14,11 @@ import torch
 from tunelab import __version__
 from tunelab.config import RunCfg, dump_config
 from tunelab.data.templates import resolve_template
+from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.methods import count_parameters, get_method
 from tunelab.models import load_model, load_tokenizer, pick_device
-from tunelab.tracking import make_tracker
+from tunelab.tracking import ALWAYS_ON, make_tracker
 from tunelab.utils.io import atomic_dir, atomic_write_json, atomic_write_text
 
 
@@ -57,31 +58,36 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     run_dir = check_output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.train.device)
+    device = distributed.init(cfg.parallel, device)  # joins torchrun's process group, if any; cuda:LOCAL_RANK
+    main = distributed.current().is_main  # only rank 0 writes the run folder
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
     template = resolve_template(tokenizer, cfg.model.chat_template)
     torch.manual_seed(cfg.train.seed)
     model = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code)
     method = get_method(cfg.method.name)
     model = method.apply(model, cfg.method)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    atomic_write_text(run_dir / "chat_template.jinja", template)
-    with atomic_dir(run_dir / "tokenizer") as tmp:
-        tokenizer.save_pretrained(tmp)
-        (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        atomic_write_text(run_dir / "chat_template.jinja", template)
+        with atomic_dir(run_dir / "tokenizer") as tmp:
+            tokenizer.save_pretrained(tmp)
+            (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
     trainable, total = count_parameters(model)
     meta = {"tunelab_version": __version__, "base_model": cfg.model.name, "method": cfg.method.name,
             "stage": cfg.stage, "trainable_params": trainable, "total_params": total,
             "trainable_pct": round(100 * trainable / max(total, 1), 4),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(device), "torch": torch.__version__}
-    atomic_write_json(run_dir / "run.json", meta)
-    if progress:
+            "device": str(device), "torch": torch.__version__, "processes": distributed.current().world_size}
+    if main:
+        atomic_write_json(run_dir / "run.json", meta)
+    if progress and main:
         from rich.console import Console
 
         Console(stderr=True).print(
             f"[bold]{cfg.method.name}[/] on {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
             f"({meta['trainable_pct']:.2f}%) on {device}")
-    trackers = [make_tracker(name) for name in dict.fromkeys(["jsonl", *cfg.train.report_to])]
+    trackers = [make_tracker(name) for name in dict.fromkeys([*ALWAYS_ON, *cfg.train.report_to])]
+    trackers = trackers if main else []
     for t in trackers:
         t.start(run_dir, cfg.model_dump(mode="json"))
     return RunSetup(cfg, run_dir, model, tokenizer, template, method, device, trackers)
@@ -90,8 +96,10 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
 def finish_run(setup: RunSetup, summary: dict, data_stats: dict) -> Path:
     """Write the trained weights, summary.json and close trackers; remove the early-stopping scratch copy."""
     run_dir = setup.run_dir
-    with atomic_dir(run_dir / setup.method.WEIGHTS_DIR) as tmp:
-        setup.method.save(setup.model, tmp)
+    distributed.save_weights(setup.model, setup.method, run_dir / setup.method.WEIGHTS_DIR)  # atomic, rank 0
+    if not distributed.current().is_main:  # rank 0 writes the rest; the others wait for it and leave
+        distributed.shutdown()
+        return run_dir
     shutil.rmtree(run_dir / "best", ignore_errors=True)
     atomic_write_json(run_dir / "summary.json", {**summary, "data": data_stats})
     for t in setup.trackers:
@@ -100,8 +108,57 @@ def finish_run(setup: RunSetup, summary: dict, data_stats: dict) -> Path:
         from tunelab.eval.report import write_report
 
         write_report(run_dir)
+    distributed.shutdown()
     return run_dir
 
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def load_split(data_cfg, load, seed: int) -> tuple[list, list]:
+    """Examples for a stage with its own data format: `load(path)` for train (and eval), then the val split.
+
+    Applies data.max_samples and data.val_size exactly as SFT does; `load` raises DataError on bad records.
+    """
+    from tunelab.data.io import DataError
+    from tunelab.data.pipeline import split_train_val
+
+    train = load(data_cfg.train)
+    if data_cfg.max_samples:
+        train = train[: data_cfg.max_samples]
+    if data_cfg.eval:
+        val = load(data_cfg.eval)
+    else:
+        train, val = split_train_val(train, data_cfg.val_size, seed)
+    if not train:
+        raise DataError(f"{data_cfg.train}: no training examples left after the validation split")
+    return train, val
+
+
+def say(progress: bool, message: str) -> None:
+    """Print one status line to stderr when progress display is on."""
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(message)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every line of a run's metrics.jsonl (the loop's own log)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def recount_parameters(setup: RunSetup) -> None:
+    """Update run.json's parameter counts after a stage wrapped the model (e.g. added a scoring head)."""
+    path = setup.run_dir / "run.json"
+    if not distributed.current().is_main:  # only rank 0 writes the run folder
+        return
+    meta = read_json(path)
+    trainable, total = count_parameters(setup.model)
+    meta.update(trainable_params=trainable, total_params=total,
+                trainable_pct=round(100 * trainable / max(total, 1), 4))
+    atomic_write_json(path, meta)

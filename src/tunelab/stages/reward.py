@@ -7,11 +7,26 @@ A reward model maps (prompt, response) to one scalar. Trained on preference pair
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tunelab.data.pipeline import epoch_order
+from tunelab.data.stage_formats import load_preference
+from tunelab.engine.loop import LOSS_COUNT_KEY, fit
 from tunelab.stages.common import check_same_shape
+from tunelab.stages.heads import HeadMethod, ScoreModel
+from tunelab.stages.preference import collate_pairs, pair_samples
+from tunelab.stages.recipe import (
+    finish_run,
+    load_split,
+    read_metrics,
+    recount_parameters,
+    say,
+    setup_run,
+)
 
 
 def pair_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
@@ -53,3 +68,40 @@ def bradley_terry_loss(
         "max_reward": every.max(),
     }
     return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe (stage reward): preference pairs -> a scalar head on the decoder -> Bradley-Terry -> the loop.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def reward_step(model, batch: dict, center_coef: float | None = None):
+    """(loss x pairs, pairs, metrics) for a ``collate_pairs`` batch: rows 0..B-1 chosen, B..2B-1 rejected."""
+    rewards = model(batch["input_ids"], batch["attention_mask"]).squeeze(-1).float()  # (2B,)
+    n = batch[LOSS_COUNT_KEY]
+    loss, metrics = bradley_terry_loss(rewards[:n], rewards[n:], center_coef=center_coef)
+    return loss * n, n, metrics
+
+
+def run(cfg, progress: bool = True):
+    """Train a pairwise reward model end to end and return the run folder path.
+
+    The scorer is the base model's decoder (trained by the configured method) with a one-output linear head
+    on the last token; the head is saved with the run (see ``tunelab.stages.heads``).
+    """
+    setup = setup_run(cfg, progress)
+    train_ex, val_ex = load_split(cfg.data, load_preference, cfg.train.seed)
+    tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
+    train, val = pair_samples(train_ex, tok, tpl, max_len), pair_samples(val_ex, tok, tpl, max_len)
+    setup.model = ScoreModel(setup.model, 1, seed=cfg.train.seed)
+    setup.method = HeadMethod(setup.method)
+    recount_parameters(setup)
+    say(progress, f"reward model: {len(train)} train / {len(val)} validation pairs from {cfg.data.train}")
+    result = fit(setup.model, setup.method, train, val, partial(collate_pairs, pad_id=tok.pad_token_id),
+                 partial(reward_step, center_coef=cfg.reward.center_coef), cfg.train, setup.run_dir, setup.device,
+                 setup.trackers, epoch_order, progress=progress)
+    evals = [m for m in read_metrics(setup.run_dir) if "eval_accuracy" in m]
+    summary = {**result.summary, "eval_accuracy": evals[-1]["eval_accuracy"] if evals else None}
+    stats = {"format": "preference", "train_samples": len(train), "val_samples": len(val),
+             "truncated": sum(s.chosen.truncated or s.rejected.truncated for s in train + val)}
+    return finish_run(setup, summary, stats)

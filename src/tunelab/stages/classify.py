@@ -1,0 +1,208 @@
+"""Sequence classification on a decoder, two ways (``classify.mode``).
+
+``head``: a linear head on the hidden state of the last real token (``tunelab.stages.heads.ScoreModel``),
+    trained with the configured method (LoRA or full) and saved with the run as ``head.safetensors``.
+    Raw ``text`` is tokenized as is (keeping its start when too long); a ``messages`` prompt is rendered with
+    the chat template up to the assistant header (keeping its end, where the question and header are).
+``label_tokens``: no new weights. Each label is scored by the log-probability of the model writing it as the
+    answer, ``log p(answer(label) | prompt)``, and the scores are normalized over the label set only
+    (a softmax over the K labels). ``answer(label)`` follows the data's own answer pattern: a record whose
+    answer is ``\\boxed{体育}`` for label 体育 is scored on ``\\boxed{政治}``, ``\\boxed{财经}``, ... The model
+    stays a chat model, so the run also chats, serves and exports as usual.
+
+Both train with cross-entropy over the classes, optionally class-weighted for imbalanced data
+(``class_weights: balanced`` gives class c the weight ``n / (K * n_c)``), and report accuracy, macro-F1 and
+AUC on the validation set via ``tunelab.eval.metrics.classification_metrics`` (saved under ``eval/``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tunelab.data.io import DataError
+from tunelab.data.pipeline import collate, epoch_order
+from tunelab.data.stage_formats import ClassExample, load_classification
+from tunelab.data.templates import IGNORE_INDEX, Tokenized, render
+from tunelab.engine.loop import LOSS_COUNT_KEY, fit
+from tunelab.stages.common import sequence_logps
+from tunelab.stages.heads import HeadMethod, ScoreModel
+from tunelab.stages.recipe import (
+    finish_run,
+    load_split,
+    recount_parameters,
+    say,
+    setup_run,
+)
+from tunelab.stages.tokens import encode, tokenize_answer
+from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
+
+
+@dataclass
+class ClassSample:
+    """One example: the token sequences scored (one for ``head``, one per label for ``label_tokens``) and its class."""
+
+    seqs: list[Tokenized]
+    target: int
+
+
+def class_weights(setting, labels: list[str], train: list[ClassExample]) -> Tensor | None:
+    """Cross-entropy weights per class: None, ``balanced`` (n / (K n_c)) or the configured list."""
+    if setting == "none":
+        return None
+    if isinstance(setting, list):
+        return torch.tensor(setting, dtype=torch.float32)
+    counts = Counter(ex.label for ex in train)
+    n, k = len(train), len(labels)
+    return torch.tensor([n / (k * counts[lab]) if counts[lab] else 0.0 for lab in labels], dtype=torch.float32)
+
+
+def head_input(ex: ClassExample, tokenizer, template: str, max_length: int) -> Tokenized:
+    """The head's input: raw text (start kept) or the rendered prompt up to the assistant header (end kept)."""
+    if ex.text is not None:
+        ids = tokenizer(ex.text, add_special_tokens=True)["input_ids"][:max_length]
+    else:
+        ids = encode(tokenizer, render(tokenizer, template, ex.prompt, add_generation_prompt=True))[-max_length:]
+    return Tokenized(ids, [IGNORE_INDEX] * len(ids), truncated=False)
+
+
+def label_answers(ex: ClassExample, labels: list[str]) -> list[str]:
+    """The answer text for each label, following the record's own answer pattern when it has one."""
+    if ex.answer and ex.label in ex.answer:
+        return [ex.answer.replace(ex.label, lab) for lab in labels]
+    return list(labels)
+
+
+def label_inputs(ex: ClassExample, labels: list[str], tokenizer, template: str, max_length: int) -> list[Tokenized]:
+    """One prompt + answer(label) sequence per label, labels on the answer tokens."""
+    prompt = ex.prompt if ex.prompt is not None else [{"role": "user", "content": ex.text}]
+    return [tokenize_answer(tokenizer, template, prompt, answer, max_length, ex.where)
+            for answer in label_answers(ex, labels)]
+
+
+def make_samples(examples: list[ClassExample], labels: list[str], mode: str, tokenizer, template: str,
+                 max_length: int) -> list[ClassSample]:
+    """Tokenize examples for the chosen mode; an unknown label names the record."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    out = []
+    for ex in examples:
+        if ex.label not in index:
+            raise DataError(f"{ex.where}: label {ex.label!r} is not one of classify.labels {labels}; "
+                            "add it there (or leave classify.labels null to use every label in the data)")
+        seqs = ([head_input(ex, tokenizer, template, max_length)] if mode == "head"
+                else label_inputs(ex, labels, tokenizer, template, max_length))
+        out.append(ClassSample(seqs, index[ex.label]))
+    return out
+
+
+def collate_classes(samples: list[ClassSample], pad_id: int) -> dict:
+    """(B * S, T) sequences (S = 1 for head, K for label_tokens) with the (B,) class targets."""
+    batch = collate([seq for s in samples for seq in s.seqs], pad_id)
+    batch["targets"] = torch.tensor([s.target for s in samples])  # (B,)
+    batch[LOSS_COUNT_KEY] = len(samples)
+    return batch
+
+
+def head_scores(model, batch: dict) -> Tensor:
+    """Class logits ``(B, K)`` from the head on the last token."""
+    return model(batch["input_ids"], batch["attention_mask"]).float()
+
+
+def label_token_scores(model, batch: dict) -> Tensor:
+    """Class logits ``(B, K)``: each label's answer log-probability ``log p(answer | prompt)``."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return sequence_logps(out.logits, batch["labels"]).view(batch["targets"].numel(), -1)  # (B*K,) -> (B, K)
+
+
+SCORERS: dict[str, Callable[[torch.nn.Module, dict], Tensor]] = {"head": head_scores,
+                                                                  "label_tokens": label_token_scores}
+
+
+def classify_step(model, batch: dict, scorer, weights: Tensor | None):
+    """(summed weighted cross-entropy, examples, metrics) for one batch."""
+    logits = scorer(model, batch)  # (B, K)
+    targets = batch["targets"]
+    w = None if weights is None else weights.to(logits.device)
+    loss = F.cross_entropy(logits, targets, weight=w, reduction="none").sum()
+    accuracy = (logits.argmax(-1) == targets).float().mean()
+    return loss, targets.numel(), {"accuracy": accuracy.detach()}
+
+
+@torch.no_grad()
+def predict(model, samples: list[ClassSample], collate_fn, scorer, batch_size: int, device) -> Tensor:
+    """Class probabilities ``(N, K)`` for samples, restricted to the label set."""
+    model.eval()
+    probs = []
+    for i in range(0, len(samples), batch_size):
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v
+                 for k, v in collate_fn(samples[i:i + batch_size]).items()}
+        probs.append(scorer(model, batch).softmax(-1).cpu())
+    return torch.cat(probs)
+
+
+def write_eval(run_dir, data: str, examples: list[ClassExample], labels: list[str], probs: Tensor,
+               settings: dict) -> dict:
+    """Accuracy / macro-F1 / AUC on the validation set -> eval/<data>-<time>.json and its predictions."""
+    from tunelab.eval.metrics import classification_metrics
+
+    preds = [labels[i] for i in probs.argmax(-1).tolist()]
+    truth = [ex.label for ex in examples]
+    metrics = classification_metrics(truth, preds, labels, probs.tolist())
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = run_dir / "eval" / f"{settings['split']}-{stamp}.json"
+    rows = [{"prompt": ex.text if ex.text is not None else ex.prompt[-1]["content"], "reference": ex.label,
+             "prediction": p, "probs": dict(zip(labels, [round(x, 6) for x in row]))}
+            for ex, p, row in zip(examples, preds, probs.tolist())]
+    atomic_write_jsonl(out.with_suffix(".predictions.jsonl"), rows)
+    atomic_write_json(out, {"data": data, "metrics": metrics, "settings": settings, "n": len(examples)})
+    return metrics
+
+
+def run(cfg, progress: bool = True):
+    """Train a classifier end to end (head or label-token scoring) and return the run folder path."""
+    try:  # the validation report needs scikit-learn: fail before training, not after
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise ImportError("stage classify reports its metrics with scikit-learn: pip install 'tunelab[eval]'") from None
+    setup = setup_run(cfg, progress)
+    ccfg = cfg.classify
+    train_ex, val_ex = load_split(cfg.data, load_classification, cfg.train.seed)
+    labels = list(ccfg.labels) if ccfg.labels else sorted({ex.label for ex in train_ex + val_ex})
+    if len(labels) < 2:
+        raise DataError(f"{cfg.data.train}: classification needs at least 2 classes, found {labels}")
+    if isinstance(ccfg.class_weights, list) and len(ccfg.class_weights) != len(labels):
+        raise DataError(f"classify.class_weights: {len(ccfg.class_weights)} numbers for {len(labels)} labels "
+                        f"{labels}; give one per label")
+    weights = class_weights(ccfg.class_weights, labels, train_ex)
+    tok, tpl = setup.tokenizer, setup.template
+    train = make_samples(train_ex, labels, ccfg.mode, tok, tpl, cfg.data.max_length)
+    val = make_samples(val_ex, labels, ccfg.mode, tok, tpl, cfg.data.max_length)
+    if ccfg.mode == "head":
+        setup.model = ScoreModel(setup.model, len(labels), labels, seed=cfg.train.seed)
+        setup.method = HeadMethod(setup.method)
+        recount_parameters(setup)
+    scorer = SCORERS[ccfg.mode]
+    collate_fn = partial(collate_classes, pad_id=tok.pad_token_id)
+    say(progress, f"classify ({ccfg.mode}): {len(labels)} classes {labels}; {len(train)} train / {len(val)} "
+        f"validation examples from {cfg.data.train}")
+    result = fit(setup.model, setup.method, train, val, collate_fn, partial(classify_step, scorer=scorer,
+                 weights=weights), cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order,
+                 progress=progress)
+    summary = dict(result.summary)
+    if val:
+        probs = predict(setup.model, val, collate_fn, scorer, cfg.train.batch_size, setup.device)
+        settings = {"split": "validation", "mode": ccfg.mode, "labels": labels,
+                    "class_weights": None if weights is None else weights.tolist()}
+        metrics = write_eval(setup.run_dir, cfg.data.eval or cfg.data.train, val_ex, labels, probs, settings)
+        summary.update({k: metrics.get(k) for k in ("accuracy", "f1_macro", "auc")})
+        say(progress, f"validation: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}")
+    stats = {"format": "classification", "mode": ccfg.mode, "labels": labels, "train_samples": len(train),
+             "val_samples": len(val)}
+    return finish_run(setup, summary, stats)

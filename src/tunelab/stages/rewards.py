@@ -1,0 +1,95 @@
+"""Reward functions for GRPO: built-ins by name and your own from a Python file.
+
+A reward function scores a batch of sampled completions, one float each:
+
+    def my_reward(completions: list[str], answers: list[str], prompts: list[list[dict]]) -> list[float]
+
+``answers`` are the reference answers of the prompts (the record's final assistant turn), repeated for
+every completion of the same prompt. The config names functions as ``builtin:<name>`` (``BUILTIN_REWARDS``)
+or ``path/to/file.py:function`` (path relative to the working directory). A file named in the config is run
+as Python: name only files you wrote or trust.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from tunelab.stages.common import pick
+
+RewardFn = Callable[[list[str], list[str], list[list[dict]]], list[float]]
+
+BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def extract_answer(text: str) -> str:
+    """The final answer in a text: the last ``\\boxed{...}`` content if there is one, else the stripped text."""
+    found = BOXED.findall(text)
+    return (found[-1] if found else text).strip()
+
+
+def answer_match(completions: list[str], answers: list[str], prompts: list[list[dict]], **_) -> list[float]:
+    """1.0 when the completion's final answer equals the reference's (``\\boxed{}`` contents if present), else 0."""
+    return [float(extract_answer(c) == extract_answer(a)) for c, a in zip(completions, answers)]
+
+
+def format_regex(completions: list[str], answers: list[str], prompts: list[list[dict]], pattern: str = "",
+                 **_) -> list[float]:
+    """1.0 when the completion contains a match of ``pattern`` (``grpo.format_regex``), else 0."""
+    regex = re.compile(pattern)
+    return [float(regex.search(c) is not None) for c in completions]
+
+
+def length(completions: list[str], answers: list[str], prompts: list[list[dict]], target: int = 200,
+           **_) -> list[float]:
+    """1.0 up to ``target`` characters, falling linearly to 0 at ``2 * target`` (an overlong-answer penalty)."""
+    return [max(0.0, min(1.0, 2.0 - len(c) / target)) for c in completions]
+
+
+BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {
+    "answer_match": answer_match,
+    "format_regex": format_regex,
+    "length": length,
+}
+
+
+def load_reward(spec: str, format_pattern: str = r"\\boxed\{.+?\}", length_target: int = 200) -> RewardFn:
+    """The reward function named by ``spec`` (``builtin:name`` or ``file.py:function``), configured."""
+    kind, sep, name = spec.partition(":")
+    if not sep or not name:
+        raise ValueError(f"grpo.rewards: {spec!r} must look like builtin:answer_match or my_rewards.py:my_function")
+    if kind == "builtin":
+        fn = pick(BUILTIN_REWARDS, name, "built-in reward")
+        return partial(fn, pattern=format_pattern, target=length_target)
+    path = Path(kind)
+    if path.suffix != ".py" or not path.is_file():
+        raise ValueError(f"grpo.rewards: {spec!r}: {path} is not an existing .py file (paths are relative to the "
+                         f"working directory {Path.cwd()})")
+    module_spec = importlib.util.spec_from_file_location(f"tunelab_user_rewards_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise ValueError(f"grpo.rewards: {path} has no function {name!r}; it defines {', '.join(found) or 'none'}")
+    return fn
+
+
+def reward_name(spec: str) -> str:
+    """The short name a reward is logged under: the part after the colon."""
+    return spec.partition(":")[2]
+
+
+def score(fns: dict[str, RewardFn], completions: list[str], answers: list[str],
+          prompts: list[list[dict]]) -> dict[str, list[float]]:
+    """Each function's rewards, checked to be one finite number per completion."""
+    out = {}
+    for name, fn in fns.items():
+        values = [float(v) for v in fn(completions, answers, prompts)]
+        if len(values) != len(completions):
+            raise ValueError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
+        out[name] = values
+    return out

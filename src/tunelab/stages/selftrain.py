@@ -1,0 +1,104 @@
+"""Self-training: sample answers from the model, keep those a reward judges good, fine-tune on them.
+
+Rejection-sampling fine-tuning (STaR, Zelikman et al. 2022; RFT, Yuan et al. 2023): for every training
+prompt the model (as it is before this stage) samples ``samples_per_prompt`` answers; the reward functions
+(the same ones as GRPO, ``tunelab.stages.rewards``) score them; answers reaching ``min_reward`` are kept
+(the best one per prompt, or all) and the model is trained on them with the SFT loss. Validation uses the
+data's own reference answers, so ``eval_loss`` says how close the model stays to them.
+
+The run folder gets ``selftrain_samples.jsonl`` (every sample, its rewards and whether it was kept) and
+``selftrain_data.jsonl`` (the kept conversations, in messages format, reusable as SFT data).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from tunelab.data.formats import Conversation
+from tunelab.data.io import DataError
+from tunelab.data.pipeline import collate, epoch_order, load_conversations
+from tunelab.data.templates import stop_token_ids, tokenize_conversation
+from tunelab.engine.loop import fit
+from tunelab.stages.grpo import (
+    collate_prompts,
+    completion_batch,
+    prompt_samples,
+    sample_completions,
+)
+from tunelab.stages.recipe import finish_run, load_split, say, setup_run
+from tunelab.stages.rewards import load_reward, reward_name, score
+from tunelab.stages.sft import sft_loss
+from tunelab.utils.io import atomic_write_jsonl
+
+
+def select(totals: list[float], group: int, min_reward: float, keep: str) -> list[bool]:
+    """Which samples to keep: per group of ``group`` samples, the best (first on ties) or all at >= min_reward."""
+    kept = []
+    for start in range(0, len(totals), group):
+        chunk = totals[start:start + group]
+        if keep == "best":
+            best = max(range(len(chunk)), key=lambda i: (chunk[i], -i))
+            kept += [i == best and chunk[i] >= min_reward for i in range(len(chunk))]
+        else:
+            kept += [value >= min_reward for value in chunk]
+    return kept
+
+
+@torch.no_grad()
+def sample_and_judge(model, prompts: list, scfg, rewards: dict, tokenizer, template: str, batch_size: int,
+                     device) -> list[dict]:
+    """Every sample as a row {prompt, reference, completion, rewards, reward, kept}; prompts in order."""
+    stop, pad, k = stop_token_ids(tokenizer, template), tokenizer.pad_token_id, scfg.samples_per_prompt
+    weights = scfg.reward_weights or [1.0] * len(rewards)
+    rows = []
+    for i in range(0, len(prompts), batch_size):
+        batch = collate_prompts(prompts[i:i + batch_size], pad)
+        batch = {key: v.to(device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+        sequences = sample_completions(model, batch, k, scfg, stop, pad)  # (B * k, P + L)
+        scored = completion_batch(sequences, batch["attention_mask"].repeat_interleave(k, 0), stop, pad)
+        width = batch["input_ids"].size(1)
+        texts = [tokenizer.decode(row[keep], skip_special_tokens=True).strip()
+                 for row, keep in zip(sequences[:, width:], scored["attention_mask"][:, width:].bool())]
+        prompt_msgs = [p for p in batch["prompts"] for _ in range(k)]
+        answers = [a for a in batch["answers"] for _ in range(k)]
+        per_fn = score(rewards, texts, answers, prompt_msgs)
+        totals = [sum(w * v[j] for w, v in zip(weights, per_fn.values())) for j in range(len(texts))]
+        kept = select(totals, k, scfg.min_reward, scfg.keep)
+        rows += [{"prompt": prompt_msgs[j], "reference": answers[j], "completion": texts[j],
+                  "rewards": {n: v[j] for n, v in per_fn.items()}, "reward": totals[j], "kept": kept[j]}
+                 for j in range(len(texts))]
+    return rows
+
+
+def run(cfg, progress: bool = True):
+    """Sample, filter and fine-tune end to end; return the run folder path."""
+    setup = setup_run(cfg, progress)
+    scfg = cfg.selftrain
+    train_convs, val_convs = load_split(cfg.data, lambda path: load_conversations(path, cfg.data.format)[0],
+                                        cfg.train.seed)
+    tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
+    rewards = {reward_name(spec): load_reward(spec, scfg.format_regex, scfg.length_target) for spec in scfg.rewards}
+    rows = sample_and_judge(setup.model, prompt_samples(cfg.data, tok, tpl, train_convs), scfg, rewards, tok, tpl,
+                            cfg.train.batch_size, setup.device)
+    atomic_write_jsonl(setup.run_dir / "selftrain_samples.jsonl", rows)
+    kept = [r for r in rows if r["kept"] and r["completion"]]
+    if not kept:
+        best = max(r["reward"] for r in rows)
+        raise DataError(f"selftrain: none of {len(rows)} samples reached selftrain.min_reward={scfg.min_reward} "
+                        f"(best {best:.3f}); lower min_reward, sample more (samples_per_prompt) or start from a "
+                        f"stronger model. Samples: {setup.run_dir / 'selftrain_samples.jsonl'}")
+    data = [{"messages": [*r["prompt"], {"role": "assistant", "content": r["completion"]}], "reward": r["reward"]}
+            for r in kept]
+    atomic_write_jsonl(setup.run_dir / "selftrain_data.jsonl", data)
+    train = [tokenize_conversation(tok, tpl, Conversation(d["messages"]), max_len) for d in data]
+    val = [tokenize_conversation(tok, tpl, c, max_len) for c in val_convs]
+    say(progress, f"selftrain: kept {len(kept)} of {len(rows)} samples ({len(train_convs)} prompts x "
+        f"{scfg.samples_per_prompt}) at reward >= {scfg.min_reward}")
+    result = fit(setup.model, setup.method, train, val, partial(collate, pad_id=tok.pad_token_id),
+                 partial(sft_loss, label_smoothing=cfg.train.label_smoothing), cfg.train, setup.run_dir,
+                 setup.device, setup.trackers, epoch_order, progress=progress)
+    stats = {"format": "selftrain", "prompts": len(train_convs), "samples": len(rows), "train_samples": len(train),
+             "val_samples": len(val), "mean_reward": sum(r["reward"] for r in rows) / len(rows)}
+    return finish_run(setup, result.summary, stats)

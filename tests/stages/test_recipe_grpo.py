@@ -1,0 +1,90 @@
+"""The grpo stage end to end: sampling, reward functions from a file, group advantages, the clipped loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tunelab
+from tunelab.stages.grpo import completion_batch, group_advantages
+from tunelab.stages.rewards import (
+    answer_match,
+    extract_answer,
+    format_regex,
+    length,
+    load_reward,
+)
+
+REWARDS_PY = '''
+def vowels(completions, answers, prompts):
+    """Share of vowels among letters: a graded score that differs between samples."""
+    out = []
+    for c in completions:
+        letters = [ch for ch in c.lower() if ch.isalpha()]
+        out.append(sum(ch in "aeiou" for ch in letters) / max(len(letters), 1))
+    return out
+'''
+
+
+@pytest.fixture()
+def prompts_file(tmp_path: Path) -> Path:
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} + {b}? Answer as \\boxed{{n}}."},
+                          {"role": "assistant", "content": f"\\boxed{{{a + b}}}"}]} for a in range(2) for b in range(2)]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_grpo_trains_on_a_reward_file_and_logs_what_it_scored(prompts_file: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_rewards.py").write_text(REWARDS_PY, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # reward files are found relative to the working directory
+    cfg = {"model": {"name": "tiny-llama"}, "stage": "grpo", "output_dir": str(tmp_path / "grpo"),
+           "data": {"train": str(prompts_file), "max_length": 64, "val_size": 0.0},
+           "method": {"name": "lora", "r": 4, "alpha": 8},
+           "grpo": {"group_size": 4, "max_new_tokens": 8, "rewards": ["my_rewards.py:vowels", "builtin:answer_match"]},
+           "train": {"max_steps": 2, "batch_size": 2, "lr": 2e-2, "warmup_ratio": 0.0, "report": False}}
+    run = tunelab.train(cfg, progress=False)
+    lines = [m for m in run.metrics() if "loss" in m]
+    # step 1: the policy is the reference (kl 0) and the update is on-policy (ratio 1), so the loss is
+    # -mean(advantage), which is 0 because advantages are z-scores within each group
+    assert lines[0]["kl"] == 0.0 and lines[0]["loss"] == pytest.approx(0.0, abs=1e-6)
+    assert lines[0]["grad_norm"] > 0 and lines[1]["kl"] > 0  # the adapter moved away from the reference
+    rows = [json.loads(line) for line in (run.path / "completions.jsonl").read_text().splitlines()]
+    first = [r for r in rows if r["call"] == 1]
+    assert len(first) == 8 and all(r["split"] == "train" for r in rows)  # 2 prompts x 4 completions per step
+    vowels = load_reward("my_rewards.py:vowels")
+    assert [r["rewards"]["vowels"] for r in first] == pytest.approx(vowels([r["completion"] for r in first], [], []))
+    assert lines[0]["rewards/vowels"] == pytest.approx(sum(r["rewards"]["vowels"] for r in first) / 8, rel=1e-6)
+    total = torch.tensor([r["reward"] for r in first])
+    assert [r["advantage"] for r in first] == pytest.approx(group_advantages(total, 4).tolist(), abs=1e-5)
+    adapter = load_file(str(run.path / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+    assert run.info["stage"] == "grpo" and run.summary["data"]["group_size"] == 4
+
+
+def test_completion_batch_masks_after_the_first_stop_token() -> None:
+    prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    sequences = torch.tensor([[0, 5, 6, 7, 9, 8, 9], [4, 5, 6, 9, 7, 7, 7]])  # 9 = stop token
+    out = completion_batch(sequences, prompt_mask, stop_ids=[9], pad_id=0)
+    assert out["attention_mask"].tolist() == [[0, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0]]
+    assert out["labels"].tolist() == [[-100, -100, -100, 7, 9, -100, -100], [-100, -100, -100, 9, -100, -100, -100]]
+    assert out["position_ids"].tolist() == [[0, 0, 1, 2, 3, 3, 3], [0, 1, 2, 3, 3, 3, 3]]
+
+
+def test_builtin_rewards_and_their_errors(tmp_path: Path) -> None:
+    assert extract_answer("so it is \\boxed{4}.") == "4" and extract_answer(" 12 ") == "12"
+    assert answer_match(["x \\boxed{4}", "\\boxed{5}", "4"], ["\\boxed{4}", "\\boxed{4}", "4"], []) == [1.0, 0.0, 1.0]
+    assert format_regex(["\\boxed{1}", "1"], [], [], pattern=r"\\boxed\{.+?\}") == [1.0, 0.0]
+    assert length(["a" * 10, "a" * 15, "a" * 30], [], [], target=10) == [1.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="unknown built-in reward 'exact'; choose one of: answer_match"):
+        load_reward("builtin:exact")
+    with pytest.raises(ValueError, match=r"nope.py is not an existing .py file"):
+        load_reward("nope.py:f")
+    (tmp_path / "r.py").write_text("def good(c, a, p):\n    return [0.0] * len(c)\n")
+    with pytest.raises(ValueError, match=r"has no function 'bad'; it defines good"):
+        load_reward(f"{tmp_path / 'r.py'}:bad")
