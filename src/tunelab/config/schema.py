@@ -14,7 +14,17 @@ from tunelab.config.base import Section
 from tunelab.config.data import DataCfg
 from tunelab.config.methods import FullCfg, LoraCfg, MethodCfg
 from tunelab.config.optim import OptimCfg
-from tunelab.config.stages import StageName
+from tunelab.config.parallel import ParallelCfg
+from tunelab.config.stages import (
+    ClassifyCfg,
+    DistillCfg,
+    GrpoCfg,
+    PpoCfg,
+    PreferenceCfg,
+    RewardCfg,
+    SelftrainCfg,
+    StageName,
+)
 
 
 class ModelCfg(Section):
@@ -72,10 +82,39 @@ class RunCfg(Section):
     model: ModelCfg = Field(default_factory=ModelCfg)
     data: DataCfg
     method: MethodCfg = Field(default_factory=LoraCfg)
-    stage: StageName = Field("sft", description="How the model learns; sft = supervised fine-tuning.")
+    stage: StageName = Field(
+        "sft", description="How the model learns: sft, pretrain (raw text), dpo / orpo / simpo / kto (preferences), "
+        "reward (a pairwise reward model), classify (sequence classification), grpo (RL from reward functions), "
+        "distill (from a teacher's logits), ppo (RL from a reward model), selftrain (SFT on its own filtered samples).")
     train: TrainCfg = Field(default_factory=TrainCfg)
     optim: OptimCfg = Field(default_factory=OptimCfg)
+    preference: PreferenceCfg = Field(default_factory=PreferenceCfg, description="Stages dpo, orpo, simpo, kto.")
+    reward: RewardCfg = Field(default_factory=RewardCfg, description="Stage reward.")
+    classify: ClassifyCfg = Field(default_factory=ClassifyCfg, description="Stage classify.")
+    grpo: GrpoCfg = Field(default_factory=GrpoCfg, description="Stage grpo.")
+    distill: DistillCfg | None = Field(None, description="Stage distill (needs distill.teacher).")
+    ppo: PpoCfg | None = Field(None, description="Stage ppo (needs ppo.reward_model).")
+    selftrain: SelftrainCfg = Field(default_factory=SelftrainCfg, description="Stage selftrain.")
+    parallel: ParallelCfg = Field(default_factory=ParallelCfg, description="Several processes (torchrun): "
+                                  "ddp or fsdp; ignored by a single-process run.")
     output_dir: str = Field("runs/my-run", description="The run folder to write.")
 
 
-__all__ = ["DataCfg", "FullCfg", "LoraCfg", "MethodCfg", "ModelCfg", "OptimCfg", "RunCfg", "Section", "TrainCfg"]
+__all__ = [
+    "ClassifyCfg",
+    "DataCfg",
+    "DistillCfg",
+    "FullCfg",
+    "GrpoCfg",
+    "LoraCfg",
+    "MethodCfg",
+    "ModelCfg",
+    "OptimCfg",
+    "PpoCfg",
+    "PreferenceCfg",
+    "RewardCfg",
+    "RunCfg",
+    "Section",
+    "SelftrainCfg",
+    "TrainCfg",
+]

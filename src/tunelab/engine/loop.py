@@ -20,13 +20,48 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from tunelab.config.schema import TrainCfg
+from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from tunelab.engine.optim import build_optimizer, build_scheduler
+from tunelab.engine.dcp import load_any_checkpoint, save_any_checkpoint
+from tunelab.engine.optim import build_optimizer, build_regulariser, build_scheduler, resolve_optim
 from tunelab.tracking.progress import TrainProgress
-from tunelab.utils.io import atomic_dir
 
-# loss_fn(model, batch) -> (summed loss tensor, number of target tokens in the batch)
-LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, int]]
+# loss_fn(model, batch) -> (summed loss tensor, number of target tokens in the batch), optionally with a third
+# element: a dict of scalar metrics for that batch (e.g. rewards/margins), logged as count-weighted means.
+LossFn = Callable[[torch.nn.Module, dict], tuple]
+
+LOSS_COUNT_KEY = "loss_count"
+"""Batch key a collator sets when its loss is not per target token (pairs, examples): the normalizer it adds."""
+
+
+def loss_count(batch: dict) -> int:
+    """What a batch adds to the accumulated normalizer: its `loss_count` if set, else its target tokens.
+
+    Stages whose loss is a mean over pairs or examples (DPO, reward, classify) set `loss_count` in their
+    collator and return `(mean loss * n, n)`, so accumulation stays exact for them too.
+    """
+    from tunelab.engine.loss import count_targets
+
+    if LOSS_COUNT_KEY in batch:
+        return int(batch[LOSS_COUNT_KEY])
+    return count_targets(batch["labels"])
+
+
+def _add_metrics(into: dict | None, extra: dict | None, weight: int) -> None:
+    """Accumulate `weight`-weighted sums of scalar metrics (divided by the total weight in `_mean_metrics`)."""
+    if into is None or not extra:
+        return
+    into["__weight__"] = into.get("__weight__", 0) + weight
+    for k, v in extra.items():
+        into[k] = into.get(k, 0.0) + float(v) * weight
+
+
+def _mean_metrics(sums: dict) -> dict:
+    weight = sums.pop("__weight__", 0)
+    means = {k: v / weight for k, v in sums.items()} if weight else {}
+    sums.clear()
+    sums.update(means)
+    return means
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,38 +97,50 @@ def micro_batches(samples: Sequence, batch_size: int, seed: int, start: int, ord
             index += 1
 
 
-def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast) -> tuple[float, int]:
+def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
+                         metrics: dict | None = None) -> tuple[float, int]:
     """Backpropagate a whole accumulated batch with the loss normalized by its total target tokens.
 
     Returns (mean loss per target token, target tokens). Dividing each micro-batch's summed loss
     by the global count makes N micro-batches give exactly the gradient of one big batch.
+    If `metrics` is a dict, the loss function's extra metrics are averaged into it (weighted by count).
     """
-    from tunelab.engine.loss import count_targets
-
-    n_tokens = sum(count_targets(b["labels"]) for b in batches)
+    n_tokens = sum(loss_count(b) for b in batches)
     if n_tokens == 0:
         raise ValueError("an accumulated batch has no target tokens; check the data's label masks")
     total = 0.0
     for b in batches:
         with autocast():
-            loss_sum, _ = loss_fn(model, b)
+            out = loss_fn(model, b)
+        loss_sum, count = out[0], out[1]
         (loss_sum / n_tokens).backward()
         total += float(loss_sum.detach())
+        _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
+    if metrics is not None:
+        _mean_metrics(metrics)
     return total / n_tokens, n_tokens
 
 
 @torch.no_grad()
-def evaluate_loss(model, samples: Sequence, collate_fn, loss_fn: LossFn, batch_size: int, device, autocast) -> float:
-    """Mean per-token loss over samples (summed over all tokens, then divided once)."""
+def evaluate_loss(model, samples: Sequence, collate_fn, loss_fn: LossFn, batch_size: int, device, autocast,
+                  metrics: dict | None = None) -> float:
+    """Mean per-token loss over samples (summed over all tokens, then divided once).
+
+    If `metrics` is a dict, the loss function's extra metrics are averaged into it (weighted by count).
+    """
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
     for i in range(0, len(samples), batch_size):
         batch = _to(collate_fn(samples[i:i + batch_size]), device)
         with autocast():
-            loss_sum, count = loss_fn(model, batch)
+            out = loss_fn(model, batch)
+        loss_sum, count = out[0], out[1]
         total += float(loss_sum)
         n += count
+        _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
+    if metrics is not None:
+        _mean_metrics(metrics)
     model.train(was_training)
     return total / max(n, 1)
 
@@ -133,12 +180,24 @@ def total_steps_for(cfg: TrainCfg, n_samples: int) -> int:
 
 def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequence, collate_fn, loss_fn: LossFn,
         cfg: TrainCfg, run_dir: Path, device: torch.device, trackers: list, order_fn,
-        progress: bool = True) -> FitResult:
-    """Train `model` (already prepared by `method.apply`) and leave the final/best weights in it."""
+        progress: bool = True, optim=None) -> FitResult:
+    """Train `model` (already prepared by `method.apply`) and leave the final/best weights in it.
+
+    `optim` is the run's OptimCfg (optimizer, per-group rates, EWC); None = the run folder's stored one.
+    """
     run_dir = Path(run_dir)
-    total_steps = total_steps_for(cfg, len(train_samples))
-    micro_per_epoch = math.ceil(len(train_samples) / cfg.batch_size)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    # --- distributed (engine/distributed.py): no-ops in a single process -------------------------------
+    par = distributed.current()
+    distributed.check_supported(cfg)
+    global_batch = distributed.global_batch_cfg(cfg).batch_size  # batch_size x processes
+    train_model = distributed.wrap(model)  # DDP wrapper / FSDP2 in place / model; before the optimizer
+    trackers = trackers if par.is_main else []
+    # -----------------------------------------------------------------------------------------------------
+    total_steps = total_steps_for(distributed.global_batch_cfg(cfg), len(train_samples))
+    micro_per_epoch = math.ceil(len(train_samples) / global_batch)
+    optim = resolve_optim(optim, run_dir)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device, optim)
+    regulariser = build_regulariser(optim, model, run_dir, train_samples, collate_fn, loss_fn, device, cfg.seed)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
@@ -154,15 +213,19 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     step = 0
     resume_from = _resume_target(cfg.resume, run_dir)
     if resume_from is not None:
-        saved = load_checkpoint(resume_from, model, method, optimizer, scheduler)
+        if par.distributed or (resume_from / "dcp").is_dir():  # written or read by several processes
+            saved = load_any_checkpoint(resume_from, model, method, optimizer, scheduler)
+        else:
+            saved = load_checkpoint(resume_from, model, method, optimizer, scheduler)
         step = saved.pop("step")
         pos.update(saved)
-        _trim_metrics(run_dir / "metrics.jsonl", step)
+        if par.is_main:
+            _trim_metrics(run_dir / "metrics.jsonl", step)
 
-    bar = TrainProgress(total_steps, start_step=step, enabled=progress)
+    bar = TrainProgress(total_steps, start_step=step, enabled=progress and par.is_main)
     if resume_from is not None:
         bar.note(f"resumed from {resume_from} at step {step}")
-    stream = micro_batches(train_samples, cfg.batch_size, cfg.seed, pos["micro_index"], order_fn)
+    stream = micro_batches(train_samples, global_batch, cfg.seed, pos["micro_index"], order_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     stopped, last_eval, last_loss = "completed", None, None
     flag: dict = {}
@@ -175,24 +238,38 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
 
     def checkpoint() -> Path:
         pos["elapsed_s"] = time.perf_counter() - t_start
+        if par.distributed:
+            return save_any_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos),
+                                       keep=cfg.save_total_limit)
         return save_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos), keep=cfg.save_total_limit)
 
     with _signals_to_flag(flag):
         while step < total_steps:
             t0 = time.perf_counter()
-            batches = []
+            batches, pads = [], []
             for _ in range(cfg.grad_accum):
                 pos["micro_index"], samples = next(stream)
+                if par.distributed:  # this rank's share of the global micro-batch
+                    samples, pad = distributed.shard(samples)
+                    pads.append(pad)
                 batches.append(_to(collate_fn(samples), device))
             pos["micro_index"] += 1
-            loss, n_targets = accumulate_gradients(model, batches, loss_fn, autocast)
+            extra: dict = {}
+            if par.distributed:  # normalized by the token count of every rank's batches
+                loss, n_targets = distributed.accumulate(train_model, batches, pads, loss_fn, autocast, extra)
+            else:
+                loss, n_targets = accumulate_gradients(model, batches, loss_fn, autocast, extra)
+            if regulariser is not None:  # its gradient joins the step's (the logged loss stays the task loss)
+                regulariser.penalty().backward()
             if not math.isfinite(loss):
                 last = list_checkpoints(run_dir)
                 raise TrainingDiverged(
                     f"loss became {loss} at step {step + 1}; weights were not updated. "
                     f"Last good checkpoint: {last[-1] if last else 'none (set train.save_every)'}. "
                     "Lower train.lr, keep train.max_grad_norm set, or check the data for empty answers")
-            if cfg.max_grad_norm:
+            if par.fsdp:  # sharded gradients: the norm needs every shard
+                grad_norm = distributed.grad_norm(params, cfg.max_grad_norm)
+            elif cfg.max_grad_norm:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             else:
                 grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
@@ -202,11 +279,14 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
             optimizer.zero_grad(set_to_none=True)
             step += 1
             n_inputs = sum(int(b["attention_mask"].sum()) for b in batches)
+            if par.distributed:
+                n_inputs = distributed.all_sum(n_inputs - sum(int(b["attention_mask"].sum())
+                                                              for b, pad in zip(batches, pads) if pad))
             pos["tokens"] += n_inputs
             dt = time.perf_counter() - t0
             metrics = {"epoch": round(pos["micro_index"] / micro_per_epoch, 4), "loss": loss, "lr": lr,
                        "grad_norm": grad_norm, "tokens": pos["tokens"], "tokens_per_s": n_inputs / dt,
-                       "elapsed_s": round(time.perf_counter() - t_start, 3)}
+                       "elapsed_s": round(time.perf_counter() - t_start, 3), **extra}
             if device.type == "cuda":
                 metrics["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             last_loss = loss
@@ -216,14 +296,16 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
 
             at_end = step == total_steps
             if val_samples and ((cfg.eval_every and step % cfg.eval_every == 0) or at_end):
-                last_eval = evaluate_loss(model, val_samples, collate_fn, loss_fn, cfg.batch_size, device, autocast)
-                log({"eval_loss": last_eval, "eval_ppl": math.exp(min(last_eval, 50))})
+                eval_extra: dict = {}
+                last_eval = evaluate_loss(model, val_samples, collate_fn, loss_fn, cfg.batch_size, device, autocast,
+                                          eval_extra)
+                log({"eval_loss": last_eval, "eval_ppl": math.exp(min(last_eval, 50)),
+                     **{f"eval_{k}": v for k, v in eval_extra.items()}})
                 bar.update(step, {**metrics, "eval_loss": last_eval})
                 if pos["best_eval"] is None or last_eval < pos["best_eval"] - 1e-6:
                     pos.update(best_eval=last_eval, best_step=step, bad_evals=0)
                     if cfg.early_stopping_patience:
-                        with atomic_dir(run_dir / "best") as tmp:
-                            method.save(model, tmp)
+                        distributed.save_weights(model, method, run_dir / "best")  # atomic, rank 0
                 else:
                     pos["bad_evals"] += 1
                     if cfg.early_stopping_patience and pos["bad_evals"] >= cfg.early_stopping_patience:
@@ -232,13 +314,14 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                                  f"{pos['bad_evals']} evaluations (best {pos['best_eval']:.4f} at step {pos['best_step']})")
             if cfg.save_every and step % cfg.save_every == 0 and not at_end:
                 checkpoint()
-            if flag.get("signal"):
+            if distributed.any_rank(flag.get("signal")):  # every rank stops at the same step
                 path = checkpoint()
                 bar.close()
                 raise TrainingInterrupted(path)
             if stopped != "completed":
                 break
     bar.close()
+    distributed.barrier()
     if cfg.early_stopping_patience and (run_dir / "best").is_dir() and pos["best_step"] != step:
         method.load_state(model, run_dir / "best")
     elapsed = time.perf_counter() - t_start
@@ -270,8 +353,9 @@ def _trim_metrics(path: Path, step: int) -> None:
 
     if not path.is_file():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    from tunelab.utils.io import atomic_write_text
-
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    # Rewritten in place, not replaced: the jsonl tracker already holds this file open for appending.
+    with open(path, "r+", encoding="utf-8") as f:
+        keep = [line for line in f.read().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        f.seek(0)
+        f.write("".join(line + "\n" for line in keep))
+        f.truncate()
