@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from tunelab.eval.human import HumanEvalError, import_ratings, key_path, wilson_interval, write_human_sheet
+from tunelab.eval.human import (
+    HumanEvalError,
+    import_ratings,
+    key_path,
+    wilson_interval,
+    write_human_sheet,
+)
 
 
 def _rows(n):

@@ -76,7 +76,8 @@ def test_minimal_run_says_what_is_missing(tmp_path, make_run):
     text = "".join(page.text)
     assert "plot-loss" in page.svg_in and "plot-lr" in page.svg_in
     assert "missing" in page.ids
-    for item in ("run.json:", "summary.json:", "eval/: no evaluation results; run `tunelab eval RUN_DIR`"):
+    for item in ("run.json:", "summary.json:",
+                 "eval/: no evaluation results; run `tunelab eval RUN_DIR --data FILE [--compare base]`"):
         assert item in text
     assert "config.yaml:" not in text and "metrics.jsonl:" not in text
 
@@ -130,3 +131,23 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     # the plots' colours are on screen: train-loss blue and validation red
     assert (np.abs(pixels.astype(int) - [0x1f, 0x77, 0xb4]).sum(axis=1) < 30).sum() > 100
     assert (np.abs(pixels.astype(int) - [0xd6, 0x27, 0x28]).sum(axis=1) < 30).sum() > 50
+
+
+def test_comparison_shows_deltas_and_before_after_samples(run_dir):
+    import json
+
+    stem = run_dir / "eval" / "news-vs-base_tiny-llama-20261121-090000"
+    stem.with_suffix(".json").write_text(json.dumps({
+        "data": "news.jsonl", "n": 2, "settings": {}, "metrics": {"loss": 1.5, "accuracy": 0.75},
+        "compare": {"name": "base:tiny-llama", "spec": "base", "metrics": {"loss": 2.0, "accuracy": 0.25},
+                    "deltas": {"loss": -0.5, "accuracy": 0.5}}}), encoding="utf-8")
+    rows = [{"prompt": "p1", "reference": "r1", "prediction": "tuned answer", "compare_prediction": "<i>base</i> says"}]
+    stem.with_suffix(".predictions.jsonl").write_text(json.dumps(rows[0]) + "\n", encoding="utf-8")
+    html = write_report(run_dir).read_text(encoding="utf-8")
+    table = html[html.index('<table class="comparison">'):]
+    table = table[:table.index("</table>")]
+    assert "<td>loss</td><td class=\"num\">1.5</td><td class=\"num\">2</td><td class=\"num\">-0.5</td>" in table
+    assert "<td>accuracy</td><td class=\"num\">0.75</td><td class=\"num\">0.25</td><td class=\"num\">+0.5</td>" in table
+    samples = html[html.index('class="samples before-after"'):]
+    assert samples.index("&lt;i&gt;base&lt;/i&gt; says") < samples.index("tuned answer")  # before, then after
+    assert "<i>base</i>" not in html

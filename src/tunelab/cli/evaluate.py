@@ -1,9 +1,9 @@
-"""`tunelab eval`: score a run on a data file (loss, perplexity, generation metrics), saved in the run."""
+"""`tunelab eval`: score a run on a data file or a multiple-choice file, optionally beside base or another run."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,29 +11,72 @@ from rich.console import Console
 from tunelab.cli.common import _fail, _quiet_library_warnings, _user_errors, err
 
 
-def eval_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Data file (same formats as training).")],
-    metrics: Annotated[str, typer.Option(help="Comma-separated: exact_match, contains, bleu4, rouge.")] =
-    "exact_match,contains",
-    max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer.")] = 64,
-    batch_size: Annotated[int, typer.Option(help="Samples per forward/generate batch.")] = 8,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N records.")] = None,
-) -> None:
-    """Loss, perplexity and generation metrics of a run on a data file; saved under RUN_DIR/eval/."""
-    _quiet_library_warnings()
+def _cell(value: Any, signed: bool = False) -> str:
+    if isinstance(value, float):
+        return f"{value:+.4f}" if signed else f"{value:.4f}"
+    if isinstance(value, int) and signed:
+        return f"{value:+d}"
+    return "" if value is None else str(value)
+
+
+def _table(results: dict, title: str):
+    """metric | value, or metric | this run | other | delta when a comparison was made."""
     from rich.table import Table
 
+    scalars = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    compare = results.get("compare")
+    if not compare:
+        table = Table("metric", "value", title=title)
+        for k, v in scalars.items():
+            table.add_row(k, _cell(v))
+        return table
+    table = Table("metric", "this run", compare["name"], "delta", title=title)
+    for k, v in scalars.items():
+        table.add_row(k, _cell(v), _cell(compare["metrics"].get(k)), _cell(compare["deltas"].get(k), signed=True))
+    return table
+
+
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Data file (same formats as training).")]
+    = None,
+    mc: Annotated[Path | None, typer.Option(
+        "--mc", help="Multiple-choice file (MMLU/C-Eval style JSON/JSONL) scored by log-likelihood.")] = None,
+    metrics: Annotated[str, typer.Option(
+        help="Comma-separated: exact_match, contains, bleu4, rouge, classification.")] = "exact_match,contains",
+    compare: Annotated[str | None, typer.Option(
+        help="Also score 'base' (the run's base model, same template) or another run folder; shows deltas.")]
+    = None,
+    human_sheet: Annotated[Path | None, typer.Option(
+        help="With --compare: write a blinded A/B rating CSV (A = this run); rate it, then "
+             "`tunelab import-ratings FILE`.")] = None,
+    mc_scoring: Annotated[str, typer.Option(help="--mc: score each option's 'letter' or its 'text'.")] = "letter",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward/generate batch.")] = 8,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N records.")] = None,
+) -> None:
+    """Score a run on --data (loss, perplexity, generation/classification metrics) or on an --mc benchmark.
+
+    Saved under RUN_DIR/eval/ with per-example predictions. Examples:
+    tunelab eval runs/r --data val.jsonl --compare base --human-sheet ab.csv;
+    tunelab eval runs/r --mc ceval_val.jsonl --compare runs/other
+    """
+    _quiet_library_warnings()
     from tunelab.run import Run
 
+    if (data is None) == (mc is None):
+        _fail(ValueError("pass --data FILE (generate and score answers) or --mc FILE (multiple choice), not both"))
+    if human_sheet and not compare:
+        _fail(ValueError("--human-sheet pairs two systems' answers: add --compare base (or --compare RUN_DIR)"))
     try:
-        results = Run(run_dir).evaluate(str(data), metrics=[m.strip() for m in metrics.split(",") if m.strip()],
-                                        max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
-    except (*_user_errors(), KeyError) as e:
+        results = Run(run_dir).evaluate(
+            str(data) if data else None, mc=str(mc) if mc else None, mc_scoring=mc_scoring,
+            metrics=[m.strip() for m in metrics.split(",") if m.strip()], compare=compare,
+            human_sheet=human_sheet, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
+    except (*_user_errors(), KeyError, ValueError) as e:
         _fail(e)
-    table = Table("metric", "value", title=f"{run_dir} on {data}")
-    for k, v in results.items():
-        if k != "saved":
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
+    Console(width=200).print(_table(results, f"{run_dir} on {data or mc}"))
     err.print(f"saved {results['saved']}")
+    if results.get("human_sheet"):
+        err.print(f"rating sheet {results['human_sheet']} (key {results['human_key']}); after rating: "
+                  f"tunelab import-ratings {results['human_sheet']}")

@@ -1,6 +1,6 @@
 """Evidence commands: the HTML run report, the table of runs, and human-rating import.
 
-Mounted by the main CLI as `tunelab report`, `tunelab runs` and `tunelab eval import-ratings`;
+Mounted by the main CLI as `tunelab report`, `tunelab runs` and `tunelab import-ratings`;
 this sub-app exists so they can also be tested on their own.
 """
 

@@ -1,26 +1,48 @@
-"""`tunelab eval`: loss, perplexity and generation metrics of a run on a data file, saved in the run."""
+"""`tunelab eval`: loss, perplexity, generation/classification metrics or a multiple-choice benchmark
+of a run, optionally beside its base model or another run; results and predictions saved in the run."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import gc
 import math
+import re
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from tunelab.data.pipeline import collate, load_conversations
 from tunelab.data.templates import tokenize_conversation
 from tunelab.engine.loop import evaluate_loss
 from tunelab.engine.loss import causal_lm_loss_sum, count_targets
-from tunelab.eval.metrics import generation_metrics
+from tunelab.eval.compare import load_other, metric_deltas, pair_rows, sheet_rows
+from tunelab.eval.labels import classification_eval
+from tunelab.eval.mc import score_mc
+from tunelab.eval.metrics import GENERATION_METRICS, generation_metrics
 from tunelab.infer.generate import generate
 from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
 
 DEFAULT_METRICS = ("exact_match", "contains")
+# metrics that need the model itself (not only its answers): name -> fn(model, tok, template, prompts, refs, preds,
+# batch_size, max_length) -> (metrics, per-example extras)
+MODEL_METRICS: dict[str, Callable[..., tuple[dict, list[dict]]]] = {"classification": classification_eval}
+ALL_METRICS = (*GENERATION_METRICS, *MODEL_METRICS)
+
+Scorer = Callable[[Any, Any, str], tuple[dict, list[dict]]]
 
 
 def _loss(model, batch):
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     return causal_lm_loss_sum(out.logits, batch["labels"]), count_targets(batch["labels"])
+
+
+def check_metrics(metrics: Sequence[str]) -> None:
+    """Fail before any model is loaded when a metric name is unknown."""
+    unknown = [m for m in metrics if m not in ALL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}; choose from {', '.join(ALL_METRICS)}")
 
 
 def score_model(model, tokenizer, template: str, data: str, metrics: Sequence[str] = DEFAULT_METRICS,
@@ -29,36 +51,90 @@ def score_model(model, tokenizer, template: str, data: str, metrics: Sequence[st
     """(metrics, per-example predictions) of a loaded model on a data file; greedy decoding.
 
     Loss and perplexity cover every assistant token; the generation metrics compare the
-    model's answer to the last assistant turn of each record.
+    model's answer to the last assistant turn of each record; "classification" reads labels
+    from those answers (see tunelab.eval.labels).
     """
+    check_metrics(metrics)
     convs, _ = load_conversations(data, fmt)
     if limit:
         convs = convs[:limit]
     device = next(model.parameters()).device
     samples = [tokenize_conversation(tokenizer, template, c, max_length) for c in convs]
     loss = evaluate_loss(model, samples, lambda s: collate(s, tokenizer.pad_token_id), _loss, batch_size, device,
-                         lambda: __import__("contextlib").nullcontext())
+                         contextlib.nullcontext)
     prompts = [c.messages[:-1] for c in convs]
     refs = [c.messages[-1]["content"] for c in convs]
     preds = generate(model, tokenizer, template, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     results = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "n": len(convs)}
-    results.update(generation_metrics(list(metrics), preds, refs))
+    results.update(generation_metrics([m for m in metrics if m in GENERATION_METRICS], preds, refs))
     rows = [{"prompt": p[-1]["content"] if p else "", "reference": r, "prediction": y}
             for p, r, y in zip(prompts, refs, preds)]
+    for name in (m for m in metrics if m in MODEL_METRICS):
+        scores, extras = MODEL_METRICS[name](model, tokenizer, template, prompts, refs, preds, batch_size, max_length)
+        results.update(scores)
+        rows = [{**row, **extra} for row, extra in zip(rows, extras)]
     return results, rows
 
 
-def evaluate_run(run, data: str, metrics: Sequence[str] = DEFAULT_METRICS, max_new_tokens: int = 64,
-                 batch_size: int = 8, limit: int | None = None, device: str = "auto") -> dict:
-    """Score a Run on a data file with the run's own template; writes eval/<data>-<time>.json (+ predictions)."""
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "other"
+
+
+def evaluate_run(run, data: str | None = None, metrics: Sequence[str] = DEFAULT_METRICS, max_new_tokens: int = 64,
+                 batch_size: int = 8, limit: int | None = None, device: str = "auto", *, mc: str | None = None,
+                 mc_scoring: str = "letter", compare: str | None = None,
+                 human_sheet: str | Path | None = None) -> dict[str, Any]:
+    """Score a Run on a data file (`data`) or a multiple-choice file (`mc`) with the run's own template.
+
+    With `compare` ("base" or another run folder) the other system is scored the same way and
+    the saved JSON gains {"compare": {"name", "metrics", "deltas"}}; each predictions row gains
+    compare_prediction (and the other compare_* fields). `human_sheet` then writes a blinded
+    A/B rating CSV (A = this run, B = the other). Writes eval/<data>[-mc][-vs-<other>]-<time>.json
+    plus .predictions.jsonl; returns this run's metrics with "saved" (and "compare", "human_sheet").
+    """
+    if (data is None) == (mc is None):
+        raise ValueError("pass either data (a dataset to generate answers for) or mc (a multiple-choice file)")
+    if human_sheet and not compare:
+        raise ValueError("a human rating sheet pairs two systems' answers; also pass compare ('base' or a run folder)")
+    max_length = run.config.data.max_length
+    if mc is not None:
+        scorer: Scorer = partial(score_mc, path=mc, scoring=mc_scoring, batch_size=batch_size,
+                                 max_length=max_length, limit=limit)
+        settings = {"task": "multiple_choice", "scoring": mc_scoring, "batch_size": batch_size, "limit": limit}
+        stem = f"{Path(mc).stem}-mc"
+    else:
+        check_metrics(metrics)
+        scorer = partial(score_model, data=data, metrics=metrics, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size, max_length=max_length, limit=limit)
+        settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                    "limit": limit, "metrics": list(metrics)}
+        stem = Path(data).stem
     model, tok, template = run.load_model(device=device)
-    results, rows = score_model(model, tok, template, data, metrics, max_new_tokens, batch_size,
-                                run.config.data.max_length, limit)
+    results, rows = scorer(model, tok, template)
+    del model
+    record: dict[str, Any] = {"data": str(mc if mc is not None else data), "metrics": results, "settings": settings,
+                              "n": results["n"]}
+    if compare:
+        name, (other, other_tok, other_template) = load_other(run, compare, device)
+        other_results, other_rows = scorer(other, other_tok, other_template)
+        del other
+        record["compare"] = {"name": name, "spec": compare, "metrics": other_results,
+                             "deltas": metric_deltas(results, other_results)}
+        rows = pair_rows(rows, other_rows)
+        stem += f"-vs-{_slug(name)}"
+    gc.collect()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    stem = Path(data).stem
     out = Path(run.path) / "eval" / f"{stem}-{stamp}.json"
-    settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size, "limit": limit,
-                "metrics": list(metrics)}
     atomic_write_jsonl(out.with_suffix(".predictions.jsonl"), rows)
-    atomic_write_json(out, {"data": str(data), "metrics": results, "settings": settings, "n": results["n"]})
-    return {**results, "saved": str(out)}
+    atomic_write_json(out, record)
+    returned: dict[str, Any] = {**results, "saved": str(out)}
+    if compare:
+        returned["compare"] = record["compare"]
+    if human_sheet:
+        from tunelab.eval.human import write_human_sheet
+
+        sheet, key = write_human_sheet(sheet_rows(rows, Path(run.path).resolve().name, record["compare"]["name"]),
+                                       human_sheet)
+        returned["human_sheet"] = str(sheet)
+        returned["human_key"] = str(key)
+    return returned

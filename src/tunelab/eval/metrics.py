@@ -166,12 +166,15 @@ def _auc(y_true: Sequence[Any], probs: Sequence[Sequence[float]], labels: Sequen
 
 
 def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any],
-                           probs: Sequence[Sequence[float]] | None = None) -> dict[str, Any]:
+                           probs: Sequence[Sequence[float]] | None = None, other: Any = None) -> dict[str, Any]:
     """Accuracy, macro precision/recall/F1, per-class F1, confusion matrix and (with `probs`) ROC AUC.
 
     `labels` fixes the class order used by the confusion matrix (rows = true, columns =
     predicted) and by the columns of `probs` (one row of class probabilities per example).
     AUC is None, with the reason in "auc_error", when it is undefined (e.g. a class never occurs).
+    With `other` set, a prediction outside `labels` (a generated answer that names no class)
+    counts as wrong, is tallied in "n_other" and gets its own last confusion-matrix column; the
+    macro averages stay over `labels` only.
     """
     _check_lengths(y_pred, y_true)
     _require("sklearn")
@@ -179,8 +182,12 @@ def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any], labels:
 
     labels = list(labels)
     known = set(labels)
+    n_other = 0
+    if other is not None:
+        n_other = sum(v not in known for v in y_pred)
+        y_pred = [v if v in known else other for v in y_pred]
     for name, values in (("y_true", y_true), ("y_pred", y_pred)):
-        bad = sorted({repr(v) for v in values if v not in known})
+        bad = sorted({repr(v) for v in values if v not in known and not (name == "y_pred" and v == other)})
         if bad:
             raise ValueError(f"{name} has label(s) {', '.join(bad)} that are not in labels {labels!r}; "
                              "add them to labels or fix the data")
@@ -194,8 +201,11 @@ def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any], labels:
         "f1_macro": float(f),
         "f1_per_class": {str(lab): float(v) for lab, v in zip(labels, per_class)},
         "labels": [str(lab) for lab in labels],
-        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred,
+                                                 labels=labels + [other] if n_other else labels).tolist(),
     }
+    if other is not None:
+        out["n_other"] = n_other
     if probs is not None:
         if len(probs) != len(y_true):
             raise ValueError(f"probs has {len(probs)} rows but there are {len(y_true)} examples")

@@ -138,8 +138,18 @@ def _evals(run_dir: Path) -> list[dict[str, Any]]:
         samples = [r.data for r in read_records(preds_path)[:N_SAMPLES]] if preds_path.is_file() else []
         out.append({"name": path.stem, "data": obj.get("data"), "n": obj.get("n"),
                     "settings": _flatten(obj.get("settings", {})), "metrics": metrics, "samples": samples,
-                    "predictions_file": preds_path.name if preds_path.is_file() else None})
+                    "predictions_file": preds_path.name if preds_path.is_file() else None,
+                    "compare": _comparison(obj.get("compare"), metrics)})
     return out
+
+
+def _comparison(compare: Any, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Rows (metric, this run, other, delta) of a `tunelab eval --compare` result; None without one."""
+    if not isinstance(compare, dict):
+        return None
+    theirs, deltas = _flatten(compare.get("metrics", {})), _flatten(compare.get("deltas", {}))
+    rows = [(k, v, theirs.get(k), deltas.get(k)) for k, v in metrics.items() if k in deltas]
+    return {"name": str(compare.get("name", "other")), "rows": rows}
 
 
 def _fmt(value: Any) -> str:
@@ -172,7 +182,8 @@ def write_report(run_dir: str | Path) -> Path:
         ("summary.json", summary is not None, "the run may still be running or was interrupted"),
         ("validation loss", "loss" in plots and any("eval_loss" in r for r in rows),
          "no eval rows in metrics.jsonl (set train.eval_every and data.eval or data.val_size)"),
-        ("eval/", bool(evals), "no evaluation results; run `tunelab eval RUN_DIR` to add them"),
+        ("eval/", bool(evals),
+         "no evaluation results; run `tunelab eval RUN_DIR --data FILE [--compare base]` to add them"),
     ) if not present]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
     env.filters["fmt"] = _fmt

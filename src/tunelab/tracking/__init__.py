@@ -28,7 +28,10 @@ TRACKERS: dict[str, str] = {
     "swanlab": "tunelab.tracking.swanlab:SwanLabTracker",
     "wandb": "tunelab.tracking.wandb:WandbTracker",
     "mlflow": "tunelab.tracking.mlflow:MlflowTracker",
+    "overfit": "tunelab.tracking.overfit:OverfitWatcher",
 }
+# added to every run by the training recipe, before the user's train.report_to
+ALWAYS_ON: tuple[str, ...] = ("jsonl", "overfit")
 
 
 class MissingExtra(ImportError):
