@@ -1,0 +1,123 @@
+"""Studio settings and the path rules that keep every file inside the studio's folders.
+
+Everything the studio writes lives under one data dir:
+
+    studio/
+      studio.db        the job queue (SQLite)
+      datasets/        uploaded and prepared data files
+      jobs/<id>/       config.yaml + train.log of each job
+      runs/<name>/     run folders written by `tunelab train`
+      exports/         merged / GGUF / Ollama exports
+      models/          a default model root (local HF folders and .gguf files)
+
+User-supplied names never become paths directly: `safe_name` reduces them to a plain file
+name, and `inside` refuses any path that resolves outside an allowed root (so
+`../../etc/passwd` and symlinks pointing out are both rejected).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+
+
+class StudioError(ValueError):
+    """A request the studio refuses; the message says what was wrong and what to do (HTTP 400)."""
+
+
+class NotFound(StudioError):
+    """A dataset, job or run that does not exist (HTTP 404)."""
+
+
+@dataclass
+class Settings:
+    """Where the studio keeps its files and how it runs jobs."""
+
+    data_dir: Path = Path("studio")
+    model_roots: list[Path] = field(default_factory=list)
+    slots: int = 1
+    max_upload_mb: float = 200.0
+    auth_token: str | None = None
+    poll_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        self.model_roots = [Path(p).resolve() for p in self.model_roots] or [self.data_dir / "models"]
+        for d in (self.datasets, self.jobs, self.runs, self.exports, *self.model_roots):
+            d.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def datasets(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def jobs(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def runs(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def exports(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def db(self) -> Path:
+        return self.data_dir / "studio.db"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def safe_name(name: str, allowed_suffixes: tuple[str, ...] | None = None) -> str:
+    """A user-given name reduced to a plain file name: no folders, no dots in front, no odd characters.
+
+    `../../etc/passwd` becomes `passwd`; an empty result or a suffix not in `allowed_suffixes`
+    is refused with a StudioError.
+    """
+    base = unicodedata.normalize("NFKC", str(name)).replace("\\", "/").split("/")[-1]
+    base = re.sub(r"[^\w.\-]+", "_", base).lstrip("._-")[:120]
+    if not base or base in (".", ".."):
+        raise StudioError(f"{name!r}: not a usable file name; use letters, digits, '-', '_' and '.'")
+    if allowed_suffixes is not None and Path(base).suffix.lower() not in allowed_suffixes:
+        raise StudioError(f"{name!r}: unsupported file type; upload one of {', '.join(allowed_suffixes)}")
+    return base
+
+
+def unique_path(folder: Path, name: str) -> Path:
+    """`folder/name`, or `folder/stem-2.ext`, `-3`... so an existing file is never overwritten."""
+    p = folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    n = 2
+    while p.exists():
+        p = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return p
+
+
+def inside(path: str | Path, roots: list[Path], what: str = "path", shown: str | None = None) -> Path:
+    """The resolved path if it lies under one of `roots`, else a StudioError naming the roots.
+
+    `shown` is how the path appears in the message (what the user typed) when `path` was joined to a base.
+    """
+    p = Path(path).expanduser()
+    resolved = p.resolve()
+    for root in roots:
+        if resolved == root or resolved.is_relative_to(root):
+            return resolved
+    raise StudioError(f"{what} {shown or repr(str(path))} is outside the studio's folders ({', '.join(map(str, roots))}); "
+                      "use a file from the dataset library or a model under a model root")
+
+
+def job_name(text: str) -> str:
+    """A run name usable as a folder: letters, digits, '-' and '_'."""
+    name = re.sub(r"[^\w\-]+", "-", unicodedata.normalize("NFKC", text)).strip("-_")[:80]
+    if not name:
+        raise StudioError(f"{text!r}: a run name needs at least one letter or digit")
+    return name

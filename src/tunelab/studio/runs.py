@@ -1,0 +1,131 @@
+"""Runs, base models, chat and export: thin wrappers over tunelab.run, tunelab.infer and tunelab.export."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tunelab.studio.paths import NotFound, Settings, StudioError, inside, safe_name
+
+ALIASES = ("smollm2-135m",)
+EXPORT_FORMATS = ("merged", "gguf", "ollama")
+
+
+def run_path(settings: Settings, name: str) -> Path:
+    """The run folder `runs/<name>` (refusing names that leave runs/)."""
+    p = inside(settings.runs / name, [settings.runs], "run")
+    if p.parent != settings.runs or not (p / "config.yaml").is_file():
+        raise NotFound(f"no run {name!r} under {settings.runs}")
+    return p
+
+
+def list_run_rows(settings: Settings) -> list[dict]:
+    """One row per run folder with its key metrics (tunelab.eval.report.list_runs)."""
+    from tunelab.eval.report import list_runs
+
+    rows = list_runs(settings.runs, sort="created", desc=True)
+    for r in rows:
+        r["has_weights"] = any((settings.runs / r["name"] / d).is_dir() for d in ("adapter", "model"))
+        r["has_summary"] = (settings.runs / r["name"] / "summary.json").is_file()
+    return rows
+
+
+def metrics(settings: Settings, name: str) -> list[dict]:
+    """The run's metrics.jsonl rows (train and eval lines)."""
+    from tunelab.eval.report import read_metrics
+
+    return read_metrics(run_path(settings, name))
+
+
+def report(settings: Settings, name: str) -> Path:
+    """Write (or refresh) the run's report.html and return its path."""
+    from tunelab.eval.report import write_report
+
+    return write_report(run_path(settings, name))
+
+
+def list_models(settings: Settings) -> list[dict]:
+    """Base models to choose from: aliases, HF folders and .gguf files under the model roots."""
+    from tunelab.models import TINY_MODELS
+
+    out = [{"name": a, "kind": "alias"} for a in (*ALIASES, *TINY_MODELS)]
+    for root in settings.model_roots:
+        for cfg in sorted(root.rglob("config.json")):
+            out.append({"name": _config_name(settings, cfg.parent), "kind": "hf_dir"})
+        for g in sorted(root.rglob("*.gguf")):
+            out.append({"name": _config_name(settings, g), "kind": "gguf"})
+    return out
+
+
+def _config_name(settings: Settings, path: Path) -> str:
+    """A path as a config writes it: relative to the data dir (the worker's cwd) when possible."""
+    return str(path.relative_to(settings.data_dir)) if path.is_relative_to(settings.data_dir) else str(path)
+
+
+class ModelCache:
+    """Keeps the last few loaded models (run or base) for the playground; loading is serialized."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, settings: Settings, run: str, target: str) -> tuple[Any, Any, str]:
+        """(model, tokenizer, chat_template) of a run ('run') or of its base model with the run's template ('base')."""
+        if target not in ("run", "base"):
+            raise StudioError(f"target must be 'run' or 'base', got {target!r}")
+        path = run_path(settings, run)
+        key = (str(path), target, path.stat().st_mtime)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            item = _load(path, target)
+            self._items[key] = item
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            return item
+
+
+def _load(path: Path, target: str) -> tuple[Any, Any, str]:
+    from tunelab.models import load_model
+    from tunelab.run import Run
+
+    r = Run(path)
+    if target == "run":
+        return r.load_model(device="cpu")
+    base = load_model(r.config.model.name, r.config.model.dtype, "cpu", False)
+    base.eval()
+    return base, r.load_tokenizer(), r.chat_template
+
+
+def chat_stream(cache: ModelCache, settings: Settings, run: str, target: str, messages: list[dict],
+                max_new_tokens: int = 128, temperature: float = 0.0) -> Iterator[str]:
+    """Pieces of the answer as they are generated (tunelab.infer.generate.stream_chat)."""
+    from tunelab.infer.generate import stream_chat
+
+    if not messages or any(m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str)
+                           for m in messages):
+        raise StudioError("messages: a list of {role: system|user|assistant, content: text}")
+    model, tok, template = cache.get(settings, run, target)
+    yield from stream_chat(model, tok, template, messages, max_new_tokens, temperature, 1.0)
+
+
+def export_run(settings: Settings, name: str, fmt: str, out_name: str | None = None, quant: str | None = None) -> Path:
+    """Merge the run's adapter and write `fmt` under exports/ (never outside the data dir)."""
+    from tunelab.export import export
+    from tunelab.run import Run
+
+    if fmt not in EXPORT_FORMATS:
+        raise StudioError(f"format {fmt!r}: choose from {', '.join(EXPORT_FORMATS)}")
+    path = run_path(settings, name)
+    out_name = safe_name(out_name or f"{name}-{fmt}" + (".gguf" if fmt == "gguf" else ""))
+    target = inside(settings.exports / out_name, [settings.exports], "export path")
+    if target.exists():
+        raise StudioError(f"exports/{out_name} already exists; choose another name")
+    model, tok, template = Run(path).load_model(device="cpu", merged=True)
+    options = {"quant": quant} if quant and fmt in ("gguf", "ollama") else {}
+    return export(model, tok, template, fmt, target, **options)

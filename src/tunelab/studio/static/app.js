@@ -1,0 +1,377 @@
+// tunelab studio page: plain JS over the JSON API (see /docs). User text is only ever set via textContent.
+"use strict";
+
+const $ = sel => document.querySelector(sel);
+const state = {fields: [], datasets: [], models: [], jobId: null, jobTimer: null, dataset: null};
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined && v !== false) el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+
+async function api(path, opts) {
+  const res = await fetch(path, opts);
+  const body = (res.headers.get("content-type") || "").includes("json") ? await res.json() : await res.text();
+  if (!res.ok) { const e = new Error(body.error || res.statusText); e.body = body; e.status = res.status; throw e; }
+  return body;
+}
+const post = (path, body) => api(path, {method: "POST", headers: {"content-type": "application/json"},
+                                        body: JSON.stringify(body || {})});
+const fmt = v => v === null || v === undefined ? "" : typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(4)) : v;
+function setMsg(el, text, ok) { el.textContent = text; el.className = "msg " + (ok ? "ok" : "err"); }
+
+// ---------------------------------------------------------------- tabs
+function showTab(name) {
+  document.querySelectorAll(".tab").forEach(t => t.classList.toggle("active", t.id === "tab-" + name));
+  document.querySelectorAll("nav a").forEach(a => a.classList.toggle("active", a.dataset.tab === name));
+  ({datasets: loadDatasets, jobs: loadJobs, runs: loadRuns, playground: loadRunsForChat, new: refreshFormLists})[name]?.();
+}
+window.addEventListener("hashchange", () => showTab(location.hash.slice(1) || "datasets"));
+
+// ---------------------------------------------------------------- datasets
+async function loadDatasets() {
+  state.datasets = await api("/api/datasets");
+  const body = $("#dataset-table tbody");
+  body.replaceChildren(...state.datasets.map(d => h("tr", {class: d.name === state.dataset ? "sel" : "",
+      "data-name": d.name, onclick: () => inspectDataset(d.name)},
+    h("td", {}, d.name), h("td", {}, (d.bytes / 1024).toFixed(1) + " KB"),
+    h("td", {}, h("button", {class: "secondary", onclick: e => { e.stopPropagation(); useDataset(d.path); }}, "train on")))));
+}
+
+$("#upload-form").addEventListener("submit", async e => {
+  e.preventDefault();
+  const file = $("#upload-file").files[0];
+  if (!file) return setMsg($("#upload-msg"), "choose a file first");
+  const fd = new FormData();
+  fd.append("file", file);
+  try {
+    const r = await api("/api/datasets", {method: "POST", body: fd});
+    setMsg($("#upload-msg"), `uploaded as ${r.name}`, true);
+    await loadDatasets();
+    inspectDataset(r.name);
+  } catch (err) { setMsg($("#upload-msg"), err.message); }
+});
+
+async function inspectDataset(name) {
+  state.dataset = name;
+  loadDatasets();
+  const box = $("#dataset-detail");
+  box.replaceChildren(h("h2", {}, name), h("p", {class: "hint"}, "inspecting..."));
+  let r;
+  try { r = await api(`/api/datasets/${encodeURIComponent(name)}/inspect?model=tiny-llama`); }
+  catch (err) { box.append(h("div", {class: "msg err"}, err.message)); return; }
+  const hist = h("div", {id: "hist"});
+  const ex = h("div", {class: "example", id: "example"},
+               r.example.map(p => p.trained ? h("span", {class: "trained"}, p.text) : p.text));
+  const prepMsg = h("div", {class: "msg"});
+  const prep = op => async () => {
+    const options = op === "split" ? {val: 0.2} : {};
+    try {
+      const res = await post(`/api/datasets/${encodeURIComponent(name)}/prepare`, {op, options});
+      setMsg(prepMsg, `${op}: wrote ${res.outputs.join(", ")} (${JSON.stringify(res.counts)})`, true);
+      loadDatasets();
+    } catch (err) { setMsg(prepMsg, err.message); }
+  };
+  box.replaceChildren(...[
+    h("h2", {}, name),
+    h("div", {class: "kv", id: "dataset-stats"},
+      h("b", {}, "format"), h("span", {id: "ds-format"}, r.format),
+      h("b", {}, "records"), h("span", {id: "ds-records"}, `${r.records} (${r.n_invalid} invalid)`),
+      h("b", {}, "turns"), h("span", {}, Object.entries(r.roles).map(([k, v]) => `${k} ${v}`).join(", ")),
+      h("b", {}, "exact duplicates"), h("span", {}, r.duplicates),
+      r.tokens ? [h("b", {}, "tokens/sample"), h("span", {}, `min ${r.tokens.min}, median ${r.tokens.median}, max ${r.tokens.max}`),
+                  h("b", {}, "trained tokens"), h("span", {}, `${r.tokens.trained} of ${r.tokens.total}`),
+                  h("b", {}, `over ${r.max_length} tokens`), h("span", {}, r.truncated)] : []),
+    r.invalid.length ? h("pre", {class: "code errors"}, r.invalid.map(i => `${i.where || ""}: ${i.error}`).join("\n")) : null,
+    h("h3", {}, "Token lengths (tiny-llama tokenizer)"), hist,
+    h("h3", {}, "Example (trained tokens highlighted)"), ex,
+    h("h3", {}, "Prepare"),
+    h("button", {class: "secondary", onclick: prep("clean")}, "clean"), " ",
+    h("button", {class: "secondary", onclick: prep("dedup")}, "dedup"), " ",
+    h("button", {class: "secondary", onclick: prep("split")}, "split 80/20"), " ",
+    h("button", {class: "secondary", onclick: async () => {
+      if (!confirm(`delete ${name}?`)) return;
+      await api(`/api/datasets/${encodeURIComponent(name)}`, {method: "DELETE"});
+      box.replaceChildren(); loadDatasets(); }}, "delete"),
+    prepMsg].filter(x => x !== null));
+  barChart(hist, r.histogram, {title: "samples per token length", xlabel: "tokens"});
+}
+
+function useDataset(path) {
+  location.hash = "#new";
+  const input = document.getElementById("f-data.train");
+  if (input) { input.value = path; scheduleValidate(); }
+}
+
+// ---------------------------------------------------------------- new job form (generated from the schema)
+const MAIN = ["model", "data", "method", "stage", "train"];
+
+function fieldId(f) { return "f-" + f.key + (f.method ? "@" + f.method : ""); }
+
+function fieldInput(f) {
+  const id = fieldId(f);
+  if (f.kind === "bool") return h("input", {type: "checkbox", id, "data-key": f.key, checked: f.default});
+  if (f.kind === "choice")
+    return h("select", {id, "data-key": f.key}, f.choices.map(c => h("option", {value: c, selected: c === f.default}, c)));
+  const input = h("input", {id, "data-key": f.key, value: f.default, placeholder: f.default === "" ? "null" : "",
+                            list: {"model.name": "models-list", "data.train": "datasets-list", "data.eval": "datasets-list"}[f.key] || null});
+  return input;
+}
+
+async function buildForm() {
+  const schema = await api("/api/schema");
+  state.fields = schema.fields.filter(f => f.key !== "output_dir");
+  const sections = {};
+  for (const f of state.fields) (sections[f.section] = sections[f.section] || []).push(f);
+  const root = $("#form-fields");
+  root.replaceChildren(h("datalist", {id: "models-list"}), h("datalist", {id: "datasets-list"}));
+  for (const [name, fields] of Object.entries(sections)) {
+    const det = h("details", {class: "section", open: MAIN.includes(name), id: "sec-" + name}, h("summary", {}, name));
+    for (const f of fields) {
+      det.append(h("label", {class: "field", id: "row-" + fieldId(f), "data-method": f.method || ""},
+        h("span", {class: "key", title: f.type}, f.key + (f.required ? " *" : "")), fieldInput(f),
+        h("span", {class: "help"}, `${f.help} (${f.type}${f.default !== "" ? ", default " + f.default : ""})`),
+        h("span", {class: "ferr"})));
+    }
+    root.append(det);
+  }
+  document.getElementById("f-method.name").addEventListener("change", showMethodFields);
+  root.addEventListener("input", scheduleValidate);
+  root.addEventListener("change", scheduleValidate);
+  $("#job-name").addEventListener("input", scheduleValidate);
+  showMethodFields();
+}
+
+function showMethodFields() {
+  const m = document.getElementById("f-method.name").value;
+  document.querySelectorAll("label.field[data-method]").forEach(el => {
+    el.style.display = !el.dataset.method || el.dataset.method === m ? "" : "none";
+  });
+}
+
+async function refreshFormLists() {
+  if (!state.fields.length) await buildForm();
+  const [models, datasets] = await Promise.all([api("/api/models"), api("/api/datasets")]);
+  $("#models-list").replaceChildren(...models.map(m => h("option", {value: m.name}, m.kind)));
+  $("#datasets-list").replaceChildren(...datasets.map(d => h("option", {value: d.path})));
+  scheduleValidate();
+}
+
+function formValues() {
+  const method = document.getElementById("f-method.name").value;
+  const values = {};
+  for (const f of state.fields) {
+    if (f.method && f.method !== method) continue;
+    const el = document.getElementById(fieldId(f));
+    const v = f.kind === "bool" ? el.checked : el.value;
+    if (f.key === "method.name" || v !== f.default) values[f.key] = v;
+  }
+  return values;
+}
+
+function setFormFromConfig(config, name) {
+  const flat = {};
+  const walk = (obj, prefix) => {
+    for (const [k, v] of Object.entries(obj || {})) {
+      const key = prefix ? prefix + "." + k : k;
+      if (v && typeof v === "object" && !Array.isArray(v) && !["data.columns"].includes(key) &&
+          !(key === "data.train")) walk(v, key);
+      else flat[key] = v;
+    }
+  };
+  walk(config, "");
+  const method = (config.method && config.method.name) || "lora";
+  for (const f of state.fields) {
+    if (f.method && f.method !== method) continue;
+    const el = document.getElementById(fieldId(f));
+    const v = flat[f.key];
+    if (f.kind === "bool") el.checked = v === undefined ? f.default : !!v;
+    else if (v === undefined || v === null) el.value = f.kind === "choice" ? f.default : (v === null ? "null" : f.default);
+    else el.value = typeof v === "object" ? JSON.stringify(v) : String(v);
+  }
+  $("#job-name").value = name;
+  showMethodFields();
+  scheduleValidate();
+}
+
+let validateTimer = null;
+function scheduleValidate() { clearTimeout(validateTimer); validateTimer = setTimeout(validateForm, 250); }
+
+function showProblems(err) {
+  document.querySelectorAll("label.field").forEach(l => { l.classList.remove("bad"); const e = l.querySelector(".ferr"); if (e) e.textContent = ""; });
+  $("#form-problems").textContent = "";
+  if (!err) return;
+  const fields = (err.body && err.body.fields) || {"": [err.message]};
+  const method = document.getElementById("f-method.name").value;
+  for (const [key, lines] of Object.entries(fields)) {
+    const f = state.fields.find(x => x.key === key && (!x.method || x.method === method));
+    const row = f && document.getElementById("row-" + fieldId(f));
+    if (row) { row.classList.add("bad"); row.querySelector(".ferr").textContent = lines.join("\n"); row.closest("details").open = true; }
+    else $("#form-problems").textContent += lines.join("\n") + "\n";
+  }
+}
+
+async function validateForm() {
+  try {
+    const r = await post("/api/config/validate", {name: $("#job-name").value, values: formValues()});
+    showProblems(null);
+    $("#yaml-preview").textContent = r.yaml;
+    $("#cli-preview").textContent = `# save the YAML above as ${$("#job-name").value}.yaml in the data dir, then:\n${r.cli}`;
+    return true;
+  } catch (err) {
+    showProblems(err);
+    $("#yaml-preview").textContent = "(fix the problems first)";
+    $("#cli-preview").textContent = (err.body && err.body.error) || err.message;
+    return false;
+  }
+}
+
+$("#validate-btn").addEventListener("click", validateForm);
+$("#job-form").addEventListener("submit", async e => {
+  e.preventDefault();
+  try {
+    const job = await post("/api/jobs", {name: $("#job-name").value, values: formValues()});
+    state.jobId = job.id;
+    location.hash = "#jobs";
+  } catch (err) { showProblems(err); }
+});
+
+// ---------------------------------------------------------------- jobs
+async function loadJobs() {
+  const jobs = await api("/api/jobs");
+  $("#job-table tbody").replaceChildren(...jobs.map(j => h("tr", {class: j.id === state.jobId ? "sel" : "",
+      "data-id": j.id, onclick: () => { state.jobId = j.id; loadJobs(); }},
+    h("td", {}, j.id), h("td", {}, j.name), h("td", {}, h("span", {class: "status " + j.status}, j.status)))));
+  if (state.jobId === null && jobs.length) state.jobId = jobs[0].id;
+  if (state.jobId !== null) showJob(state.jobId);
+}
+
+function seriesOf(rows, key, evalOnly) {
+  return rows.filter(r => key in r && (evalOnly || !("eval_loss" in r))).map(r => [r.step, r[key]]);
+}
+
+async function showJob(id) {
+  clearTimeout(state.jobTimer);
+  const j = await api(`/api/jobs/${id}`);
+  const box = $("#job-detail");
+  const actions = [];
+  if (["queued", "running"].includes(j.status))
+    actions.push(h("button", {id: "cancel-btn", onclick: async () => { await post(`/api/jobs/${id}/cancel`); loadJobs(); }}, "Cancel (save checkpoint)"));
+  if (["cancelled", "interrupted", "failed"].includes(j.status))
+    actions.push(h("button", {id: "resume-btn", onclick: async () => { await post(`/api/jobs/${id}/resume`); loadJobs(); }}, "Resume"));
+  actions.push(h("button", {class: "secondary", onclick: () => { location.hash = "#new";
+    setTimeout(() => setFormFromConfig(j.config, j.name + "-copy"), 50); }}, "Clone and edit"));
+  if (j.status === "completed")
+    actions.push(h("button", {class: "secondary", onclick: () => { state.chatRun = j.run; location.hash = "#playground"; }}, "Chat"));
+  const charts = h("div", {class: "charts"}, h("div", {id: "chart-loss"}), h("div", {id: "chart-lr"}), h("div", {id: "chart-tps"}));
+  box.replaceChildren(
+    h("h2", {}, `#${j.id} ${j.name} `, h("span", {class: "status " + j.status, id: "job-status"}, j.status)),
+    h("div", {class: "kv"}, h("b", {}, "run folder"), h("span", {}, j.run_dir),
+      h("b", {}, "message"), h("span", {id: "job-message"}, j.message || ""),
+      h("b", {}, "checkpoint"), h("span", {}, j.checkpoint || "none"),
+      h("b", {}, "CLI"), h("code", {}, j.cli)),
+    h("p", {}, actions), charts,
+    h("h3", {}, "Log"), h("pre", {class: "log", id: "job-log"}, j.log || "(no output yet)"),
+    h("details", {}, h("summary", {}, "config.yaml"), h("pre", {class: "code"}, j.yaml)));
+  const m = j.metrics;
+  lineChart($("#chart-loss"), [{name: "train", points: seriesOf(m, "loss")}, {name: "eval", points: seriesOf(m, "eval_loss", true)}], {title: "loss"});
+  lineChart($("#chart-lr"), [{name: "lr", points: seriesOf(m, "lr")}], {title: "learning rate"});
+  lineChart($("#chart-tps"), [{name: "tokens/s", points: seriesOf(m, "tokens_per_s")}], {title: "throughput (tokens/s)"});
+  const log = $("#job-log"); log.scrollTop = log.scrollHeight;
+  if (["queued", "running", "cancelling"].includes(j.status) && location.hash === "#jobs")
+    state.jobTimer = setTimeout(loadJobs, 1500);
+}
+
+// ---------------------------------------------------------------- runs, compare, export
+async function loadRuns() {
+  const rows = await api("/api/runs");
+  $("#run-table tbody").replaceChildren(...rows.map(r => h("tr", {"data-name": r.name},
+    h("td", {}, h("input", {type: "checkbox", class: "cmp", value: r.name})), h("td", {}, r.name),
+    h("td", {}, r.base_model), h("td", {}, r.method), h("td", {}, fmt(r.steps)), h("td", {}, fmt(r.train_loss)),
+    h("td", {}, fmt(r.eval_loss)), h("td", {}, (r.created || "").replace("T", " ").slice(0, 19)),
+    h("td", {}, h("a", {href: `/api/runs/${encodeURIComponent(r.name)}/report`, target: "_blank"}, "report")))));
+  $("#export-run").replaceChildren(...rows.filter(r => r.has_weights).map(r => h("option", {}, r.name)));
+}
+
+$("#compare-btn").addEventListener("click", async () => {
+  const names = [...document.querySelectorAll("input.cmp:checked")].map(c => c.value).slice(0, 2);
+  const box = $("#compare-charts");
+  if (!names.length) { box.textContent = "tick one or two runs"; return; }
+  const all = await Promise.all(names.map(n => api(`/api/runs/${encodeURIComponent(n)}/metrics`)));
+  box.replaceChildren(h("div", {id: "cmp-loss"}), h("div", {id: "cmp-eval"}));
+  lineChart($("#cmp-loss"), all.map(r => ({name: r.name, points: seriesOf(r.metrics, "loss")})), {title: "train loss"});
+  lineChart($("#cmp-eval"), all.map(r => ({name: r.name, points: seriesOf(r.metrics, "eval_loss", true)})), {title: "eval loss"});
+});
+
+$("#export-btn").addEventListener("click", async () => {
+  const msg = $("#export-msg");
+  setMsg(msg, "exporting...", true);
+  try {
+    const r = await post(`/api/runs/${encodeURIComponent($("#export-run").value)}/export`,
+                         {format: $("#export-format").value, quant: $("#export-quant").value || null});
+    setMsg(msg, `written to ${r.path} (in the data dir)`, true);
+  } catch (err) { setMsg(msg, err.message); }
+});
+
+// ---------------------------------------------------------------- playground
+const chat = {history: []};
+async function loadRunsForChat() {
+  const rows = (await api("/api/runs")).filter(r => r.has_weights);
+  $("#chat-run").replaceChildren(...rows.map(r => h("option", {selected: r.name === state.chatRun}, r.name)));
+}
+$("#chat-base").addEventListener("change", () => { $("#chat-base-box").style.display = $("#chat-base").checked ? "" : "none"; });
+$("#chat-reset").addEventListener("click", () => { chat.history = []; $("#chat-run-log").replaceChildren(); $("#chat-base-log").replaceChildren(); });
+
+async function streamInto(target, messages, out) {
+  const res = await fetch("/api/chat", {method: "POST", headers: {"content-type": "application/json"},
+    body: JSON.stringify({run: $("#chat-run").value, target, messages, max_new_tokens: +$("#chat-max").value})});
+  if (!res.ok) { out.textContent = (await res.json()).error; return ""; }
+  const reader = res.body.getReader();
+  const dec = new TextDecoder();
+  let buf = "", text = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) break;
+    buf += dec.decode(value, {stream: true});
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const line = buf.slice(0, i); buf = buf.slice(i + 2);
+      if (!line.startsWith("data: ")) continue;
+      const ev = JSON.parse(line.slice(6));
+      if (ev.text) { text += ev.text; out.textContent = text.trim() ? text : JSON.stringify(text) + " (only whitespace so far)"; }
+      if (ev.error) out.textContent = text + "\n[error] " + ev.error;
+      if (ev.done) out.dataset.done = "1";
+    }
+  }
+  return text;
+}
+
+$("#chat-form").addEventListener("submit", async e => {
+  e.preventDefault();
+  const text = $("#chat-input").value.trim();
+  if (!text) return;
+  $("#chat-input").value = "";
+  const messages = [...chat.history, {role: "user", content: text}];
+  const logs = [["run", $("#chat-run-log")]];
+  if ($("#chat-base").checked) logs.push(["base", $("#chat-base-log")]);
+  const outs = logs.map(([t, log]) => {
+    log.append(h("div", {class: "user"}, "you: " + text));
+    const out = h("div", {class: "assistant"}); log.append(out); return [t, out];
+  });
+  $("#chat-send").disabled = true;
+  try {
+    // one after the other: both share the CPU; the tuned answer keeps the history
+    const answers = [];
+    for (const [t, out] of outs) answers.push(await streamInto(t, messages, out));
+    chat.history = [...messages, {role: "assistant", content: answers[0]}];
+  } finally { $("#chat-send").disabled = false; }
+});
+
+// ---------------------------------------------------------------- start
+buildForm().then(() => showTab(location.hash.slice(1) || "datasets"));
