@@ -93,3 +93,45 @@ class Run:
         from tunelab.eval.evaluate import evaluate_run
 
         return evaluate_run(self, data, **kw)
+
+    def export(self, fmt: str, out: str | Path | None = None, **options) -> Path:
+        """Write the run as `fmt` (merged, gguf, ollama, onnx, triton) under `out` (default RUN/export/FMT).
+
+        Adapters are merged first. A run whose method cannot merge (prefix/prompt tuning,
+        bottleneck adapters) exports as `merged` to a bundle: the base model plus the adapter
+        folder and a README saying how to load them; other formats then raise NotMergeable.
+        """
+        from tunelab.export import export as do_export
+        from tunelab.methods import NotMergeable, get_method
+        from tunelab.models import load_model
+
+        target = Path(out) if out else self.path / "export" / fmt
+        try:
+            model, tok, template = self.load_model(device="cpu", merged=True)
+        except NotMergeable as e:
+            if fmt not in ("merged", "safetensors"):
+                raise NotMergeable(f"{e} Export with --format merged to get the base model and the adapter side "
+                                   "by side (servable with `tunelab serve`).") from None
+            return self._export_bundle(target, str(e), load_model, get_method, do_export)
+        return do_export(model, tok, template, fmt, target, **options)
+
+    def _export_bundle(self, target: Path, why: str, load_model, get_method, do_export) -> Path:
+        import shutil
+
+        from tunelab.utils.io import atomic_dir
+
+        base = load_model(self.config.model.name, self.config.model.dtype, "cpu", self.config.model.trust_remote_code)
+        tok, template = self.load_tokenizer(), self.chat_template
+        with atomic_dir(target) as tmp:
+            do_export(base, tok, template, "merged", tmp / "base")
+            shutil.copytree(self.weights_dir(), tmp / "adapter")
+            (tmp / "README.md").write_text(
+                f"# {self.path.name}: base model + {self.config.method.name} adapter\n\n{why}\n\n"
+                "- `base/` is the base model (safetensors, tokenizer, chat_template.jinja).\n"
+                "- `adapter/` is the trained part as the run stored it.\n\n"
+                "Serve both with tunelab: `tunelab serve RUN_FOLDER`. For PEFT methods (prefix, prompt, p-tuning):\n\n"
+                "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
+                "model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('base'), 'adapter')\n```\n",
+                encoding="utf-8")
+        return target
+

@@ -31,9 +31,17 @@ def test_all_problems_reported_at_once_with_values():
 
 def test_unknown_method_lists_choices_and_method_keys_follow_the_method():
     probs, _ = problems({"data": {"train": "x.json"}, "method": {"name": "lorax"}})
-    assert probs == ["method.name: 'lorax' is not a method; choose from full, lora"]
+    from tunelab.methods import METHODS
+
+    assert probs == [f"method.name: 'lorax' is not a method; choose from {', '.join(METHODS)}"]
+    assert "full, freeze, lora, qlora" in probs[0]
     probs, _ = problems({"data": {"train": "x.json"}, "method": {"name": "full", "r": 8}})
     assert probs == ["method.r: unknown key; valid keys: name"]
+
+
+def test_method_options_without_a_name_ask_for_the_name():
+    probs, _ = problems({"data": {"train": "x.json"}, "method": {"r": 4}})
+    assert probs[0].startswith("method.name: missing; say which method these options are for (one of full, ")
 
 
 def test_missing_required_section():

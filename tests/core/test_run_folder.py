@@ -154,3 +154,46 @@ def test_serve_a_run_folder_answers_like_the_run(trained):
             "messages": [{"role": "user", "content": "hello"}]})
     assert res.status_code == 200, res.text
     assert res.json()["choices"][0]["message"]["content"].strip() == expected
+
+
+def test_cli_resume_keeps_one_metric_line_per_step(tmp_path, shared_data):
+    """Resuming rewrites metrics.jsonl in place, so steps after the checkpoint are logged, once."""
+    cfg = {"model": {"name": "tiny-llama"},
+           "data": {"train": str(shared_data / "llamafactory_demo/alpaca_en_demo.json"), "max_samples": 16,
+                    "max_length": 64, "val_size": 0},
+           "method": {"name": "lora", "r": 2, "alpha": 4},
+           "train": {"max_steps": 4, "batch_size": 4, "save_every": 2, "report": False},
+           "output_dir": str(tmp_path / "r")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", str(tmp_path / "c.yaml"), "--quiet"]).exit_code == 0
+    # pretend the run died after step 3: drop its end products, keep checkpoint 2 and lines up to step 3
+    for name in ("summary.json",):
+        (tmp_path / "r" / name).unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "r" / "adapter")
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "r" / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    res = runner.invoke(app, ["train", str(tmp_path / "c.yaml"), "train.resume=auto", "--quiet"])
+    assert res.exit_code == 0, res.output
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_cli_generate_writes_predictions_for_prompt_only_records(trained, tmp_path):
+    _, run = trained
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"instruction": "Say hi"}\n{"instruction": "Name a color", "output": "red"}\n')
+    out = tmp_path / "preds.jsonl"
+    res = CliRunner().invoke(app, ["generate", str(run.path), "--data", str(data), "--out", str(out),
+                                   "--max-new-tokens", "5"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Say hi", "Name a color"]
+    assert [r["reference"] for r in rows] == [None, "red"]
+    from tunelab.infer.generate import generate
+
+    model, tok, template = run.load_model()
+    expected = generate(model, tok, template, [[{"role": "user", "content": "Say hi"}]], max_new_tokens=5)
+    assert rows[0]["prediction"] == expected[0]

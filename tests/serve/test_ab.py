@@ -56,6 +56,8 @@ def test_bad_route_strings_say_what_is_wrong(text, message):
 def test_cli_route_form_and_router_checks_variants():
     route = parse_route_arg("chat=a=90,b=10")
     assert route.name == "chat" and route.variants == (("a", 90.0), ("b", 10.0))
+    bare = parse_route_arg("runA=90,runB=10")  # the short form routes the virtual model "ab"
+    assert bare.name == "ab" and bare.variants == (("runA", 90.0), ("runB", 10.0))
     with pytest.raises(RouteError, match=r"unknown variant\(s\) c; served models are a, b"):
         ABRouter({"chat": "a=1,c=1"}, ["a", "b"])
     with pytest.raises(RouteError, match="has the name of a served model"):

@@ -150,6 +150,37 @@ def chat(
 
 
 @app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `tunelab train`.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Records to answer (any training format; the last "
+                                       "assistant turn, if present, is kept as the reference).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions JSONL to write.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when temperature > 0.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N records.")] = None,
+) -> None:
+    """Batch prediction: answer every record of a file with the run's template; writes JSONL atomically.
+
+    Example: tunelab generate runs/quick --data test.jsonl --out preds.jsonl --temperature 0.7
+    """
+    _quiet_library_warnings()
+    from tunelab.infer.predict import predict_file
+    from tunelab.run import Run
+
+    try:
+        model, tok, template = Run(run_dir).load_model()
+        n = predict_file(model, tok, template, str(data), out, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, limit=limit,
+                         progress=True)
+    except _user_errors() as e:
+        _fail(e)
+    err.print(f"[green]wrote[/] {n} predictions to {out}")
+
+
+@app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option(help="Where the data, run and result go.")] = Path("runs/demo"),
     model: Annotated[str, typer.Option(help="Base model (default: the bundled SmolLM2-135M-Instruct).")] =
@@ -180,21 +211,20 @@ def export(
 ) -> None:
     """Export a run: adapters are merged into the base first (where the method allows), then written as FORMAT.
 
+    Runs that cannot merge (prefix/prompt tuning, bottleneck adapters) export as --format merged to a
+    bundle: base model + adapter + a README on loading them.
+
     Example: tunelab export runs/quick --format gguf --quant q8_0
     """
     _quiet_library_warnings()
     from tunelab.export import ExportError
-    from tunelab.export import export as do_export
     from tunelab.methods import NotMergeable
     from tunelab.run import Run
 
     options = {k: v for k, v in {"quant": quant, "system": system, "model_name": model_name,
                                  "with_past": with_past}.items() if v is not None}
     try:
-        run = Run(run_dir)
-        model, tok, template = run.load_model(device="cpu", merged=True)
-        target = out or run.path / "export" / fmt
-        path = do_export(model, tok, template, fmt, target, **options)
+        path = Run(run_dir).export(fmt, out, **options)
     except (*_user_errors(), ExportError, NotMergeable) as e:
         _fail(e)
     err.print(f"[green]exported[/] {run_dir} as {fmt}")
@@ -213,6 +243,9 @@ def _mount_optional() -> None:
     from tunelab.cli.data import app as data_app
 
     app.add_typer(data_app, name="data", help="Prepare data: clean, dedup, split, extract-dialogue, augment, inspect, convert.")
+    from tunelab.cli.studio import studio
+
+    app.command("studio")(studio)
     from tunelab.cli.bench import app as bench_app
 
     app.add_typer(bench_app, name="bench")

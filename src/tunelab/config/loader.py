@@ -98,6 +98,9 @@ def format_errors(err: ValidationError, data: dict) -> list[str]:
             problems.append(f"{key}: unknown key; {hint}")
         elif kind == "missing":
             problems.append(f"{key}: required but missing")
+        elif kind == "union_tag_not_found":
+            problems.append(f"{key}.name: missing; say which method these options are for "
+                            f"(one of {', '.join(_METHOD_TAGS)})")
         elif kind == "union_tag_invalid":
             problems.append(f"{key}.name: {e['input'].get('name')!r} is not a method; choose from {', '.join(_METHOD_TAGS)}")
         else:

@@ -70,12 +70,26 @@ def parse_route(name: str, text: str) -> Route:
     return Route(name, tuple(variants))
 
 
+DEFAULT_ROUTE_NAME = "ab"
+
+
 def parse_route_arg(arg: str) -> Route:
-    """Parse the CLI form `"NAME=runA=90,runB=10"`."""
+    """Parse the CLI form `"NAME=runA=90,runB=10"`; the bare `"runA=90,runB=10"` routes the virtual model "ab"."""
+    parts = [p.strip() for p in arg.split(",") if p.strip()]
+    if parts and all(p.count("=") == 1 and _is_number(p.partition("=")[2]) for p in parts):
+        return parse_route(DEFAULT_ROUTE_NAME, arg)
     name, sep, rest = arg.partition("=")
     if not sep or not name.strip() or not rest:
         raise RouteError(f"--route {arg!r}: expected NAME=VARIANT=WEIGHT,... (example: chat=runA=90,runB=10)")
     return parse_route(name.strip(), rest)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class ABRouter:
