@@ -9,6 +9,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def process_rss_gib() -> float | None:
+    """This process's peak resident memory in GiB (Linux/macOS), or None where unknown."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
 class TrainProgress:
     """Shows one line per update on non-terminals (at most ~25 lines a run), a live bar on terminals."""
 
@@ -32,15 +42,21 @@ class TrainProgress:
 
     @staticmethod
     def describe(m: dict) -> str:
-        parts = [f"loss {m['loss']:.4f}"] if "loss" in m else []
+        """One status line: epoch, loss, lr, grad norm, tokens/s, eval loss, memory (GPU peak or process RSS)."""
+        parts = [f"ep {m['epoch']:.2f}"] if "epoch" in m else []
+        if "loss" in m:
+            parts.append(f"loss {m['loss']:.4f}")
         if "lr" in m:
             parts.append(f"lr {m['lr']:.2e}")
+        if "grad_norm" in m:
+            parts.append(f"gn {m['grad_norm']:.2f}")
         if "tokens_per_s" in m:
             parts.append(f"{m['tokens_per_s']:,.0f} tok/s")
         if "eval_loss" in m:
             parts.append(f"eval {m['eval_loss']:.4f}")
-        if "mem_gib" in m:
-            parts.append(f"{m['mem_gib']:.1f} GiB")
+        mem = m.get("mem_gib", process_rss_gib())
+        if mem is not None:
+            parts.append(f"{mem:.1f} GiB")
         return "  ".join(parts)
 
     def update(self, step: int, metrics: dict) -> None:
