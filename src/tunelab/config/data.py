@@ -45,6 +45,12 @@ class DataCfg(Section):
                                "they are counted and written to rejected.jsonl in the run folder.")
     cache: bool = Field(True, description="Reuse tokenized data from the tunelab cache when the data, tokenizer, "
                         "template and lengths are unchanged.")
+    streaming: bool = Field(False, description="Read a JSONL training file lazily (parsed and tokenized on the fly, "
+                            "memory independent of file size) through a seeded shuffle buffer; needs train.max_steps.")
+    shuffle_buffer: int = Field(10_000, gt=0, description="With streaming: records held in the shuffle buffer; "
+                                "a buffer as large as the file gives the same order as data.streaming: false.")
+    val_records: int = Field(0, ge=0, description="With streaming and no data.eval: hold out the first N records "
+                             "of data.train for validation (val_size is not used when streaming).")
 
     @field_validator("train", mode="before")
     @classmethod
