@@ -15,6 +15,7 @@ from tunelab.config.data import DataCfg
 from tunelab.config.methods import FullCfg, LoraCfg, MethodCfg
 from tunelab.config.optim import OptimCfg
 from tunelab.config.parallel import ParallelCfg
+from tunelab.config.speed import SpeedCfg
 from tunelab.config.stages import (
     ClassifyCfg,
     DistillCfg,
@@ -74,6 +75,7 @@ class TrainCfg(Section):
         default_factory=lambda: ["jsonl"],
         description="Trackers, all offline inside the run folder; jsonl (metrics.jsonl) is always written.")
     report: bool = Field(True, description="Write report.html (loss curves, evals) at the end of training.")
+    speed: SpeedCfg = Field(default_factory=SpeedCfg, description="Fast paths (tunelab.kernels) used in training.")
 
 
 class RunCfg(Section):

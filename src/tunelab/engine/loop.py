@@ -180,10 +180,12 @@ def total_steps_for(cfg: TrainCfg, n_samples: int) -> int:
 
 def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequence, collate_fn, loss_fn: LossFn,
         cfg: TrainCfg, run_dir: Path, device: torch.device, trackers: list, order_fn,
-        progress: bool = True, optim=None) -> FitResult:
+        progress: bool = True, optim=None, train_stream=None) -> FitResult:
     """Train `model` (already prepared by `method.apply`) and leave the final/best weights in it.
 
     `optim` is the run's OptimCfg (optimizer, per-group rates, EWC); None = the run folder's stored one.
+    `train_stream(batch_size, pos)`, when given, replaces `train_samples` (data.streaming): it yields
+    (micro_index, samples) from the position in `pos` and keeps its data position in `pos["stream"]`.
     """
     run_dir = Path(run_dir)
     # --- distributed (engine/distributed.py): no-ops in a single process -------------------------------
@@ -193,8 +195,9 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     train_model = distributed.wrap(model)  # DDP wrapper / FSDP2 in place / model; before the optimizer
     trackers = trackers if par.is_main else []
     # -----------------------------------------------------------------------------------------------------
-    total_steps = total_steps_for(distributed.global_batch_cfg(cfg), len(train_samples))
-    micro_per_epoch = math.ceil(len(train_samples) / global_batch)
+    n_train = len(train_samples) if train_stream is None else 0  # a stream has no length: max_steps is set
+    total_steps = total_steps_for(distributed.global_batch_cfg(cfg), n_train)
+    micro_per_epoch = math.ceil(n_train / global_batch)
     optim = resolve_optim(optim, run_dir)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device, optim)
     regulariser = build_regulariser(optim, model, run_dir, train_samples, collate_fn, loss_fn, device, cfg.seed)
@@ -225,7 +228,8 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     bar = TrainProgress(total_steps, start_step=step, enabled=progress and par.is_main)
     if resume_from is not None:
         bar.note(f"resumed from {resume_from} at step {step}")
-    stream = micro_batches(train_samples, global_batch, cfg.seed, pos["micro_index"], order_fn)
+    stream = (micro_batches(train_samples, global_batch, cfg.seed, pos["micro_index"], order_fn)
+              if train_stream is None else train_stream(global_batch, pos))
     params = [p for p in model.parameters() if p.requires_grad]
     stopped, last_eval, last_loss = "completed", None, None
     flag: dict = {}
@@ -284,7 +288,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                                                               for b, pad in zip(batches, pads) if pad))
             pos["tokens"] += n_inputs
             dt = time.perf_counter() - t0
-            metrics = {"epoch": round(pos["micro_index"] / micro_per_epoch, 4), "loss": loss, "lr": lr,
+            metrics = {"epoch": _epochs(pos, micro_per_epoch), "loss": loss, "lr": lr,
                        "grad_norm": grad_norm, "tokens": pos["tokens"], "tokens_per_s": n_inputs / dt,
                        "elapsed_s": round(time.perf_counter() - t_start, 3), **extra}
             if device.type == "cuda":
@@ -326,12 +330,19 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
         method.load_state(model, run_dir / "best")
     elapsed = time.perf_counter() - t_start
     summary = {
-        "steps": step, "epochs": round(pos["micro_index"] / micro_per_epoch, 4), "train_loss": last_loss,
+        "steps": step, "epochs": _epochs(pos, micro_per_epoch), "train_loss": last_loss,
         "eval_loss": last_eval, "best_step": pos["best_step"], "best_eval_loss": pos["best_eval"],
         "tokens": pos["tokens"], "tokens_per_s": pos["tokens"] / max(elapsed, 1e-9), "elapsed_s": round(elapsed, 3),
         "stopped": stopped if stopped != "completed" or not cfg.max_steps else "max_steps",
     }
     return FitResult(step, summary["stopped"], summary)
+
+
+def _epochs(pos: dict, micro_per_epoch: int) -> float:
+    """Epochs done so far: from the micro-batch count, or a stream's own epoch counter (no length known)."""
+    if "stream" in pos:
+        return pos["stream"]["epoch"]
+    return round(pos["micro_index"] / micro_per_epoch, 4)
 
 
 def _resume_target(resume: str, run_dir: Path) -> Path | None:

@@ -12,24 +12,43 @@ from functools import partial
 from rich.console import Console
 
 from tunelab.config import RunCfg
+from tunelab.config.speed import SpeedCfg
 from tunelab.data.packing import collate_packed, model_inputs
 from tunelab.data.pipeline import collate, epoch_order, prepare_data
+from tunelab.data.streaming import check_streaming, prepare_stream
 from tunelab.engine.loop import fit
 from tunelab.engine.loss import causal_lm_loss_sum, count_targets
+from tunelab.kernels.train import chunked_causal_lm_loss, speed_context
 from tunelab.stages.recipe import finish_run, setup_run
 
 
-def sft_loss(model, batch: dict, label_smoothing: float = 0.0):
-    """(summed next-token loss over assistant tokens, their count) for one batch."""
-    out = model(**model_inputs(batch), use_cache=False)  # packed batches carry position_ids instead of a mask
-    return causal_lm_loss_sum(out.logits, batch["labels"], label_smoothing), count_targets(batch["labels"])
+def sft_loss(model, batch: dict, label_smoothing: float = 0.0, speed: SpeedCfg | None = None):
+    """(summed next-token loss over assistant tokens, their count) for one batch.
+
+    With `speed.chunked_ce` (train.speed's default; speed=None means the plain path) the loss comes from the
+    final hidden states and lm_head chunk by chunk (tunelab.kernels.train), never holding (B, T, V) logits;
+    same value and gradients as the plain path.
+    """
+    inputs = model_inputs(batch)  # packed batches carry position_ids instead of a mask
+    count = count_targets(batch["labels"])
+    if speed is not None and speed.chunked_ce:
+        loss = chunked_causal_lm_loss(model, inputs, batch["labels"], label_smoothing, speed)
+        if loss is not None:
+            return loss, count
+    out = model(**inputs, use_cache=False)
+    return causal_lm_loss_sum(out.logits, batch["labels"], label_smoothing), count
 
 
 def run(cfg: RunCfg, progress: bool = True):
     """Train an SFT run end to end and return the run folder path."""
+    if cfg.data.streaming:  # read lazily from JSONL (tunelab.data.streaming); checked before loading the model
+        check_streaming(cfg)
     setup = setup_run(cfg, progress)
-    data = prepare_data(cfg.data, setup.tokenizer, setup.template, cfg.train.seed, run_dir=setup.run_dir)
-    if progress:
+    if cfg.data.streaming:
+        data = prepare_stream(cfg.data, setup.tokenizer, setup.template, cfg.train.seed)
+    else:
+        data = prepare_data(cfg.data, setup.tokenizer, setup.template, cfg.train.seed, run_dir=setup.run_dir)
+    if progress and not cfg.data.streaming:
         s = data.stats
         Console(stderr=True).print(
             f"data: {cfg.data.train_label()} detected as [bold]{s['format']}[/]; {s['train_samples']} train / "
@@ -41,7 +60,10 @@ def run(cfg: RunCfg, progress: bool = True):
                else ""))
     pad_id = setup.tokenizer.pad_token_id
     collate_fn = partial(collate_packed if cfg.data.packing else collate, pad_id=pad_id)
-    result = fit(setup.model, setup.method, data.train, data.val, collate_fn,
-                 partial(sft_loss, label_smoothing=cfg.train.label_smoothing), cfg.train, setup.run_dir,
-                 setup.device, setup.trackers, epoch_order, progress=progress)
+    with speed_context(setup.model, cfg.train, setup.device):  # fused LoRA is undone before saving
+        result = fit(setup.model, setup.method, data.train, data.val, collate_fn,
+                     partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
+                     cfg.train, setup.run_dir,
+                     setup.device, setup.trackers, epoch_order, progress=progress,
+                     train_stream=getattr(data, "stream", None))
     return finish_run(setup, result.summary, data.stats)
