@@ -10,7 +10,7 @@ LAYERS = {
     "utils": 0, "config": 1, "tracking": 1,
     "models": 2, "data": 2, "methods": 2, "kernels": 2, "engine": 3,
     "stages": 4, "eval": 4, "infer": 4, "export": 4, "run": 4, "bench": 4,
-    "api": 5, "demo": 6, "cli": 7, "studio": 7,
+    "api": 5, "estimate": 5, "demo": 6, "cli": 7, "studio": 7,
 }
 
 

@@ -243,6 +243,9 @@ def _mount_optional() -> None:
     from tunelab.cli.data import app as data_app
 
     app.add_typer(data_app, name="data", help="Prepare data: clean, dedup, split, extract-dialogue, augment, inspect, convert.")
+    from tunelab.cli.estimate import estimate
+
+    app.command("estimate")(estimate)
     from tunelab.cli.studio import studio
 
     app.command("studio")(studio)

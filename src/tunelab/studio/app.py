@@ -40,6 +40,10 @@ class ConfigBody(BaseModel):
     config: dict[str, Any] | None = Field(None, description="A nested config (as in YAML) instead of values.")
 
 
+class EstimateBody(ConfigBody):
+    device: str = Field("auto", description="Device kind for the time estimate: auto, cpu, cuda or h100.")
+
+
 class ChatBody(BaseModel):
     run: str
     target: str = Field("run", description="run = the trained model, base = its base model (same template)")
@@ -171,6 +175,20 @@ def create_app(settings: Settings, start_worker: bool = True) -> FastAPI:
         data = _config(body, name)
         forms.check_config(data, settings)
         return {"yaml": forms.to_yaml(data), "cli": forms.cli_command(settings, f"{name}.yaml")}
+
+    @app.post("/api/estimate", tags=["config"])
+    def estimate(body: EstimateBody) -> dict:
+        """Memory and time of a config before it starts (same body as validate; 422 with the same problems)."""
+        from tunelab.estimate import EstimateError, estimate_run, format_estimate
+
+        name = job_name(body.name)
+        cfg = forms.check_config(_config(body, name), settings)
+        n_samples = forms.count_train_samples(cfg, settings)
+        try:
+            est = estimate_run(cfg, n_samples, None, body.device)
+        except EstimateError as e:
+            raise StudioError(str(e)) from None
+        return {**est, "text": format_estimate(est)}
 
     # ---- jobs ----------------------------------------------------------------------------------
     def _job_view(job: dict) -> dict:

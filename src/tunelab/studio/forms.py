@@ -179,6 +179,22 @@ def check_config(data: dict, settings: Settings, source: str = "form") -> RunCfg
     return cfg
 
 
+def count_train_samples(cfg: RunCfg, settings: Settings) -> int | None:
+    """Training records in the config's .json/.jsonl sources (read, not tokenized); None when unknown."""
+    from tunelab.data.io import DataError, read_records
+
+    total = 0
+    for _, path in _paths(cfg)[:len(cfg.data.sources())]:
+        file = settings.data_dir / path
+        if file.suffix not in (".json", ".jsonl") or not file.is_file():
+            return None
+        try:
+            total += len(read_records(file))
+        except DataError:
+            return None
+    return total
+
+
 def problems_by_field(err: ConfigError) -> dict[str, list[str]]:
     """ConfigError lines grouped by the form key they name (method.lora.r -> method.r); '' for the rest."""
     keys = {f["key"] for f in form_fields()}

@@ -223,14 +223,27 @@ async function validateForm() {
     showProblems(null);
     $("#yaml-preview").textContent = r.yaml;
     $("#cli-preview").textContent = `# save the YAML above as ${$("#job-name").value}.yaml in the data dir, then:\n${r.cli}`;
+    showEstimate();
     return true;
   } catch (err) {
     showProblems(err);
     $("#yaml-preview").textContent = "(fix the problems first)";
     $("#cli-preview").textContent = (err.body && err.body.error) || err.message;
+    $("#estimate-preview").textContent = "";
     return false;
   }
 }
+
+async function showEstimate() {
+  $("#estimate-preview").textContent = "estimating...";
+  try {
+    const r = await post("/api/estimate", {name: $("#job-name").value, values: formValues(), device: $("#estimate-device").value});
+    $("#estimate-preview").textContent = r.text;
+  } catch (err) {
+    $("#estimate-preview").textContent = (err.body && err.body.error) || err.message;
+  }
+}
+$("#estimate-device").addEventListener("change", showEstimate);
 
 $("#validate-btn").addEventListener("click", validateForm);
 $("#job-form").addEventListener("submit", async e => {
