@@ -1,0 +1,74 @@
+"""scripts/stage_evidence.py keeps working: its data builders, scoring and a 1-step DPO run on tiny-llama."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab.models import load_model, load_tokenizer
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "stage_evidence.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("stage_evidence", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_synthetic_tasks_keep_held_out_disjoint():
+    ev = _script()
+    train, held = ev.preference_pairs()
+    assert {p["prompt"] for p in train}.isdisjoint({p["prompt"] for p in held})
+    assert all(p["chosen"] == "Sure! " + p["rejected"] for p in train + held)
+    g_train, g_held = ev.grpo_prompts()
+    assert len(g_train) == 16 and len(g_held) == 8
+    assert {r["instruction"] for r in g_train}.isdisjoint({r["instruction"] for r in g_held})
+    assert ev.preference_accuracy(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.0, 4.0])) == pytest.approx(1 / 3)
+
+
+def test_answer_logps_matches_a_direct_log_softmax():
+    ev = _script()
+    model, tok = load_model("tiny-llama"), load_tokenizer("tiny-llama")
+    pair = {"prompt": "Name a fruit.", "chosen": "Sure! Apple.", "rejected": "Apple."}
+    got = ev.answer_logps(model, tok, tok.chat_template, [pair], "chosen")
+    prompt = tok.apply_chat_template([{"role": "user", "content": pair["prompt"]}], tokenize=False,
+                                     add_generation_prompt=True)
+    full = tok.apply_chat_template([{"role": "user", "content": pair["prompt"]},
+                                    {"role": "assistant", "content": pair["chosen"]}], tokenize=False)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = tok(full, add_special_tokens=False)["input_ids"]
+    assert ids[:len(p_ids)] == p_ids
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)  # (T, V)
+    want = sum(logp[t - 1, ids[t]].item() for t in range(len(p_ids), len(ids)))
+    assert abs(got.item() - want) < 1e-3
+
+
+def test_dpo_experiment_runs_and_its_before_number_is_the_base_model(tmp_path):
+    ev = _script()
+    result = ev.run_dpo(tmp_path, model_name="tiny-llama", steps=1, batch_size=2)
+    assert json.loads((tmp_path / "dpo_result.json").read_text()) == result
+    assert result["train_pairs"] == 32 and result["heldout_pairs"] == 16
+    # "before" is computed with the adapters off: it must equal the plain base model's comparison
+    model, tok = load_model("tiny-llama"), load_tokenizer("tiny-llama")
+    _, held = ev.preference_pairs()
+    c, r = (ev.answer_logps(model, tok, tok.chat_template, held, s) for s in ("chosen", "rejected"))
+    assert result["before_logp_accuracy"] == ev.preference_accuracy(c, r)
+    assert 0.0 <= result["after_implicit_reward_accuracy"] <= 1.0
+
+
+def test_fudan_subset_cuts_news_and_keeps_answers(tmp_path, shared_data):
+    ev = _script()
+    src = shared_data / "fudan_news_val.jsonl"
+    rows = ev.fudan_subset(src, tmp_path / "val.jsonl", n=5, max_chars=50)
+    original = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines()[:5]]
+    reloaded = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert reloaded == rows and len(rows) == 5
+    for cut, orig in zip(rows, original):
+        assert cut["messages"][-1] == orig["messages"][-1]  # the \boxed{label} answer
+        news = cut["messages"][1]["content"].split("新闻：", 1)[1]
+        assert len(news) <= 50 and orig["messages"][1]["content"].split("新闻：", 1)[1].startswith(news)
