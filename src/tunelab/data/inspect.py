@@ -8,8 +8,6 @@ no display needed). The example shows exactly which tokens are trained, marked �
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from tunelab.data.templates import (
     resolve_template,
     tokenize_conversation,
 )
+from tunelab.utils.io import atomic_write_bytes
 
 LABEL_KEYS = ("label", "labels", "category", "class", "kto_tag")
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
@@ -162,14 +161,4 @@ def write_length_png(report: InspectReport, png: str | Path) -> Path:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=png.parent, prefix=f".{png.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return png
+    return atomic_write_bytes(png, buf.getvalue())

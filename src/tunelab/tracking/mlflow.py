@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 
 from tunelab.tracking.values import plain, scalars
 
-
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer parameter values
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import swanlab
 
-from tunelab.tracking.values import plain, scalars
+from tunelab.tracking.values import RunHandleTracker, plain
 
 
-class SwanLabTracker:
+class SwanLabTracker(RunHandleTracker):
     """One SwanLab run per training run, named after the run folder, never touching the network."""
 
     def __init__(self, project: str = "tunelab", subdir: str = "swanlog"):
@@ -21,13 +21,3 @@ class SwanLabTracker:
         run_dir = Path(run_dir)
         self._run = swanlab.init(project=self.project, name=run_dir.resolve().name, mode="offline",
                                  log_dir=str(run_dir / self.subdir), config=plain(config), reinit=True)
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        values = scalars(metrics)
-        if values:
-            self._run.log(values, step=step)
-
-    def finish(self) -> None:
-        if self._run is not None:
-            self._run.finish()
-            self._run = None

@@ -7,10 +7,10 @@ from typing import Any
 
 import wandb
 
-from tunelab.tracking.values import plain, scalars
+from tunelab.tracking.values import RunHandleTracker, plain
 
 
-class WandbTracker:
+class WandbTracker(RunHandleTracker):
     """One offline W&B run per training run, named after the run folder; no account or network needed."""
 
     def __init__(self, project: str = "tunelab"):
@@ -23,13 +23,3 @@ class WandbTracker:
         self._run = wandb.init(project=self.project, name=run_dir.resolve().name, dir=str(run_dir),
                                config=plain(config), mode="offline", reinit="create_new",
                                settings=wandb.Settings(silent=True, console="off"))
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        values = scalars(metrics)
-        if values:
-            self._run.log(values, step=step)
-
-    def finish(self) -> None:
-        if self._run is not None:
-            self._run.finish()
-            self._run = None

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to `path` via a temp file in the same folder and an atomic rename."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write bytes to `path` via a temp file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -26,6 +26,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text to `path` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
