@@ -89,6 +89,20 @@ def pack_stats(samples: list[Tokenized], rows: list[PackedRow], max_length: int)
     }
 
 
+def pad_rows(rows, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad samples into (input_ids, labels, attention_mask), each (B, T); labels -100 on padding."""
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        mask[i, :n] = 1
+    return ids, labels, mask
+
+
 def collate_packed(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     """Packed rows -> input_ids / labels / position_ids / attention_mask, each (B, T).
 
@@ -96,16 +110,11 @@ def collate_packed(rows: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor
     restart at 0) with no labels, so no real token attends to it. `attention_mask` (1 on real
     tokens) is kept for token counting only; the model forward uses `position_ids` instead.
     """
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    ids, labels, mask = pad_rows(rows, pad_id)
+    width = ids.size(1)
+    pos = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        mask[i, :n] = 1
         lengths = getattr(r, "lengths", None) or [n]
         pos[i, :n] = torch.cat([torch.arange(k) for k in lengths])
         pos[i, n:] = torch.arange(width - n)

@@ -12,10 +12,9 @@ from tunelab.config.schema import DataCfg
 from tunelab.data import cache as tcache
 from tunelab.data.formats import Conversation, parse_records
 from tunelab.data.io import DataError
-from tunelab.data.packing import pack, pack_stats
+from tunelab.data.packing import pack, pack_stats, pad_rows
 from tunelab.data.sources import map_columns, read_any
 from tunelab.data.templates import (
-    IGNORE_INDEX,
     TemplateError,
     Tokenized,
     tokenize_conversation,
@@ -202,15 +201,7 @@ def collate(samples: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     if any(len(getattr(s, "lengths", None) or ()) > 1 for s in samples):
         raise DataError("packed rows reached a collator without packing support; this stage does not support "
                         "data.packing (set it to false), or collate with tunelab.data.packing.collate_packed")
-    width = max(len(s.input_ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for i, s in enumerate(samples):
-        n = len(s.input_ids)
-        ids[i, :n] = torch.tensor(s.input_ids)
-        labels[i, :n] = torch.tensor(s.labels)
-        mask[i, :n] = 1
+    ids, labels, mask = pad_rows(samples, pad_id)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
