@@ -1,10 +1,12 @@
-"""End to end in a real headless Chromium: upload, inspect, configure, train, watch, chat, compare.
+"""End to end in a real headless Chromium: upload, map columns, inspect, configure, train, watch, evaluate
+against base, compare, chat.
 
 Screenshots go to test-artifacts/studio/ (git-ignored); docs/images/studio/ holds copies of them.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import socket
@@ -67,7 +69,7 @@ def _shot(page, name: str, full_page: bool = True) -> None:
 
 
 @pytest.mark.slow
-def test_upload_train_watch_chat_in_the_browser(server, page, shared_data):
+def test_upload_train_watch_chat_in_the_browser(server, page, shared_data, tmp_path):
     url, settings = server
     identity = shared_data / "llamafactory_demo" / "identity.json"
     n_records = len(json.loads(identity.read_text(encoding="utf-8")))
@@ -83,6 +85,37 @@ def test_upload_train_watch_chat_in_the_browser(server, page, shared_data):
     assert page.locator("#hist svg rect.bar").count() == 12
     assert (settings.datasets / "identity.json").read_bytes() == identity.read_bytes()
     _shot(page, "datasets")
+
+    # Column mapping: a CSV with odd column names is not recognized until its columns are mapped
+    odd = tmp_path / "odd columns.csv"
+    with odd.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["Question Text", "reply", "notes"])
+        for r in json.loads(identity.read_text(encoding="utf-8"))[:20]:
+            w.writerow([r["instruction"], r["output"], "x"])
+    page.set_input_files("#upload-file", str(odd))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#ds-format')?.textContent === 'unrecognized'", timeout=60000)
+    assert page.locator("#column-map[open]").count() == 1
+    page.select_option("select.map-field[data-column='Question Text']", "instruction")
+    page.select_option("select.map-field[data-column='reply']", "output")
+    page.click("#map-apply")
+    page.wait_for_function("document.querySelector('#ds-format')?.textContent === 'alpaca'", timeout=60000)
+    assert page.text_content("#ds-records").startswith("20 ")
+    assert page.locator("#example .trained").count() >= 1
+    page.click("#map-save")
+    page.wait_for_function("document.querySelector('#map-msg')?.textContent.startsWith('saved')", timeout=60000)
+    mapping = {"instruction": "Question Text", "output": "reply"}
+    assert json.loads((settings.datasets / ".columns" / "odd_columns.csv.json").read_text()) == mapping
+    page.locator("#column-map").scroll_into_view_if_needed()
+    _shot(page, "datasets-columns")
+    # train on it: the New-job form gets the saved mapping as data.columns
+    page.click("#dataset-table tbody tr[data-name='odd_columns.csv'] button")
+    page.wait_for_function("document.getElementById('f-data.train')?.value === 'datasets/odd_columns.csv'")
+    assert json.loads(page.input_value("#f-data\\.columns")) == mapping
+    page.wait_for_function("document.querySelector('#yaml-preview').textContent.includes('Question Text')")
+    page.goto(url + "/#datasets")
+    page.wait_for_selector("#dataset-table tbody tr[data-name='identity.json']")
 
     # New job: the form is generated from the schema; a bad value shows the CLI's error next to the field
     page.click("#dataset-table tbody tr[data-name='identity.json'] button")
@@ -120,15 +153,45 @@ def test_upload_train_watch_chat_in_the_browser(server, page, shared_data):
     assert page.input_value("#f-train\\.max_steps") == "3"
     assert page.input_value("#f-method\\.r\\@lora") == "8"
     page.wait_for_function("document.querySelector('#yaml-preview').textContent.includes('runs/browser-run-copy')")
+    assert page.input_value("#f-data\\.columns") == ""
+    page.fill("#f-train\\.lr", "0.01")  # a second run that differs, to compare with
+    page.wait_for_function("document.querySelector('#yaml-preview').textContent.includes('lr: 0.01')")
+    page.click("#start-btn")
+    page.wait_for_function("document.querySelector('#job-detail h2')?.textContent.includes('browser-run-copy')")
+    page.wait_for_function("document.querySelector('#job-status')?.textContent === 'completed'", timeout=240000)
 
-    # Runs: the list shows the run's own summary numbers; compare draws its curve
+    # Runs: the list shows the run's own summary numbers; each run evaluates against its base model as a job
     page.goto(url + "/#runs")
     row = page.locator("#run-table tbody tr[data-name='browser-run']")
     row.wait_for()
     assert f"{summary['train_loss']:.4f}" in row.text_content()
-    row.locator("input.cmp").check()
+    for run in ("browser-run-copy", "browser-run"):
+        page.click(f"#run-table tbody tr[data-name='{run}'] td:nth-child(2)")
+        page.wait_for_function(f"document.querySelector('#run-detail h2')?.textContent === '{run}'")
+        page.select_option("#eval-data", "identity.json")
+        page.fill("#eval-limit", "4")
+        page.fill("#eval-max", "4")
+        page.click("#eval-btn")
+        page.wait_for_selector("#eval-job-status", timeout=10000)
+        page.wait_for_function("document.querySelector('#eval-job-status')?.textContent === 'completed'",
+                               timeout=240000)
+        page.wait_for_selector("#eval-table tr[data-dataset='identity'][data-metric='loss']")
+    saved = sorted((settings.runs / "browser-run" / "eval").glob("identity-vs-base_tiny-llama-*.json"))
+    result = json.loads(saved[-1].read_text())
+    loss_row = page.locator("#eval-table tr[data-metric='loss']")
+    assert f"{result['metrics']['loss']:.4f}" in loss_row.text_content()
+    assert f"{result['compare']['metrics']['loss']:.4f}" in loss_row.text_content()
+    assert page.locator("#eval-table thead").text_content().count("base:tiny-llama") == 1
+    page.locator("#run-detail").scroll_into_view_if_needed()
+    _shot(page, "runs-eval")
+
+    # compare: both curves and the side-by-side table of the dataset both were evaluated on
+    page.locator("#run-table tbody tr[data-name='browser-run'] input.cmp").check()
+    page.locator("#run-table tbody tr[data-name='browser-run-copy'] input.cmp").check()
     page.click("#compare-btn")
     page.wait_for_selector("#cmp-loss svg path.series")
+    page.wait_for_selector("#cmp-eval-table tr[data-dataset='identity'][data-metric='loss']")
+    assert page.locator("#cmp-loss svg path.series").count() == 2
     _shot(page, "runs")
 
     # Playground: chat with the run next to its base model (streamed)

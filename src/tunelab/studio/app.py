@@ -11,21 +11,26 @@ import json
 import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from tunelab.config import ConfigError
 from tunelab.data.io import DataError
-from tunelab.studio import datasets, forms, runs
+from tunelab.studio import datasets, evals, forms, runs
 from tunelab.studio.jobs import JobRunner, last_checkpoint
 from tunelab.studio.paths import NotFound, Settings, StudioError, job_name
 from tunelab.studio.store import JobStore
+from tunelab.studio.upload import receive_upload
 
 STATIC = Path(__file__).parent / "static"
+# The upload endpoint reads the body itself (to enforce the size limit while receiving); this documents it.
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "JSON, JSONL, CSV or Parquet"}}}}}}}
 
 
 class PrepareBody(BaseModel):
@@ -42,6 +47,19 @@ class ConfigBody(BaseModel):
 
 class EstimateBody(ConfigBody):
     device: str = Field("auto", description="Device kind for the time estimate: auto, cpu, cuda or h100.")
+
+
+class ColumnsBody(BaseModel):
+    columns: dict[str, str] = Field(description="Standard field -> the file's column, e.g. "
+                                    "{\"instruction\": \"question\", \"output\": \"answer\"}; {} removes the mapping.")
+
+
+class EvalBody(BaseModel):
+    dataset: str | None = Field(None, description="A library file name; null = the run's own validation data.")
+    metrics: list[str] = Field(list(evals.DEFAULT_METRICS), description="Generation metrics for `tunelab eval "
+                               "--metrics` (exact_match, contains, bleu4, rouge, classification).")
+    limit: int | None = Field(None, description="Evaluate only the first N records (null = all).")
+    max_new_tokens: int = Field(64, description="Longest generated answer (1..1024).")
 
 
 class ChatBody(BaseModel):
@@ -123,21 +141,28 @@ def create_app(settings: Settings, start_worker: bool = True) -> FastAPI:
         """The dataset library."""
         return datasets.list_datasets(settings)
 
-    @app.post("/api/datasets", tags=["datasets"])
-    def upload(request: Request, file: Annotated[UploadFile, File()]) -> dict:
-        """Upload a JSON/JSONL/CSV/Parquet file (size-limited, streamed to disk, sanitized name)."""
-        length = int(request.headers.get("content-length") or 0)
-        if length > settings.max_upload_bytes + 65536:
-            raise datasets.TooLarge(f"{file.filename}: larger than the upload limit of {settings.max_upload_mb:g} MB")
-        path = datasets.save_upload(settings, file.filename or "", file.file)
+    @app.post("/api/datasets", tags=["datasets"], openapi_extra=UPLOAD_BODY)
+    async def upload(request: Request) -> dict:
+        """Upload a JSON/JSONL/CSV/Parquet file (multipart field `file`): parsed as it streams in, refused with
+        413 once it passes the size limit (whatever Content-Length said), sanitized name, never overwrites."""
+        path = await receive_upload(request, settings)
         return {"name": path.name, "path": str(path.relative_to(settings.data_dir))}
 
     @app.get("/api/datasets/{name}/inspect", tags=["datasets"])
-    def inspect(name: str, model: str = "tiny-llama", max_length: int = 1024) -> dict:
-        """Format, counts, token-length histogram and a rendered example with trained spans."""
+    def inspect(name: str, model: str = "tiny-llama", max_length: int = 1024, columns: str | None = None) -> dict:
+        """Format, counts, token-length histogram and a rendered example with trained spans.
+
+        `columns` (JSON text `{"instruction": "question", ...}`) maps the file's columns to standard
+        fields first; without it the mapping saved with the file is used (`{}` = none).
+        """
         if model and forms._model_problem(model, settings):
             raise StudioError(f"model {model!r}: use an alias or a model under a model root")
-        return datasets.inspect(settings, name, model, max_length)
+        return datasets.inspect(settings, name, model, max_length, _columns_query(columns))
+
+    @app.put("/api/datasets/{name}/columns", tags=["datasets"])
+    def save_columns(name: str, body: ColumnsBody) -> dict:
+        """Save the column mapping with a library file (checked against its columns); New jobs on it use it."""
+        return {"name": name, "columns": datasets.save_columns(settings, name, body.columns) or {}}
 
     @app.post("/api/datasets/{name}/prepare", tags=["datasets"])
     def prepare(name: str, body: PrepareBody) -> dict:
@@ -148,6 +173,18 @@ def create_app(settings: Settings, start_worker: bool = True) -> FastAPI:
     def delete(name: str) -> dict:
         datasets.delete_dataset(settings, name)
         return {"deleted": name}
+
+    def _columns_query(text: str | None) -> dict | None:
+        if text is None:
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise StudioError(f"columns: not JSON ({e.msg}); send an object like "
+                              '{"instruction": "question", "output": "answer"}') from None
+        if not isinstance(value, dict):
+            raise StudioError("columns: must be a JSON object {standard field: your column}")
+        return value
 
     # ---- config form ---------------------------------------------------------------------------
     @app.get("/api/schema", tags=["config"])
@@ -196,10 +233,14 @@ def create_app(settings: Settings, start_worker: bool = True) -> FastAPI:
 
         view = {k: v for k, v in job.items() if k != "config_yaml"}
         view["yaml"] = job["config_yaml"]
-        view["config"] = yaml.safe_load(job["config_yaml"])
+        view["config"] = yaml.safe_load(job["config_yaml"]) or {}
         view["run"] = Path(job["run_dir"]).name
-        view["cli"] = forms.cli_command(settings, f"jobs/{job['id']}/config.yaml")
-        view["checkpoint"] = job["checkpoint"] or last_checkpoint(Path(job["run_dir"]))
+        if job["kind"] == "eval":
+            view["cli"] = evals.cli_command(settings, view["config"])
+            view["checkpoint"] = None
+        else:
+            view["cli"] = forms.cli_command(settings, f"jobs/{job['id']}/config.yaml")
+            view["checkpoint"] = job["checkpoint"] or last_checkpoint(Path(job["run_dir"]))
         return view
 
     def _free_name(name: str) -> str:
@@ -238,7 +279,14 @@ def create_app(settings: Settings, start_worker: bool = True) -> FastAPI:
         view["log"] = runner.log_tail(job_id)
         from tunelab.eval.report import read_metrics
 
-        view["metrics"] = read_metrics(job["run_dir"]) if Path(job["run_dir"]).is_dir() else []
+        run_dir = Path(job["run_dir"])
+        if job["kind"] == "eval":
+            view["metrics"] = []
+            result = (job["message"] or "").removeprefix("done: eval/") if job["status"] == "completed" else ""
+            view["eval"] = evals.read_eval(run_dir / "eval" / result) \
+                if result.endswith(".json") and (run_dir / "eval" / result).is_file() else None
+        else:
+            view["metrics"] = read_metrics(run_dir) if run_dir.is_dir() else []
         return view
 
     @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
@@ -259,6 +307,27 @@ def create_app(settings: Settings, start_worker: bool = True) -> FastAPI:
     @app.get("/api/runs/{name}/metrics", tags=["runs"])
     def run_metrics(name: str) -> dict:
         return {"name": name, "metrics": runs.metrics(settings, name)}
+
+    @app.get("/api/runs/compare", tags=["runs"])
+    def compare_runs(a: str, b: str) -> dict:
+        """Two runs' latest eval results side by side, for every dataset both were evaluated on (diff = b - a)."""
+        return evals.compare_evals(runs.run_path(settings, a), runs.run_path(settings, b))
+
+    @app.get("/api/runs/{name}/evals", tags=["runs"])
+    def run_evals(name: str) -> list[dict]:
+        """Every RUN/eval/*.json: dataset, n, metrics, and per metric the base value and delta when compared."""
+        return evals.run_evals(runs.run_path(settings, name))
+
+    @app.post("/api/runs/{name}/eval", tags=["runs"])
+    def eval_against_base(name: str, body: EvalBody) -> dict:
+        """Queue `tunelab eval RUN --data ... --compare base` as a job (watch it at /api/jobs/{id})."""
+        run_dir = runs.run_path(settings, name)
+        evals.require_weights(run_dir)
+        evals.check_options(body.metrics, body.limit, body.max_new_tokens)
+        stage, data = evals.stage_data(settings, run_dir, body.dataset)
+        job_id = runner.submit_eval(f"eval {name}", run_dir, stage, data, lambda rel: evals.make_spec(
+            run_dir, rel, body.metrics, body.limit, body.max_new_tokens, body.dataset))
+        return _job_view(store.get(job_id))
 
     @app.get("/api/runs/{name}/report", tags=["runs"])
     def run_report(name: str) -> FileResponse:

@@ -2,10 +2,15 @@
 
 Uploads are only ever read as data (JSON, JSONL, CSV, Parquet through tunelab's readers),
 never executed; their names are sanitized and never overwrite another file.
+
+A library file can carry a column mapping (`data.columns`: standard name -> the file's column),
+kept beside it in `datasets/.columns/<name>.json`; inspect applies it, and the New-job form
+fills `data.columns` with it when that file is chosen.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +29,10 @@ from tunelab.studio.paths import (
 
 CHUNK = 1 << 20
 PARQUET_MAGIC = b"PAR1"
+# Names data.columns can map to: the fields of the record formats (tunelab.data.formats) and of the
+# preference / KTO / text / classification stages.
+STANDARD_FIELDS = ("instruction", "input", "output", "system", "history", "conversations", "messages", "tools",
+                   "prompt", "chosen", "rejected", "completion", "label", "text")
 
 
 class TooLarge(StudioError):
@@ -46,40 +55,67 @@ def _check_content(path: Path, head: bytes, original: str) -> None:
             raise StudioError(f"{original}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
+def too_large(settings: Settings, filename: str) -> TooLarge:
+    return TooLarge(f"{filename}: larger than the upload limit of {settings.max_upload_mb:g} MB; start the studio "
+                    "with a larger --max-upload-mb or prepare the file with `tunelab data` first")
+
+
+class Spool:
+    """A temporary file in datasets/ that an upload is written into, counting bytes against the limit.
+
+    Nothing enters the library until `admit` checked the whole file; `close` removes what is left.
+    """
+
+    def __init__(self, settings: Settings, filename: str):
+        self.settings, self.filename = settings, filename
+        self.name = safe_name(filename, DATA_SUFFIXES)
+        fd, tmp = tempfile.mkstemp(dir=settings.datasets, prefix=".upload-", suffix=Path(self.name).suffix)
+        self.path, self.out = Path(tmp), os.fdopen(fd, "wb")
+        self.size, self.head = 0, b""
+
+    def write(self, chunk: bytes) -> None:
+        """Append a piece; TooLarge as soon as the file passes the limit (nothing more is written)."""
+        self.size += len(chunk)
+        if self.size > self.settings.max_upload_bytes:
+            raise too_large(self.settings, self.filename)
+        if len(self.head) < 65536:
+            self.head += chunk[:65536 - len(self.head)]
+        self.out.write(chunk)
+
+    def admit(self) -> Path:
+        """Check the complete file (not empty, the type it claims, parses with tunelab's readers) and link it
+        into the library under an unused name."""
+        self.out.close()
+        try:
+            if self.size == 0:
+                raise StudioError(f"{self.filename}: the file is empty")
+            _check_content(Path(self.name), self.head, self.filename)
+            if not read_dataset(self.path):
+                raise StudioError(f"{self.filename}: no records in the file")
+            dst = unique_path(self.settings.datasets, self.name)
+            os.link(self.path, dst)  # fails instead of overwriting if the name was taken meanwhile
+            return dst
+        except DataError as e:
+            raise StudioError(str(e).replace(str(self.path), self.filename)) from None
+
+    def close(self) -> None:
+        self.out.close()
+        self.path.unlink(missing_ok=True)
+
+
 def save_upload(settings: Settings, filename: str, stream: BinaryIO) -> Path:
     """Stream an upload into datasets/ under a sanitized, unused name; refuse oversize or malformed files.
 
-    The file is written to a temporary name first and only renamed into the library once it
+    The file is written to a temporary name first and only linked into the library once it
     is complete and parses, so a failed upload leaves nothing behind.
     """
-    name = safe_name(filename, DATA_SUFFIXES)
-    limit = settings.max_upload_bytes
-    fd, tmp = tempfile.mkstemp(dir=settings.datasets, prefix=".upload-", suffix=Path(name).suffix)
-    size, head = 0, b""
+    spool = Spool(settings, filename)
     try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := stream.read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(f"{filename}: larger than the upload limit of {settings.max_upload_mb:g} MB; "
-                                   "start the studio with a larger --max-upload-mb or prepare the file with "
-                                   "`tunelab data` first")
-                if len(head) < 65536:
-                    head += chunk[:65536 - len(head)]
-                out.write(chunk)
-        if size == 0:
-            raise StudioError(f"{filename}: the file is empty")
-        _check_content(Path(name), head, filename)
-        records = read_dataset(Path(tmp))
-        if not records:
-            raise StudioError(f"{filename}: no records in the file")
-        dst = unique_path(settings.datasets, name)
-        os.link(tmp, dst)  # fails instead of overwriting if the name was taken meanwhile
-        return dst
-    except DataError as e:
-        raise StudioError(str(e).replace(tmp, filename)) from None
+        while chunk := stream.read(CHUNK):
+            spool.write(chunk)
+        return spool.admit()
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        spool.close()
 
 
 def read_dataset(path: Path):
@@ -104,21 +140,88 @@ def list_datasets(settings: Settings) -> list[dict]:
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in DATA_SUFFIXES:
             st = p.stat()
             out.append({"name": p.name, "bytes": st.st_size, "modified": st.st_mtime,
-                        "path": str(p.relative_to(settings.data_dir))})
+                        "path": str(p.relative_to(settings.data_dir)), "columns": saved_columns(settings, p.name)})
     return out
 
 
-def inspect(settings: Settings, name: str, model: str = "tiny-llama", max_length: int = 1024) -> dict:
-    """Detected format, counts, token-length histogram and an example with trained spans marked."""
+def _columns_file(settings: Settings, name: str) -> Path:
+    return settings.datasets / ".columns" / f"{dataset_path(settings, name).name}.json"
+
+
+def saved_columns(settings: Settings, name: str) -> dict[str, str] | None:
+    """The column mapping saved with a library file, or None."""
+    p = _columns_file(settings, name)
+    if not p.is_file():
+        return None
+    try:
+        value = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) and value else None
+
+
+def check_columns(columns: dict, names: list[str], name: str) -> dict[str, str]:
+    """A mapping {standard field: the file's column} that names real columns; one error listing every problem."""
+    problems = []
+    for standard, theirs in columns.items():
+        if standard not in STANDARD_FIELDS:
+            problems.append(f"{standard!r} is not a standard field (choose from {', '.join(STANDARD_FIELDS)})")
+        if not isinstance(theirs, str) or theirs not in names:
+            problems.append(f"{standard!r} -> {theirs!r}: {name} has no such column (it has {', '.join(names)})")
+    taken = [t for t in set(columns.values()) if list(columns.values()).count(t) > 1]
+    if taken:
+        problems.append(f"column(s) {', '.join(map(repr, sorted(map(str, taken))))} mapped to more than one field")
+    if problems:
+        raise StudioError(f"data.columns for {name}: " + "; ".join(problems))
+    return dict(columns)
+
+
+def file_columns(records) -> list[str]:
+    """Column names of a file's records, in first-seen order (the first 1,000 records)."""
+    seen: dict[str, None] = {}
+    for r in records[:1000]:
+        if isinstance(r.data, dict):
+            seen.update(dict.fromkeys(r.data))
+    return list(seen)
+
+
+def save_columns(settings: Settings, name: str, columns: dict | None) -> dict[str, str] | None:
+    """Save (or, with an empty mapping, remove) a library file's column mapping after checking it."""
+    from tunelab.utils.io import atomic_write_json
+
+    path = dataset_path(settings, name)
+    target = _columns_file(settings, name)
+    if not columns:
+        target.unlink(missing_ok=True)
+        return None
+    columns = check_columns(columns, file_columns(read_dataset(path)), name)
+    atomic_write_json(target, columns)
+    return columns
+
+
+def inspect(settings: Settings, name: str, model: str = "tiny-llama", max_length: int = 1024,
+            columns: dict[str, str] | None = None) -> dict:
+    """Detected format, counts, token-length histogram and an example with trained spans marked.
+
+    `columns` (standard field -> the file's column) is applied first; None uses the saved mapping,
+    an empty dict none at all.
+    """
     from tunelab.data.inspect import inspect_data
     from tunelab.models import load_tokenizer
 
     path = dataset_path(settings, name)
+    names = file_columns(read_dataset(path))
+    mapping = saved_columns(settings, name) if columns is None else (check_columns(columns, names, name)
+                                                                     if columns else None)
     tok = load_tokenizer(model) if model else None
-    rep = inspect_data(path, tok, max_length=max_length)
+    try:
+        rep = inspect_data(path, tok, max_length=max_length, columns=mapping)
+    except DataError as e:
+        raise StudioError(str(e).replace(str(path), name)) from None
     lens = sorted(rep.token_lengths)
     return {
-        "name": name, "format": rep.format, "records": rep.records, "invalid": rep.invalid[:20],
+        "name": name, "columns": names, "mapping": mapping or {}, "saved_columns": saved_columns(settings, name),
+        "standard_fields": list(STANDARD_FIELDS), "format": rep.format, "records": rep.records, "invalid": rep.invalid[:20],
         "n_invalid": len(rep.invalid), "roles": rep.roles, "duplicates": rep.duplicates, "labels": rep.labels,
         "max_length": rep.max_length, "truncated": rep.truncated,
         "tokens": {"min": lens[0], "median": lens[len(lens) // 2], "max": lens[-1],
@@ -134,9 +237,13 @@ def prepare(settings: Settings, name: str, op: str, options: dict) -> dict:
         raise StudioError(f"unknown operation {op!r}; choose from {', '.join(PREPARE_OPS)}")
     src = dataset_path(settings, name)
     try:
-        return PREPARE_OPS[op](settings, src, read_dataset(src), options)
+        result = PREPARE_OPS[op](settings, src, read_dataset(src), options)
     except (TypeError, ValueError) as e:
         raise StudioError(f"{op} {name}: {e}") from None
+    mapping = saved_columns(settings, name)
+    for out in result["outputs"] if mapping else ():  # the outputs keep the file's columns, so its mapping too
+        save_columns(settings, out, mapping)
+    return result
 
 
 def _write(settings: Settings, src: Path, tag: str, res) -> dict:
@@ -180,5 +287,6 @@ PREPARE_OPS = {"clean": _clean, "dedup": _dedup, "split": _split}
 
 
 def delete_dataset(settings: Settings, name: str) -> None:
-    """Remove a library file."""
+    """Remove a library file and its column mapping."""
+    _columns_file(settings, name).unlink(missing_ok=True)
     dataset_path(settings, name).unlink()

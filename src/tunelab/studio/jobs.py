@@ -1,4 +1,5 @@
-"""Workers: each job is `tunelab train jobs/<id>/config.yaml` in its own subprocess.
+"""Workers: each job is `tunelab train jobs/<id>/config.yaml` (or, for an eval job, `tunelab eval RUN
+--data FILE --compare base`) in its own subprocess.
 
 The studio never trains in its own process, so a crash or a cancel cannot take the server
 down, and what the studio runs is exactly what the CLI runs. A watcher thread starts queued
@@ -15,10 +16,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from tunelab.studio import evals
 from tunelab.studio.paths import NotFound, Settings, StudioError
 from tunelab.studio.store import ACTIVE, FINISHED, JobStore
 
@@ -38,8 +42,9 @@ def last_checkpoint(run_dir: Path) -> str | None:
     return str(steps[-1]) if steps else None
 
 
-def pid_runs(pid: int | None, config_path: Path) -> bool:
-    """True when `pid` is alive and is the worker of this config (guards against a reused pid)."""
+def pid_runs(pid: int | None, marker: Path | str) -> bool:
+    """True when `pid` is alive and its command line names `marker` (a training job's config, an eval
+    job's run folder): a guard against a reused pid."""
     if not pid:
         return False
     try:
@@ -49,10 +54,37 @@ def pid_runs(pid: int | None, config_path: Path) -> bool:
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.is_file():
         try:
-            return str(config_path) in cmdline.read_bytes().decode(errors="replace")
+            return str(marker) in cmdline.read_bytes().decode(errors="replace")
         except OSError:
             return False
     return True
+
+
+@dataclass(frozen=True)
+class Worker:
+    """How one kind of job runs: its command line, the text that identifies its process, its log and result."""
+
+    argv: Callable[[JobRunner, dict], list[str]]
+    marker: Callable[[JobRunner, dict], str]
+    log: str
+    done: Callable[[dict], str]
+
+
+def _eval_spec(job: dict) -> dict:
+    return yaml.safe_load(job["config_yaml"])
+
+
+def _eval_done(job: dict) -> str:
+    result = evals.result_of(Path(job["run_dir"]), job["started"])
+    return f"done: eval/{result}" if result else "done"
+
+
+WORKERS: dict[str, Worker] = {
+    "train": Worker(argv=lambda r, job: train_command(r.config_path(job["id"])),
+                    marker=lambda r, job: str(r.config_path(job["id"])), log="train.log", done=lambda job: "done"),
+    "eval": Worker(argv=lambda r, job: evals.eval_command(_eval_spec(job), Path(job["run_dir"])),
+                   marker=lambda r, job: str(Path(job["run_dir"])), log="eval.log", done=_eval_done),
+}
 
 
 class JobRunner:
@@ -74,7 +106,11 @@ class JobRunner:
         return self.job_dir(job_id) / "config.yaml"
 
     def log_path(self, job_id: int) -> Path:
-        return self.job_dir(job_id) / "train.log"
+        job = self.store.get(job_id)
+        return self.job_dir(job_id) / WORKERS[job["kind"] if job else "train"].log
+
+    def _marker(self, job: dict) -> str:
+        return WORKERS[job["kind"]].marker(self, job)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -100,15 +136,19 @@ class JobRunner:
     def recover(self) -> None:
         """After a restart: re-attach to live workers, mark dead ones interrupted with their checkpoint."""
         for job in self.store.list(ACTIVE):
-            if pid_runs(job["pid"], self.config_path(job["id"])):
+            if pid_runs(job["pid"], self._marker(job)):
                 continue  # still training: tick() watches it by pid
             self._finish_orphan(job)
 
     def _finish_orphan(self, job: dict) -> None:
         run_dir = Path(job["run_dir"])
         summary = run_dir / "summary.json"
-        ckpt = last_checkpoint(run_dir)
-        if summary.is_file() and job["status"] != "cancelling":
+        ckpt = last_checkpoint(run_dir) if job["kind"] == "train" else None
+        if job["kind"] == "eval":
+            self.store.update(job["id"], status="interrupted" if job["status"] == "running" else "cancelled",
+                              finished=time.time(), pid=None, message="worker ended while the studio was away; "
+                              "resume queues the evaluation again")
+        elif summary.is_file() and job["status"] != "cancelling":
             self.store.update(job["id"], status="completed", finished=time.time(), pid=None,
                               message="finished while the studio was away")
         else:
@@ -122,7 +162,7 @@ class JobRunner:
             for job in self.store.list(ACTIVE):
                 proc = self._procs.get(job["id"])
                 if proc is None:
-                    if not pid_runs(job["pid"], self.config_path(job["id"])):
+                    if not pid_runs(job["pid"], self._marker(job)):
                         self._finish_orphan(job)
                     continue
                 rc = proc.poll()
@@ -140,11 +180,12 @@ class JobRunner:
         cfg = self.config_path(job["id"])
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(job["config_yaml"], encoding="utf-8")
-        log = self.log_path(job["id"]).open("ab")
+        worker = WORKERS[job["kind"]]
+        log = (self.job_dir(job["id"]) / worker.log).open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "dumb", "COLUMNS": "120", "NO_COLOR": "1"}
         # Own session: a Ctrl-C on the studio does not reach the workers; they outlive a restart.
         try:
-            proc = subprocess.Popen(train_command(cfg), cwd=self.settings.data_dir, stdout=log,
+            proc = subprocess.Popen(worker.argv(self, job), cwd=self.settings.data_dir, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
         except OSError as e:
@@ -157,14 +198,16 @@ class JobRunner:
                           message=None, finished=None)
 
     def _finish(self, job: dict, rc: int) -> None:
-        ckpt = last_checkpoint(Path(job["run_dir"]))
+        kind = job["kind"]
+        ckpt = last_checkpoint(Path(job["run_dir"])) if kind == "train" else None
         if rc == 0:
-            status, msg = "completed", "done"
+            status, msg = "completed", WORKERS[kind].done(job)
         elif rc == EXIT_INTERRUPTED or rc == -signal.SIGINT:
             status = "cancelled" if job["status"] == "cancelling" else "interrupted"
-            msg = f"stopped; checkpoint saved at {ckpt}" if ckpt else "stopped before the first checkpoint"
+            msg = (f"stopped; checkpoint saved at {ckpt}" if ckpt else
+                   "stopped before the first checkpoint" if kind == "train" else "stopped")
         else:
-            status, msg = "failed", f"tunelab train exited with code {rc}; see the log"
+            status, msg = "failed", f"tunelab {kind} exited with code {rc}; see the log"
         self.store.update(job["id"], status=status, returncode=rc, finished=time.time(), pid=None,
                           checkpoint=ckpt, message=msg)
 
@@ -189,11 +232,35 @@ class JobRunner:
         job = self._get(job_id)
         if job["status"] not in FINISHED or job["status"] == "completed":
             raise StudioError(f"job {job_id} is {job['status']}; only cancelled, interrupted or failed jobs resume")
+        if job["kind"] == "eval":  # an evaluation has no checkpoint: it starts over
+            self.store.update(job_id, status="queued", message="queued to run the evaluation again")
+            return self._get(job_id)
         data = yaml.safe_load(job["config_yaml"])
         data.setdefault("train", {})["resume"] = "auto"
         self.store.update(job_id, status="queued", config_yaml=yaml.safe_dump(data, sort_keys=False),
                           message="queued to resume from its last checkpoint")
         return self._get(job_id)
+
+    def submit_eval(self, name: str, run_dir: Path, stage: Path, data: str | Path,
+                    spec: Callable[[str], dict]) -> int:
+        """Queue an eval job whose staged data (if any) moves to jobs/<id>/; `spec(data)` builds its YAML.
+
+        Holding the watcher's lock, the job cannot start before its data and YAML are in place.
+        """
+        with self._lock:
+            job_id = self.store.add(name, "", str(run_dir), kind="eval")
+            job_dir = self.job_dir(job_id)
+            if job_dir.exists():  # left by a queue that was deleted: the id is reused
+                import shutil
+
+                shutil.rmtree(job_dir)
+            stage.rename(job_dir)
+            rel = str(job_dir.relative_to(self.settings.data_dir) / Path(data).name) if Path(data).is_absolute() \
+                else str(data)
+            text = yaml.safe_dump(spec(rel), sort_keys=False, allow_unicode=True)
+            self.store.update(job_id, config_yaml=text)
+            self.config_path(job_id).write_text(text, encoding="utf-8")
+        return job_id
 
     def _get(self, job_id: int) -> dict:
         job = self.store.get(job_id)

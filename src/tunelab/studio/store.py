@@ -1,6 +1,8 @@
 """The job queue: one SQLite table, so a restart of the studio loses no job.
 
-A job row holds the YAML it runs, the run folder it writes, its worker's pid and its state:
+A job row holds its kind (`train`: `tunelab train CONFIG`, `eval`: `tunelab eval RUN ...`), the
+YAML it runs (a train config, or an eval spec), the run folder it writes, its worker's pid and
+its state:
 
     queued -> running -> completed | failed | cancelled | interrupted
                  \\-> cancelling (SIGINT sent; the run saves a checkpoint and exits 130)
@@ -21,6 +23,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'train',
     status TEXT NOT NULL,
     config_yaml TEXT NOT NULL,
     run_dir TEXT NOT NULL,
@@ -33,7 +36,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL
 )
 """
-COLUMNS = ("id", "name", "status", "config_yaml", "run_dir", "pid", "returncode", "message", "checkpoint",
+COLUMNS = ("id", "name", "kind", "status", "config_yaml", "run_dir", "pid", "returncode", "message", "checkpoint",
            "created", "started", "finished")
 
 
@@ -44,14 +47,17 @@ class JobStore:
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(SCHEMA)
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        if "kind" not in have:  # a queue written before eval jobs existed: every job there trains
+            self._conn.execute("ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train'")
         self._lock = threading.Lock()
 
-    def add(self, name: str, config_yaml: str, run_dir: str) -> int:
-        """Queue a job; returns its id."""
+    def add(self, name: str, config_yaml: str, run_dir: str, kind: str = "train") -> int:
+        """Queue a job of `kind` (train or eval); returns its id."""
         with self._lock:
             cur = self._conn.execute(
-                "INSERT INTO jobs (name, status, config_yaml, run_dir, created) VALUES (?, 'queued', ?, ?, ?)",
-                (name, config_yaml, run_dir, time.time()))
+                "INSERT INTO jobs (name, kind, status, config_yaml, run_dir, created) VALUES (?, ?, 'queued', ?, ?, ?)",
+                (name, kind, config_yaml, run_dir, time.time()))
             return int(cur.lastrowid)
 
     def update(self, job_id: int, **fields: Any) -> None:

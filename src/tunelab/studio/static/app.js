@@ -58,14 +58,20 @@ $("#upload-form").addEventListener("submit", async e => {
   } catch (err) { setMsg($("#upload-msg"), err.message); }
 });
 
-async function inspectDataset(name) {
+// columns: undefined = the mapping saved with the file, {} = none, else {standard: column}
+async function inspectDataset(name, columns) {
   state.dataset = name;
   loadDatasets();
   const box = $("#dataset-detail");
   box.replaceChildren(h("h2", {}, name), h("p", {class: "hint"}, "inspecting..."));
   let r;
-  try { r = await api(`/api/datasets/${encodeURIComponent(name)}/inspect?model=tiny-llama`); }
-  catch (err) { box.append(h("div", {class: "msg err"}, err.message)); return; }
+  const q = columns === undefined ? "" : "&columns=" + encodeURIComponent(JSON.stringify(columns));
+  try { r = await api(`/api/datasets/${encodeURIComponent(name)}/inspect?model=tiny-llama${q}`); }
+  catch (err) {
+    box.append(h("div", {class: "msg err", id: "ds-error"}, err.message));
+    if (columns !== undefined) box.append(h("button", {class: "secondary", onclick: () => inspectDataset(name)}, "back to the saved mapping"));
+    return;
+  }
   const hist = h("div", {id: "hist"});
   const ex = h("div", {class: "example", id: "example"},
                r.example.map(p => p.trained ? h("span", {class: "trained"}, p.text) : p.text));
@@ -89,6 +95,7 @@ async function inspectDataset(name) {
                   h("b", {}, "trained tokens"), h("span", {}, `${r.tokens.trained} of ${r.tokens.total}`),
                   h("b", {}, `over ${r.max_length} tokens`), h("span", {}, r.truncated)] : []),
     r.invalid.length ? h("pre", {class: "code errors"}, r.invalid.map(i => `${i.where || ""}: ${i.error}`).join("\n")) : null,
+    columnMapper(name, r),
     h("h3", {}, "Token lengths (tiny-llama tokenizer)"), hist,
     h("h3", {}, "Example (trained tokens highlighted)"), ex,
     h("h3", {}, "Prepare"),
@@ -103,10 +110,51 @@ async function inspectDataset(name) {
   barChart(hist, r.histogram, {title: "samples per token length", xlabel: "tokens"});
 }
 
+// One row per column of the file: which standard field it is (data.columns maps standard name -> column).
+function columnMapper(name, r) {
+  const byColumn = Object.fromEntries(Object.entries(r.mapping).map(([std, col]) => [col, std]));
+  const rows = r.columns.map((col, i) => h("tr", {},
+    h("td", {}, h("code", {}, col)), h("td", {}, "→"),
+    h("td", {}, h("select", {class: "map-field", id: "map-" + i, "data-column": col},
+      h("option", {value: ""}, "(keep as is)"),
+      r.standard_fields.map(f => h("option", {value: f, selected: byColumn[col] === f}, f))))));
+  const msg = h("div", {class: "msg", id: "map-msg"});
+  const mapping = () => {
+    const out = {};
+    document.querySelectorAll("select.map-field").forEach(s => { if (s.value) out[s.value] = s.dataset.column; });
+    return out;
+  };
+  const saved = r.saved_columns ? JSON.stringify(r.saved_columns) : "none";
+  return h("details", {class: "section", id: "column-map", open: r.format === "unrecognized" || Object.keys(r.mapping).length > 0},
+    h("summary", {}, "Columns → standard fields (data.columns)"),
+    h("p", {class: "hint"}, `Name the field each column holds, then re-inspect; saved mapping: ${saved}. `
+      + "A saved mapping fills data.columns when a job trains on this file."),
+    h("table", {class: "list mapper"}, h("tbody", {}, rows)),
+    h("button", {class: "secondary", id: "map-apply", type: "button", onclick: () => inspectDataset(name, mapping())}, "re-inspect with this mapping"), " ",
+    h("button", {id: "map-save", type: "button", onclick: async () => {
+      try {
+        const res = await api(`/api/datasets/${encodeURIComponent(name)}/columns`, {method: "PUT",
+          headers: {"content-type": "application/json"}, body: JSON.stringify({columns: mapping()})});
+        await inspectDataset(name);
+        setMsg($("#map-msg"), Object.keys(res.columns).length ? `saved: ${JSON.stringify(res.columns)}` : "mapping removed", true);
+      } catch (err) { setMsg(msg, err.message); }
+    }}, "save mapping"),
+    msg);
+}
+
+function columnsOf(path) {
+  const d = state.datasets.find(x => x.path === path);
+  return d && d.columns ? JSON.stringify(d.columns) : "";
+}
+
 function useDataset(path) {
   location.hash = "#new";
   const input = document.getElementById("f-data.train");
-  if (input) { input.value = path; scheduleValidate(); }
+  if (input) {
+    input.value = path;
+    document.getElementById("f-data.columns").value = columnsOf(path);
+    scheduleValidate();
+  }
 }
 
 // ---------------------------------------------------------------- new job form (generated from the schema)
@@ -142,6 +190,10 @@ async function buildForm() {
     root.append(det);
   }
   document.getElementById("f-method.name").addEventListener("change", showMethodFields);
+  document.getElementById("f-data.train").addEventListener("change", e => {
+    const cols = columnsOf(e.target.value);
+    if (cols) document.getElementById("f-data.columns").value = cols;
+  });
   root.addEventListener("input", scheduleValidate);
   root.addEventListener("change", scheduleValidate);
   $("#job-name").addEventListener("input", scheduleValidate);
@@ -159,6 +211,7 @@ async function refreshFormLists() {
   if (!state.fields.length) await buildForm();
   const [models, datasets] = await Promise.all([api("/api/models"), api("/api/datasets")]);
   $("#models-list").replaceChildren(...models.map(m => h("option", {value: m.name}, m.kind)));
+  state.datasets = datasets;
   $("#datasets-list").replaceChildren(...datasets.map(d => h("option", {value: d.path})));
   scheduleValidate();
 }
@@ -260,7 +313,8 @@ async function loadJobs() {
   const jobs = await api("/api/jobs");
   $("#job-table tbody").replaceChildren(...jobs.map(j => h("tr", {class: j.id === state.jobId ? "sel" : "",
       "data-id": j.id, onclick: () => { state.jobId = j.id; loadJobs(); }},
-    h("td", {}, j.id), h("td", {}, j.name), h("td", {}, h("span", {class: "status " + j.status}, j.status)))));
+    h("td", {}, j.id), h("td", {}, j.name), h("td", {}, j.kind),
+    h("td", {}, h("span", {class: "status " + j.status}, j.status)))));
   if (state.jobId === null && jobs.length) state.jobId = jobs[0].id;
   if (state.jobId !== null) showJob(state.jobId);
 }
@@ -278,11 +332,13 @@ async function showJob(id) {
     actions.push(h("button", {id: "cancel-btn", onclick: async () => { await post(`/api/jobs/${id}/cancel`); loadJobs(); }}, "Cancel (save checkpoint)"));
   if (["cancelled", "interrupted", "failed"].includes(j.status))
     actions.push(h("button", {id: "resume-btn", onclick: async () => { await post(`/api/jobs/${id}/resume`); loadJobs(); }}, "Resume"));
-  actions.push(h("button", {class: "secondary", onclick: () => { location.hash = "#new";
+  if (j.kind === "train") actions.push(h("button", {class: "secondary", onclick: () => { location.hash = "#new";
     setTimeout(() => setFormFromConfig(j.config, j.name + "-copy"), 50); }}, "Clone and edit"));
-  if (j.status === "completed")
+  else actions.push(h("button", {class: "secondary", onclick: () => { state.run = j.run; location.hash = "#runs"; }}, "Open the run"));
+  if (j.status === "completed" && j.kind === "train")
     actions.push(h("button", {class: "secondary", onclick: () => { state.chatRun = j.run; location.hash = "#playground"; }}, "Chat"));
-  const charts = h("div", {class: "charts"}, h("div", {id: "chart-loss"}), h("div", {id: "chart-lr"}), h("div", {id: "chart-tps"}));
+  const charts = j.kind === "eval" ? (j.eval ? evalTable([j.eval], "job-eval-table") : h("div", {}))
+    : h("div", {class: "charts"}, h("div", {id: "chart-loss"}), h("div", {id: "chart-lr"}), h("div", {id: "chart-tps"}));
   box.replaceChildren(
     h("h2", {}, `#${j.id} ${j.name} `, h("span", {class: "status " + j.status, id: "job-status"}, j.status)),
     h("div", {class: "kv"}, h("b", {}, "run folder"), h("span", {}, j.run_dir),
@@ -291,8 +347,13 @@ async function showJob(id) {
       h("b", {}, "CLI"), h("code", {}, j.cli)),
     h("p", {}, actions), charts,
     h("h3", {}, "Log"), h("pre", {class: "log", id: "job-log"}, j.log || "(no output yet)"),
-    h("details", {}, h("summary", {}, "config.yaml"), h("pre", {class: "code"}, j.yaml)));
+    h("details", {}, h("summary", {}, j.kind === "eval" ? "eval job" : "config.yaml"), h("pre", {class: "code"}, j.yaml)));
   const m = j.metrics;
+  if (j.kind === "eval") {
+    if (["queued", "running", "cancelling"].includes(j.status) && location.hash === "#jobs")
+      state.jobTimer = setTimeout(loadJobs, 1500);
+    return;
+  }
   lineChart($("#chart-loss"), [{name: "train", points: seriesOf(m, "loss")}, {name: "eval", points: seriesOf(m, "eval_loss", true)}], {title: "loss"});
   lineChart($("#chart-lr"), [{name: "lr", points: seriesOf(m, "lr")}], {title: "learning rate"});
   lineChart($("#chart-tps"), [{name: "tokens/s", points: seriesOf(m, "tokens_per_s")}], {title: "throughput (tokens/s)"});
@@ -301,15 +362,91 @@ async function showJob(id) {
     state.jobTimer = setTimeout(loadJobs, 1500);
 }
 
-// ---------------------------------------------------------------- runs, compare, export
+// ---------------------------------------------------------------- runs, eval against base, compare, export
 async function loadRuns() {
   const rows = await api("/api/runs");
-  $("#run-table tbody").replaceChildren(...rows.map(r => h("tr", {"data-name": r.name},
+  $("#run-table tbody").replaceChildren(...rows.map(r => h("tr", {"data-name": r.name, class: r.name === state.run ? "sel" : "",
+      onclick: e => { if (!e.target.closest("input, a")) showRun(r.name); }},
     h("td", {}, h("input", {type: "checkbox", class: "cmp", value: r.name})), h("td", {}, r.name),
     h("td", {}, r.base_model), h("td", {}, r.method), h("td", {}, fmt(r.steps)), h("td", {}, fmt(r.train_loss)),
     h("td", {}, fmt(r.eval_loss)), h("td", {}, (r.created || "").replace("T", " ").slice(0, 19)),
     h("td", {}, h("a", {href: `/api/runs/${encodeURIComponent(r.name)}/report`, target: "_blank"}, "report")))));
   $("#export-run").replaceChildren(...rows.filter(r => r.has_weights).map(r => h("option", {}, r.name)));
+  state.runRows = rows;
+  if (state.run && rows.some(r => r.name === state.run)) showRun(state.run);
+}
+
+const signed = v => v === null || v === undefined ? "" : (v > 0 ? "+" : "") + fmt(v);
+
+// One row per metric of every eval result: this run, the base model and the delta when compared.
+function evalTable(evals, id) {
+  if (!evals.length) return h("p", {class: "hint", id}, "No evaluations yet.");
+  const body = [];
+  for (const e of evals) {
+    if (e.error) { body.push(h("tr", {}, h("td", {colspan: 6, class: "errors"}, e.error))); continue; }
+    e.rows.forEach((r, i) => body.push(h("tr", {"data-dataset": e.dataset, "data-metric": r.metric, title: e.file},
+      h("td", {}, i ? "" : e.dataset), h("td", {}, i ? "" : fmt(e.n)), h("td", {}, r.metric),
+      h("td", {class: "num"}, fmt(r.run)), h("td", {class: "num"}, fmt(r.other)),
+      h("td", {class: "num delta"}, signed(r.delta)))));
+  }
+  const other = evals.find(e => e.compare)?.compare || "base";
+  return h("table", {class: "list evals", id},
+    h("thead", {}, h("tr", {}, ["dataset", "n", "metric", "this run", other, "delta"].map(t => h("th", {}, t)))),
+    h("tbody", {}, body));
+}
+
+async function showRun(name) {
+  state.run = name;
+  document.querySelectorAll("#run-table tbody tr").forEach(tr => tr.classList.toggle("sel", tr.dataset.name === name));
+  const [evals, datasets] = await Promise.all([api(`/api/runs/${encodeURIComponent(name)}/evals`), api("/api/datasets")]);
+  const row = (state.runRows || []).find(r => r.name === name) || {};
+  const box = $("#run-detail");
+  const status = h("div", {id: "eval-status"});
+  box.replaceChildren(
+    h("h2", {}, name),
+    h("div", {class: "kv"}, h("b", {}, "base model"), h("span", {}, row.base_model || ""),
+      h("b", {}, "method"), h("span", {}, row.method || ""), h("b", {}, "steps"), h("span", {}, fmt(row.steps)),
+      h("b", {}, "train / eval loss"), h("span", {}, `${fmt(row.train_loss)} / ${fmt(row.eval_loss)}`)),
+    h("h3", {}, "Evaluate against the base model"),
+    h("p", {class: "hint"}, "Runs tunelab eval RUN --data FILE --compare base as a job: the run and its base model "
+      + "(with the run's chat template) answer the same prompts."),
+    h("div", {class: "evalform"},
+      h("label", {}, "data ", h("select", {id: "eval-data"}, h("option", {value: ""}, "validation data of this run"),
+        datasets.map(d => h("option", {value: d.name}, d.name)))),
+      h("label", {}, "first N records ", h("input", {id: "eval-limit", type: "number", min: 1, value: 20, size: 5})),
+      h("label", {}, "max new tokens ", h("input", {id: "eval-max", type: "number", min: 1, max: 1024, value: 32, size: 5})),
+      h("button", {id: "eval-btn", disabled: !row.has_weights, onclick: () => startEval(name)}, "Evaluate against base")),
+    status,
+    h("h3", {}, "Evaluation results"), evalTable(evals, "eval-table"));
+  if (state.evalJob && state.evalJob.run === name) watchEval(state.evalJob.id, name);
+}
+
+async function startEval(name) {
+  const limit = $("#eval-limit").value;
+  try {
+    const job = await post(`/api/runs/${encodeURIComponent(name)}/eval`, {dataset: $("#eval-data").value || null,
+      limit: limit ? +limit : null, max_new_tokens: +$("#eval-max").value});
+    state.evalJob = {id: job.id, run: name};
+    watchEval(job.id, name);
+  } catch (err) { setMsg($("#eval-status"), err.message); }
+}
+
+async function watchEval(id, name) {
+  clearTimeout(state.evalTimer);
+  const j = await api(`/api/jobs/${id}`);
+  const box = $("#eval-status");
+  if (!box || state.run !== name) return;
+  const last = (j.log || "").trim().split("\n").filter(l => l.trim()).slice(-1)[0] || "";
+  box.className = "";
+  box.replaceChildren(h("p", {}, `job #${j.id} `, h("span", {class: "status " + j.status, id: "eval-job-status"}, j.status),
+    " ", j.message || ""), h("pre", {class: "code"}, j.cli), last && j.status !== "completed" ? h("pre", {class: "log"}, last) : "");
+  if (["queued", "running", "cancelling"].includes(j.status) && location.hash === "#runs")
+    state.evalTimer = setTimeout(() => watchEval(id, name), 1500);
+  else if (j.status === "completed") {
+    state.evalJob = null;
+    const evals = await api(`/api/runs/${encodeURIComponent(name)}/evals`);
+    $("#eval-table").replaceWith(evalTable(evals, "eval-table"));
+  }
 }
 
 $("#compare-btn").addEventListener("click", async () => {
@@ -320,6 +457,20 @@ $("#compare-btn").addEventListener("click", async () => {
   box.replaceChildren(h("div", {id: "cmp-loss"}), h("div", {id: "cmp-eval"}));
   lineChart($("#cmp-loss"), all.map(r => ({name: r.name, points: seriesOf(r.metrics, "loss")})), {title: "train loss"});
   lineChart($("#cmp-eval"), all.map(r => ({name: r.name, points: seriesOf(r.metrics, "eval_loss", true)})), {title: "eval loss"});
+  const tables = $("#compare-evals");
+  tables.replaceChildren();
+  if (names.length < 2) return;
+  const c = await api(`/api/runs/compare?a=${encodeURIComponent(names[0])}&b=${encodeURIComponent(names[1])}`);
+  tables.append(h("h3", {}, "Evaluation results side by side"));
+  if (!c.datasets.length) tables.append(h("p", {class: "hint"}, "No dataset was evaluated for both runs."));
+  const body = c.datasets.flatMap(d => d.rows.map((r, i) => h("tr", {"data-dataset": d.dataset, "data-metric": r.metric},
+    h("td", {}, i ? "" : d.dataset), h("td", {}, i ? "" : `${fmt(d.a_n)} / ${fmt(d.b_n)}`), h("td", {}, r.metric),
+    h("td", {class: "num"}, fmt(r.a)), h("td", {class: "num"}, fmt(r.b)), h("td", {class: "num delta"}, signed(r.diff)))));
+  if (body.length) tables.append(h("table", {class: "list evals", id: "cmp-eval-table"},
+    h("thead", {}, h("tr", {}, ["dataset", "n", "metric", c.a, c.b, `${c.b} − ${c.a}`].map(t => h("th", {}, t)))),
+    h("tbody", {}, body)));
+  const only = [[c.a, c.only_a], [c.b, c.only_b]].filter(([, ds]) => ds.length).map(([n, ds]) => `only ${n}: ${ds.join(", ")}`);
+  if (only.length) tables.append(h("p", {class: "hint"}, only.join("; ")));
 });
 
 $("#export-btn").addEventListener("click", async () => {
