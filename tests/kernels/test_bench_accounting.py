@@ -24,8 +24,9 @@ def test_flops_match_peer_convention_by_hand():
     assert flops_per_token(int(1.5e9), 28, 1536, 2048, "full", True) == 4 * fwd
     assert flops_per_token(int(1.5e9), 28, 1536, 2048, "lora", 0.25) == 2.25 * fwd
     assert mfu(1000.0, 1e12, peak=1.0) == 1000.0
-    with pytest.raises(ValueError, match="unknown method 'qlora'"):
-        flops_per_token(1, 1, 1, 1, "qlora", False)
+    assert flops_per_token(int(1.5e9), 28, 1536, 2048, "qlora", False) == 2 * fwd
+    with pytest.raises(ValueError, match="unknown method 'dpo'"):
+        flops_per_token(1, 1, 1, 1, "dpo", False)
 
 
 def test_shapes_and_validation_errors():
@@ -79,3 +80,33 @@ def test_cli_rejects_unknown_sweep_and_missing_peer(tmp_path):
     assert res.exit_code != 0 and "unknown sweep name(s) ['turbo']" in res.output
     res = CliRunner().invoke(_app(), ["bench", "--shape", "tiny", "--peer", "--peer-script", str(tmp_path / "x.py")])
     assert res.exit_code != 0 and "peer script not found" in str(res.exception)
+
+
+def test_real_data_lengths_packed_and_padded_count_real_tokens_only(tmp_path):
+    from tunelab.bench.step import data_batches, measure
+
+    lengths = [30, 50, 20, 64, 10, 40, 33, 70]           # 70 > seq: truncated to 64 like the pipeline does
+    path = tmp_path / "l.json"
+    path.write_text(json.dumps({"lengths": lengths}))
+    real = sum(min(n, 64) for n in lengths)
+    padded = BenchCfg(shape="tiny", batch=3, seq=64, compile=False, fused_adamw=False, lengths=str(path), warmup=1)
+    plan = data_batches(padded)
+    assert sorted(r[0] for b in plan for r in b) == sorted(min(n, 64) for n in lengths)
+    assert [len(b) for b in plan] == [3, 3, 2]
+    row = measure(padded, "cpu")
+    widths = [max(r[0] for r in b) * len(b) for b in plan]
+    assert row["real_tokens"] == real and row["timed_steps"] == 3
+    assert row["fill"] == round(real / sum(widths), 3)
+
+    packed = BenchCfg(shape="tiny", batch=2, seq=64, compile=False, fused_adamw=False, lengths=str(path),
+                      packing=True, warmup=1)
+    plan = data_batches(packed)
+    assert all(len(b) == 2 and all(sum(r) <= 64 for r in b) for b in plan)
+    row = measure(packed, "cpu")
+    kept = sum(sum(r) for b in plan for r in b)
+    assert row["real_tokens"] == kept and row["fill"] == round(kept / (64 * 2 * len(plan)), 3)
+    with pytest.raises(ValueError, match="lengths without packing gives a new shape every step"):
+        BenchCfg(shape="tiny", lengths=str(path)).validate()
+    path.write_text(json.dumps({"lengths": [3, "x"]}))
+    with pytest.raises(ValueError, match="expected a list of sample lengths"):
+        measure(padded, "cpu")

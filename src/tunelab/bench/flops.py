@@ -3,7 +3,7 @@
 forward  = 2 * N + 4 * L * S * h   (N: all base-model parameters, embeddings included and
            counted once when tied; 4*L*S*h: attention scores and weighted sum, the causal
            half-saving ignored, as in PaLM's MFU, Chowdhery et al. 2022, arXiv:2204.02311)
-LoRA     = 2 * forward             (backward computes activation grads only; the adapters' own
+(Q)LoRA  = 2 * forward             (backward computes activation grads only; the adapters' own
                                     FLOPs are negligible and not counted)
 full     = 3 * forward             (= 6N + attention: activation grads + weight grads)
 + checkpointing adds one more forward (the recompute), as the peer script counts it; when
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-PASSES: dict[str, int] = {"lora": 2, "full": 3}
+PASSES: dict[str, int] = {"lora": 2, "qlora": 2, "full": 3}
 
 
 def flops_per_token(n_params: int, n_layers: int, hidden: int, seq: int, method: str,

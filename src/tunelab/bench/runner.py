@@ -29,6 +29,13 @@ SWEEP: dict[str, dict] = {
     "packed": {"packing": True},
     "budget": {"act_budget": 0.8},
     "full-ckpt": {"method": "full", "grad_ckpt": True},
+    "full": {"method": "full"},
+    "fast-autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
+    "full-ckpt4": {"method": "full", "grad_ckpt": True, "ckpt_every": 4},
+    "full-ckpt2": {"method": "full", "grad_ckpt": True, "ckpt_every": 2},
+    "qlora-lean": {"method": "qlora", "grad_ckpt": True, "compile": False},
+    "qlora-lean-compiled": {"method": "qlora", "grad_ckpt": True},
+    "long": {"grad_ckpt": True, "compile": False, "batch": 1, "steps": 1, "warmup": 1},
 }
 
 

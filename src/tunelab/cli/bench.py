@@ -39,7 +39,8 @@ def bench(
                               help="Model shape: tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, llama3-8b."),
     batch: int = typer.Option(4, help="Sequences per step."),
     seq: int = typer.Option(2048, help="Tokens per sequence."),
-    method: str = typer.Option("lora", help="lora (r16 all-linear) or full."),
+    method: str = typer.Option("lora", help="lora (r16 all-linear), qlora (NF4 base + LoRA; needs bitsandbytes) "
+                                            "or full."),
     rank: int = typer.Option(16, help="LoRA rank (alpha = 2 * rank)."),
     chunked_ce: bool = typer.Option(True, help="Chunked linear + cross-entropy (no full logits)."),
     fused_lora: bool = typer.Option(True, help="Fused LoRA linear forward/backward."),
@@ -51,11 +52,18 @@ def bench(
     act_budget: float = typer.Option(1.0, help="With --compile: fraction of activations kept (<1 recomputes more)."),
     ce_chunk: int = typer.Option(0, help="Tokens per cross-entropy chunk (0: auto)."),
     ce_backend: str = typer.Option("torch", help="Chunked-CE backend: torch, liger or auto."),
+    compile_mode: str = typer.Option("", help="With --compile: torch.compile mode, e.g. max-autotune-no-cudagraphs "
+                                              "(Triton GEMM autotuning; long warmup). Empty: default."),
+    lengths: Annotated[Path | None, typer.Option(
+        help="Real data: a sample-lengths file (benchmarks/scripts/data_lengths.py). One pass over it is timed and "
+             "tok/s counts real tokens; with --packing samples are packed into rows of --seq, else --batch "
+             "samples per step padded to the longest.")] = None,
     steps: int = typer.Option(10, help="Timed steps."),
     warmup: int = typer.Option(3, help="Untimed steps first (compilation happens here)."),
     sweep: str = typer.Option("", help="Comma list of named configurations (or 'all'), each in its own "
                                        "process: fast, lean, no-compile, no-chunked-ce, no-fused-lora, plain, "
-                                       "lean-eager, ckpt4, liger-ce, packed, budget, full-ckpt."),
+                                       "lean-eager, ckpt4, liger-ce, packed, budget, full-ckpt, full, full-ckpt2, full-ckpt4, fast-autotune, "
+                                       "qlora-lean, qlora-lean-compiled, long (batch 1, checkpointed, eager)."),
     peer: bool = typer.Option(False, help="Also run the HF+PEFT peer (same shape/batch/seq) and print the ratio."),
     peer_gc: bool = typer.Option(False, help="With --peer: also run the peer with gradient checkpointing."),
     peer_liger: bool = typer.Option(False, help="With --peer: also run the peer's Liger configurations."),
@@ -74,7 +82,8 @@ def bench(
     base = BenchCfg(shape=shape, batch=batch, seq=seq, method=method, rank=rank, chunked_ce=chunked_ce,
                     fused_lora=fused_lora, compile=compile, fused_adamw=fused_adamw, grad_ckpt=grad_ckpt,
                     ckpt_every=ckpt_every, packing=packing, act_budget=act_budget, steps=steps, warmup=warmup,
-                    ce_chunk=ce_chunk or None, ce_backend=ce_backend, profile_dir=str(profile_dir) if profile_dir else None)
+                    ce_chunk=ce_chunk or None, ce_backend=ce_backend, compile_mode=compile_mode or None,
+                    lengths=str(lengths) if lengths else None, profile_dir=str(profile_dir) if profile_dir else None)
     names = [n.strip() for n in sweep.split(",") if n.strip()] if sweep else []
     if names == ["all"]:
         names = list(SWEEP)

@@ -46,7 +46,9 @@ def quantize(model, quant_type: str = "nf4", double_quant: bool = True, compute_
         q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
                               compute_dtype=DTYPES[compute_dtype], compress_statistics=double_quant,
                               quant_type=quant_type, device="meta")
-        q.weight = bnb.nn.Params4bit(lin.weight.data.float().cpu(), requires_grad=False,
+        # on a GPU the weights are quantized where they are (no round trip through host memory)
+        data = lin.weight.data if lin.weight.is_cuda else lin.weight.data.float().cpu()
+        q.weight = bnb.nn.Params4bit(data, requires_grad=False,
                                      compress_statistics=double_quant, quant_type=quant_type)
         if lin.bias is not None:
             q.bias = torch.nn.Parameter(lin.bias.data.clone(), requires_grad=False)
