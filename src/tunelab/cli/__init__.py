@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,6 +12,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from tunelab.cli.common import _fail, _quiet_library_warnings, _user_errors, err
+
+# Long contexts fragment CUDA memory: a 7B LoRA step at 128k tokens fails with 5 GiB free in pieces under
+# the default allocator and fits with expandable segments (docs/speed.md). Read at the first CUDA allocation,
+# so it is set here, before any command touches the GPU; a value the user exported wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 app = typer.Typer(name="tunelab", help="Fine-tune large language models. A run is a folder: train writes it; "
                   "chat, eval, report and export read it.", no_args_is_help=True, add_completion=False,
