@@ -89,6 +89,10 @@ def model_config(name: str):
         src = resolve_model(name)
     except ModelNotFound as e:
         raise EstimateError(f"model.name: {e}") from None
+    if src.kind == "run":  # a finished run as the base: its root model has the architecture
+        from tunelab.models.loader import root_model
+
+        return model_config(root_model(name))
     if src.kind == "hf_dir" or src.kind == "hub":
         try:
             return AutoConfig.from_pretrained(src.path, trust_remote_code=False)

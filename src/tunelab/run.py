@@ -43,6 +43,14 @@ class Run:
         p = self.path / "run.json"
         return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
+    @property
+    def base_model_name(self) -> str:
+        """The model this run trained on top of: model.name, or, for a run-based model named relative to
+        another working folder, the absolute run path kept in run.json's base_chain."""
+        from tunelab.models.loader import run_base_name
+
+        return run_base_name(self.path, self.config.model.name)
+
     def metrics(self) -> list[dict]:
         """Every line of metrics.jsonl."""
         p = self.path / "metrics.jsonl"
@@ -74,7 +82,7 @@ class Run:
 
         method = get_method(self.config.method.name)
         dev = pick_device(device)
-        base = load_model(self.config.model.name, self.config.model.dtype, dev, self.config.model.trust_remote_code)
+        base = load_model(self.base_model_name, self.config.model.dtype, dev, self.config.model.trust_remote_code)
         model = method.load_for_inference(base, self.weights_dir())
         if merged:
             model = method.merge(model)
@@ -88,8 +96,9 @@ class Run:
         model, tok, tpl = self.load_model()
         return generate(model, tok, tpl, [[{"role": "user", "content": prompt}]], max_new_tokens, **kw)[0]
 
-    def evaluate(self, data: str, **kw) -> dict:
-        """Loss, perplexity and generation metrics on a data file; saved under eval/ in the run."""
+    def evaluate(self, data: str | list[str] | None, **kw) -> dict:
+        """Loss, perplexity and generation metrics on a data file (or one file per task: `task=path` items,
+        metrics per task); saved under eval/ in the run."""
         from tunelab.eval.evaluate import evaluate_run
 
         return evaluate_run(self, data, **kw)
@@ -120,7 +129,7 @@ class Run:
 
         from tunelab.utils.io import atomic_dir
 
-        base = load_model(self.config.model.name, self.config.model.dtype, "cpu", self.config.model.trust_remote_code)
+        base = load_model(self.base_model_name, self.config.model.dtype, "cpu", self.config.model.trust_remote_code)
         tok, template = self.load_tokenizer(), self.chat_template
         with atomic_dir(target) as tmp:
             do_export(base, tok, template, "merged", tmp / "base")
@@ -135,3 +144,13 @@ class Run:
                 encoding="utf-8")
         return target
 
+
+def add_run_info(run_dir: str | Path, fields: dict) -> None:
+    """Add `fields` to a run's run.json (written by the first process only), e.g. its tasks or base chain."""
+    from tunelab.engine import distributed
+    from tunelab.utils.io import atomic_write_json
+
+    path = Path(run_dir) / "run.json"
+    if not fields or not distributed.current().is_main or not path.is_file():
+        return
+    atomic_write_json(path, {**json.loads(path.read_text(encoding="utf-8")), **fields})

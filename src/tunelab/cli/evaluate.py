@@ -38,8 +38,9 @@ def _table(results: dict, title: str):
 
 def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
-    data: Annotated[Path | None, typer.Option("--data", "-d", help="Data file (same formats as training).")]
-    = None,
+    data: Annotated[list[str] | None, typer.Option(
+        "--data", "-d", help="Data file (same formats as training). Repeat it for one file per task, as FILE or "
+        "TASK=FILE: metrics are then reported per task (TASK/metric) and averaged (mean/metric).")] = None,
     mc: Annotated[Path | None, typer.Option(
         "--mc", help="Multiple-choice file (MMLU/C-Eval style JSON/JSONL) scored by log-likelihood.")] = None,
     metrics: Annotated[str, typer.Option(
@@ -59,23 +60,24 @@ def eval_cmd(
 
     Saved under RUN_DIR/eval/ with per-example predictions. Examples:
     tunelab eval runs/r --data val.jsonl --compare base --human-sheet ab.csv;
+    tunelab eval runs/multi --data qa=qa_val.jsonl --data chat=chat_val.jsonl;
     tunelab eval runs/r --mc ceval_val.jsonl --compare runs/other
     """
     _quiet_library_warnings()
     from tunelab.run import Run
 
-    if (data is None) == (mc is None):
+    if (not data) == (mc is None):
         _fail(ValueError("pass --data FILE (generate and score answers) or --mc FILE (multiple choice), not both"))
     if human_sheet and not compare:
         _fail(ValueError("--human-sheet pairs two systems' answers: add --compare base (or --compare RUN_DIR)"))
     try:
         results = Run(run_dir).evaluate(
-            str(data) if data else None, mc=str(mc) if mc else None, mc_scoring=mc_scoring,
+            data or None, mc=str(mc) if mc else None, mc_scoring=mc_scoring,
             metrics=[m.strip() for m in metrics.split(",") if m.strip()], compare=compare,
             human_sheet=human_sheet, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
     except (*_user_errors(), KeyError, ValueError) as e:
         _fail(e)
-    Console(width=200).print(_table(results, f"{run_dir} on {data or mc}"))
+    Console(width=200).print(_table(results, f"{run_dir} on {', '.join(data) if data else mc}"))
     err.print(f"saved {results['saved']}")
     if results.get("human_sheet"):
         err.print(f"rating sheet {results['human_sheet']} (key {results['human_key']}); after rating: "

@@ -77,7 +77,7 @@ def spec_from_run(path: Path):
     name = run.path.name
     if weights.name == "model":
         return ModelSpec(name, str(weights), None, run.chat_template, str(run.path / "tokenizer"))
-    return ModelSpec(name, run.config.model.name, str(weights), run.chat_template, str(run.path / "tokenizer"))
+    return ModelSpec(name, run.base_model_name, str(weights), run.chat_template, str(run.path / "tokenizer"))
 
 
 @app.command("serve")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tunelab.config.base import Section
 
 RecordFormat = Literal["auto", "alpaca", "sharegpt", "messages"]
+TASK_NAME = re.compile(r"^[\w.-]+$")
+"""Task names appear in metric keys (`eval_loss/<task>`) and file names: letters, digits, `_`, `.`, `-`."""
 
 
 class DataSource(Section):
@@ -20,6 +24,14 @@ class DataSource(Section):
                           "to the other sources' weights.")
     format: RecordFormat | None = Field(None, description="Record format of this source; null = data.format.")
     columns: dict[str, str] | None = Field(None, description="Column mapping for this source; null = data.columns.")
+    task: str | None = Field(None, description="Task name for per-task metrics (eval_loss/<task>); null = the "
+                             "file's stem (qa.jsonl -> qa).")
+    eval: str | None = Field(None, description="Validation file of this task; null = hold out data.val_size of "
+                             "this source (or, when data.eval is set, no validation of its own).")
+
+    def task_name(self) -> str:
+        """The task this source trains: `task`, else the file name without its extension."""
+        return self.task or Path(self.path).stem
 
 
 class DataCfg(Section):
@@ -71,7 +83,20 @@ class DataCfg(Section):
                        if err["type"] == "extra_forbidden" else err["msg"])
                     for err in e.errors())
                 raise ValueError(problems) from None
+        _check_task_names(out)
         return out
+
+    @model_validator(mode="after")
+    def _one_validation_per_task(self):
+        """Several tasks are validated per task, so one shared data.eval file has no task to belong to."""
+        if isinstance(self.train, list) and self.eval:
+            if len(self.train) > 1:
+                raise ValueError("data.eval: with several tasks each is validated on its own; move this file to "
+                                 "data.train[i].eval of the task it belongs to, or set data.eval: null to hold out "
+                                 "data.val_size of every task")
+            if self.train[0].eval:
+                raise ValueError("data.train[0].eval: data.eval is set too; keep one of them")
+        return self
 
     def sources(self) -> list[DataSource]:
         """`train` as a list of sources (a single path is one source of weight 1)."""
@@ -79,6 +104,35 @@ class DataCfg(Section):
             return [DataSource(path=self.train)]
         return list(self.train)
 
+    def tasks(self) -> list[str]:
+        """Task names of a multi-task run (one per source of a list); empty for a single training file."""
+        return [] if isinstance(self.train, str) else [s.task_name() for s in self.train]
+
+    def single_train(self, stage: str) -> str:
+        """The one training file of a stage that reads one file; several sources are a clear error."""
+        if isinstance(self.train, str):
+            return self.train
+        if len(self.train) == 1 and self.train[0].eval is None:
+            return self.train[0].path
+        raise ValueError(f"data.train: stage {stage} reads one training file, got {len(self.train)} sources; "
+                         "multi-task runs are supported by stage sft and pretrain (or merge the files into one)")
+
     def train_label(self) -> str:
         """A short name of the training data for messages."""
         return self.train if isinstance(self.train, str) else " + ".join(s.path for s in self.train)
+
+
+def _check_task_names(sources: list[DataSource]) -> None:
+    """Every source of a list is a task: names must be unique and fit in a metric key."""
+    problems, seen = [], {}
+    for i, src in enumerate(sources):
+        name = src.task_name()
+        if not TASK_NAME.match(name):
+            problems.append(f"data.train[{i}].task: {name!r} can hold only letters, digits, '_', '.' and '-'; "
+                            "set task: to a short name such as qa")
+        elif name in seen:
+            problems.append(f"data.train[{i}].task: {name!r} is already the task of data.train[{seen[name]}]; "
+                            "give each source its own task: name")
+        seen.setdefault(name, i)
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from tunelab.config.data import DataSource
 from tunelab.config.schema import DataCfg
 from tunelab.data import cache as tcache
 from tunelab.data.formats import Conversation, parse_records
@@ -27,7 +30,8 @@ class PreparedData:
     """Tokenized train/validation samples and what was found on the way (shown to the user, saved in the run).
 
     With data.packing the samples are `PackedRow`s (several samples per row); collate them with
-    `tunelab.data.packing.collate_packed`.
+    `tunelab.data.packing.collate_packed`. A multi-task run (2+ sources in data.train) also has
+    `val_sets`: each task's own validation samples by task name (`val` is their union).
     """
 
     train: list[Tokenized]
@@ -36,6 +40,7 @@ class PreparedData:
     format: str
     stats: dict
     rejects: list[dict] = field(default_factory=list)
+    val_sets: dict[str, list[Tokenized]] = field(default_factory=dict)
 
 
 def split_train_val(items: list, val_size: float, seed: int) -> tuple[list, list]:
@@ -71,25 +76,71 @@ def mixture_counts(sizes: list[int], weights: list[float]) -> list[int]:
     return [min(n, round(total * p)) for n, p in zip(sizes, shares)]
 
 
+@dataclass
+class TaskSplit:
+    """One task of a multi-task run: its source, and its training share and validation items (any item type)."""
+
+    name: str
+    source: DataSource
+    train: list
+    val: list
+
+
+def split_tasks(cfg: DataCfg, load: Callable[[str, DataSource], list], seed: int) -> list[TaskSplit]:
+    """Load every source of `data.train` as a task, give each its validation, then draw the mixture by weight.
+
+    `load(path, source)` reads one file (the source's training file or its `eval:` file). A task's
+    validation is its own `eval:` file, else data.val_size of its records held out (seeded). The
+    training shares then follow the weights (`mixture_counts`) without repeats. Shared by every stage
+    that accepts several tasks (sft, pretrain), whatever its item type.
+    """
+    tasks = []
+    for i, src in enumerate(cfg.sources()):
+        items = load(src.path, src)
+        if not items:
+            raise DataError(f"{src.path}: no valid records in data.train[{i}] (task {src.task_name()})")
+        if src.eval:
+            val = load(src.eval, src)
+        else:
+            items, val = split_train_val(items, cfg.val_size, seed)
+        tasks.append(TaskSplit(src.task_name(), src, items, val))
+    counts = mixture_counts([len(t.train) for t in tasks], [t.source.weight for t in tasks])
+    rng = random.Random(seed)
+    for task, n in zip(tasks, counts):
+        if n < len(task.train):
+            task.train = rng.sample(task.train, n)
+    return tasks
+
+
+def mix_tasks(tasks: list[TaskSplit], seed: int, max_items: int | None = None) -> list[tuple[str, object]]:
+    """The training items of every task as (task name, item), shuffled together (seeded); at most `max_items`."""
+    mixed = [(t.name, item) for t in tasks for item in t.train]
+    random.Random(seed).shuffle(mixed)
+    return mixed[:max_items] if max_items else mixed
+
+
 def load_train(cfg: DataCfg, seed: int, rejects: list[dict] | None) -> tuple[list[Conversation], str, dict]:
-    """Training conversations of every source, mixed by weight; returns (conversations, format, per-source counts)."""
+    """Training conversations of a single-task run (one file, or a one-source list); returns (conversations,
+    format, per-source counts). Multi-task runs go through `split_tasks`, which also holds out each task's validation.
+    """
     if isinstance(cfg.train, str):  # one file: exactly the records in file order
         convs, fmt = load_conversations(cfg.train, cfg.format, cfg.columns, rejects)
         return convs, fmt, {cfg.train: len(convs)}
-    loaded, formats = [], []
-    for src in cfg.sources():
-        convs, fmt = load_conversations(src.path, src.format or cfg.format, src.columns or cfg.columns, rejects)
-        if not convs:
-            raise DataError(f"{src.path}: no valid records in this data.train source")
-        loaded.append(convs)
+    src = cfg.train[0]
+    convs, fmt = load_conversations(src.path, src.format or cfg.format, src.columns or cfg.columns, rejects)
+    if not convs:
+        raise DataError(f"{src.path}: no valid records in this data.train source")
+    mixed = list(convs)
+    random.Random(seed).shuffle(mixed)  # a list's records are shuffled (seeded), as in a mixture
+    return mixed, fmt, {src.path: len(convs)}
+
+
+def _conversation_loader(cfg: DataCfg, rejects: list[dict] | None, formats: list[str]):
+    def load(path: str, src: DataSource) -> list[Conversation]:
+        convs, fmt = load_conversations(path, src.format or cfg.format, src.columns or cfg.columns, rejects)
         formats.append(fmt)
-    counts = mixture_counts([len(c) for c in loaded], [s.weight for s in cfg.sources()])
-    rng = random.Random(seed)
-    mixed: list[Conversation] = []
-    for convs, n in zip(loaded, counts):
-        mixed += rng.sample(convs, n) if n < len(convs) else list(convs)
-    rng.shuffle(mixed)
-    return mixed, "+".join(dict.fromkeys(formats)), {s.path: n for s, n in zip(cfg.sources(), counts)}
+        return convs
+    return load
 
 
 def tokenize_all(tokenizer, template: str, convs: list[Conversation], max_length: int,
@@ -110,7 +161,8 @@ def _cache_parts(cfg: DataCfg, tokenizer, template: str, seed: int) -> dict:
     return {
         # the path is part of the key only so that messages and per-source counts name the right file
         "sources": [{"path": str(Path(s.path).resolve()), "digest": tcache.file_digest(s.path), "weight": s.weight,
-                     "format": s.format, "columns": s.columns} for s in cfg.sources()],
+                     "format": s.format, "columns": s.columns, "task": s.task_name(),
+                     "eval": tcache.file_digest(s.eval) if s.eval else None} for s in cfg.sources()],
         "single": isinstance(cfg.train, str),
         "eval": tcache.file_digest(cfg.eval) if cfg.eval else None,
         "settings": cfg.model_dump(exclude={"train", "eval", "cache"}),
@@ -121,7 +173,7 @@ def _cache_parts(cfg: DataCfg, tokenizer, template: str, seed: int) -> dict:
 
 
 def _all_exist(cfg: DataCfg) -> bool:
-    return all(Path(s.path).exists() for s in cfg.sources())
+    return all(Path(p).exists() for s in cfg.sources() for p in (s.path, s.eval) if p)
 
 
 def prepare_data(cfg: DataCfg, tokenizer, template: str, seed: int, run_dir: str | Path | None = None) -> PreparedData:
@@ -137,13 +189,16 @@ def prepare_data(cfg: DataCfg, tokenizer, template: str, seed: int, run_dir: str
         if hit is not None:
             splits, meta = hit
             data = PreparedData(splits["train"], splits["val"], tcache.conversations_from_json(meta["val_conversations"]),
-                                meta["format"], {**meta["stats"], "cache": "hit"}, meta.get("rejects", []))
+                                meta["format"], {**meta["stats"], "cache": "hit"}, meta.get("rejects", []),
+                                {name: splits[f"val@{name}"] for name in meta.get("tasks", [])})
             _write_rejects(data, run_dir)
             return data
     data = _prepare_fresh(cfg, tokenizer, template, seed)
     if key is not None:
-        tcache.save_entry(key, {"train": data.train, "val": data.val},
+        tcache.save_entry(key, {"train": data.train, "val": data.val,
+                                **{f"val@{name}": v for name, v in data.val_sets.items()}},
                           {"format": data.format, "stats": data.stats, "rejects": data.rejects,
+                           "tasks": list(data.val_sets),
                            "val_conversations": tcache.conversations_to_json(data.val_conversations)})
     data.stats["cache"] = "miss" if key is not None else "off"
     _write_rejects(data, run_dir)
@@ -151,16 +206,59 @@ def prepare_data(cfg: DataCfg, tokenizer, template: str, seed: int, run_dir: str
 
 
 def _prepare_fresh(cfg: DataCfg, tokenizer, template: str, seed: int) -> PreparedData:
+    if len(cfg.tasks()) > 1:
+        return _prepare_tasks(cfg, tokenizer, template, seed)
     rejects: list[dict] | None = [] if cfg.skip_invalid else None
     train_convs, fmt, per_source = load_train(cfg, seed, rejects)
     if cfg.max_samples:
         train_convs = train_convs[: cfg.max_samples]
-    if cfg.eval:
-        val_convs, _ = load_conversations(cfg.eval, cfg.format, cfg.columns, rejects)
+    eval_file = cfg.eval or cfg.sources()[0].eval  # a one-source list may name its eval file in the source
+    if eval_file:
+        val_convs, _ = load_conversations(eval_file, cfg.format, cfg.columns, rejects)
     else:
         train_convs, val_convs = split_train_val(train_convs, cfg.val_size, seed)
     train = tokenize_all(tokenizer, template, train_convs, cfg.max_length, rejects)
     val = tokenize_all(tokenizer, template, val_convs, cfg.max_length, rejects)
+    stats = _check_and_count(cfg, train, val, fmt, rejects)
+    if not isinstance(cfg.train, str):
+        stats["sources"] = per_source
+    if cfg.packing:
+        packed_train, packed_val = pack(train, cfg.max_length), pack(val, cfg.max_length)
+        stats["packing"] = pack_stats(train, packed_train, cfg.max_length)
+        train, val = packed_train, packed_val
+    return PreparedData(train, val, val_convs, fmt, stats, rejects or [])
+
+
+def _prepare_tasks(cfg: DataCfg, tokenizer, template: str, seed: int) -> PreparedData:
+    """A multi-task run: tasks split and mixed by `split_tasks`, each task's validation kept apart."""
+    rejects: list[dict] | None = [] if cfg.skip_invalid else None
+    formats: list[str] = []
+    tasks = split_tasks(cfg, _conversation_loader(cfg, rejects, formats), seed)
+    mixed = mix_tasks(tasks, seed, cfg.max_samples)
+    tagged = [(name, t) for name, c in mixed for t in tokenize_all(tokenizer, template, [c], cfg.max_length, rejects)]
+    train = [t for _, t in tagged]
+    val_sets = {task.name: tokenize_all(tokenizer, template, task.val, cfg.max_length, rejects) for task in tasks}
+    val = [t for v in val_sets.values() for t in v]
+    fmt = "+".join(dict.fromkeys(formats))
+    stats = _check_and_count(cfg, train, val, fmt, rejects)
+    per_task = Counter(name for name, _ in tagged)
+    stats["sources"] = {task.source.path: len(task.train) for task in tasks}
+    stats["tasks"] = {task.name: {"path": task.source.path, "weight": task.source.weight,
+                                  "eval": task.source.eval, "train_samples": per_task[task.name],
+                                  "train_target_tokens": sum(t.n_targets for name, t in tagged if name == task.name),
+                                  "val_samples": len(val_sets[task.name])} for task in tasks}
+    if cfg.packing:
+        packed = pack(train, cfg.max_length)
+        stats["packing"] = pack_stats(train, packed, cfg.max_length)
+        train = packed
+        val_sets = {name: pack(v, cfg.max_length) for name, v in val_sets.items()}
+        val = [t for v in val_sets.values() for t in v]
+    return PreparedData(train, val, [c for task in tasks for c in task.val], fmt, stats, rejects or [], val_sets)
+
+
+def _check_and_count(cfg: DataCfg, train: list[Tokenized], val: list[Tokenized], fmt: str,
+                     rejects: list[dict] | None) -> dict:
+    """Refuse data with nothing to train on; otherwise the counts shown to the user and saved in the run."""
     if not train:
         why = f" ({len(rejects)} records rejected; see rejected.jsonl in the run folder)" if rejects else ""
         raise DataError(f"{cfg.train_label()}: no training samples left after filtering and the validation "
@@ -168,7 +266,7 @@ def _prepare_fresh(cfg: DataCfg, tokenizer, template: str, seed: int) -> Prepare
     if not any(t.n_targets for t in train):
         raise DataError(f"{cfg.train_label()}: no trainable (assistant) tokens in the training data; check the "
                         "chat template and data.max_length")
-    stats = {
+    return {
         "format": fmt,
         "train_samples": len(train),
         "val_samples": len(val),
@@ -177,13 +275,6 @@ def _prepare_fresh(cfg: DataCfg, tokenizer, template: str, seed: int) -> Prepare
         "truncated": sum(t.truncated for t in train + val),
         "rejected": len(rejects or []),
     }
-    if not isinstance(cfg.train, str):
-        stats["sources"] = per_source
-    if cfg.packing:
-        packed_train, packed_val = pack(train, cfg.max_length), pack(val, cfg.max_length)
-        stats["packing"] = pack_stats(train, packed_train, cfg.max_length)
-        train, val = packed_train, packed_val
-    return PreparedData(train, val, val_convs, fmt, stats, rejects or [])
 
 
 def _write_rejects(data: PreparedData, run_dir: str | Path | None) -> None:

@@ -12,10 +12,10 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -128,21 +128,51 @@ def evaluate_loss(model, samples: Sequence, collate_fn, loss_fn: LossFn, batch_s
 
     If `metrics` is a dict, the loss function's extra metrics are averaged into it (weighted by count).
     """
+    overall, _ = evaluate_sets(model, {"all": samples}, collate_fn, loss_fn, batch_size, device, autocast, metrics)
+    return overall
+
+
+@torch.no_grad()
+def evaluate_sets(model, sets: Mapping[str, Sequence], collate_fn, loss_fn: LossFn, batch_size: int, device,
+                  autocast, metrics: dict | None = None) -> tuple[float, dict[str, float]]:
+    """(mean per-token loss over the union of the named sets, {name: mean per-token loss of that set}).
+
+    Each set is batched on its own, so a multi-task run's per-task losses are exactly what evaluating
+    each task alone gives; the overall loss sums every set's loss and count before dividing, so it
+    equals evaluating the union. Extra metrics from `loss_fn` are averaged over the union into `metrics`.
+    """
     was_training = model.training
     model.eval()
-    total, n = 0.0, 0
-    for i in range(0, len(samples), batch_size):
-        batch = _to(collate_fn(samples[i:i + batch_size]), device)
-        with autocast():
-            out = loss_fn(model, batch)
-        loss_sum, count = out[0], out[1]
-        total += float(loss_sum)
-        n += count
-        _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
+    sums: dict[str, tuple[float, int]] = {}
+    for name, samples in sets.items():
+        total, n = 0.0, 0
+        for i in range(0, len(samples), batch_size):
+            batch = _to(collate_fn(samples[i:i + batch_size]), device)
+            with autocast():
+                out = loss_fn(model, batch)
+            loss_sum, count = out[0], out[1]
+            total += float(loss_sum)
+            n += count
+            _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
+        sums[name] = (total, n)
     if metrics is not None:
         _mean_metrics(metrics)
     model.train(was_training)
-    return total / max(n, 1)
+    overall = sum(t for t, _ in sums.values()) / max(sum(n for _, n in sums.values()), 1)
+    return overall, {name: t / max(n, 1) for name, (t, n) in sums.items()}
+
+
+def eval_log_line(overall: float, per_set: Mapping[str, float], extra: Mapping[str, float]) -> dict:
+    """The metrics.jsonl eval line: eval_loss/eval_ppl overall, eval_loss/<set> and eval_ppl/<set> per named set."""
+    line = {"eval_loss": overall, "eval_ppl": _ppl(overall)}
+    for name, loss in per_set.items():
+        line[f"eval_loss/{name}"] = loss
+        line[f"eval_ppl/{name}"] = _ppl(loss)
+    return {**line, **{f"eval_{k}": v for k, v in extra.items()}}
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(min(loss, 50))
 
 
 def _to(batch: dict, device) -> dict:
@@ -178,11 +208,14 @@ def total_steps_for(cfg: TrainCfg, n_samples: int) -> int:
     return max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
 
 
-def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequence, collate_fn, loss_fn: LossFn,
+def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequence | Mapping[str, Sequence],
+        collate_fn, loss_fn: LossFn,
         cfg: TrainCfg, run_dir: Path, device: torch.device, trackers: list, order_fn,
         progress: bool = True, optim=None, train_stream=None) -> FitResult:
     """Train `model` (already prepared by `method.apply`) and leave the final/best weights in it.
 
+    `val_samples` is one validation list, or named sets (a multi-task run's tasks): then each set's loss is
+    logged as eval_loss/<name> beside the overall eval_loss, which early stopping and best_step follow.
     `optim` is the run's OptimCfg (optimizer, per-group rates, EWC); None = the run folder's stored one.
     `train_stream(batch_size, pos)`, when given, replaces `train_samples` (data.streaming): it yields
     (micro_index, samples) from the position in `pos` and keeps its data position in `pos["stream"]`.
@@ -232,6 +265,10 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
               if train_stream is None else train_stream(global_batch, pos))
     params = [p for p in model.parameters() if p.requires_grad]
     stopped, last_eval, last_loss = "completed", None, None
+    # named eval sets (multi-task) are reported one by one; a plain list is one unnamed set, logged as before
+    eval_sets = dict(val_samples) if isinstance(val_samples, Mapping) else {"all": val_samples}
+    has_val = any(len(v) for v in eval_sets.values())
+    last_by_set: dict[str, float] = {}
     flag: dict = {}
     model.train()
     t_start = time.perf_counter() - pos["elapsed_s"]
@@ -299,12 +336,11 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
             bar.update(step, metrics)
 
             at_end = step == total_steps
-            if val_samples and ((cfg.eval_every and step % cfg.eval_every == 0) or at_end):
+            if has_val and ((cfg.eval_every and step % cfg.eval_every == 0) or at_end):
                 eval_extra: dict = {}
-                last_eval = evaluate_loss(model, val_samples, collate_fn, loss_fn, cfg.batch_size, device, autocast,
-                                          eval_extra)
-                log({"eval_loss": last_eval, "eval_ppl": math.exp(min(last_eval, 50)),
-                     **{f"eval_{k}": v for k, v in eval_extra.items()}})
+                last_eval, last_by_set = evaluate_sets(model, eval_sets, collate_fn, loss_fn, cfg.batch_size, device,
+                                                       autocast, eval_extra)
+                log(eval_log_line(last_eval, last_by_set if isinstance(val_samples, Mapping) else {}, eval_extra))
                 bar.update(step, {**metrics, "eval_loss": last_eval})
                 if pos["best_eval"] is None or last_eval < pos["best_eval"] - 1e-6:
                     pos.update(best_eval=last_eval, best_step=step, bad_evals=0)
@@ -335,6 +371,8 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
         "tokens": pos["tokens"], "tokens_per_s": pos["tokens"] / max(elapsed, 1e-9), "elapsed_s": round(elapsed, 3),
         "stopped": stopped if stopped != "completed" or not cfg.max_steps else "max_steps",
     }
+    if isinstance(val_samples, Mapping) and last_by_set:
+        summary["eval_loss_per_task"] = last_by_set
     return FitResult(step, summary["stopped"], summary)
 
 

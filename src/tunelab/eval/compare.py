@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-PAIRED_KEYS = ("prompt", "reference")  # the same in both rows; everything else gets a compare_ twin
+PAIRED_KEYS = ("prompt", "reference", "task")  # the same in both rows; everything else gets a compare_ twin
 
 
 def load_other(run, spec: str, device: str = "auto") -> tuple[str, tuple[Any, Any, str]]:
@@ -20,8 +20,8 @@ def load_other(run, spec: str, device: str = "auto") -> tuple[str, tuple[Any, An
     if spec == "base":
         from tunelab.models import load_model, pick_device
 
-        cfg = run.config.model
-        model = load_model(cfg.name, cfg.dtype, pick_device(device), cfg.trust_remote_code)
+        cfg = run.config.model  # a run-based model's base is that run, merged (tunelab.models.loader)
+        model = load_model(run.base_model_name, cfg.dtype, pick_device(device), cfg.trust_remote_code)
         model.eval()
         return f"base:{cfg.name}", (model, run.load_tokenizer(), run.chat_template)
     from tunelab.run import Run

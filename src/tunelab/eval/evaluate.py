@@ -8,7 +8,7 @@ import datetime as _dt
 import gc
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -76,15 +76,58 @@ def score_model(model, tokenizer, template: str, data: str, metrics: Sequence[st
     return results, rows
 
 
+def task_files(data: str | Sequence[str]) -> dict[str, str]:
+    """{task: file} from data files given as `path` or `task=path`; a task is named after its file's stem.
+
+    One name per task: two files with the same stem need explicit names (qa_en=a/qa.json qa_zh=b/qa.json).
+    """
+    items = [data] if isinstance(data, str) else list(data)
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not re.fullmatch(r"[\w.-]+", name):  # a plain path (which may itself hold '=')
+            name, path = Path(item).stem, item
+        if name in out:
+            raise ValueError(f"--data {item}: task {name!r} is already {out[name]}; name them as TASK=FILE "
+                             f"(e.g. --data {name}_2={path})")
+        out[name] = path
+    return out
+
+
+def score_tasks(model, tokenizer, template: str, files: Mapping[str, str], **kw) -> tuple[dict, list[dict]]:
+    """`score_model` on each task's file: metrics as <task>/<metric>, plus mean/<metric> over the tasks.
+
+    The mean is unweighted (each task counts once, however many examples it has), the usual
+    multi-task summary; each row of the predictions gains its "task".
+    """
+    per_task: dict[str, dict] = {}
+    rows: list[dict] = []
+    for task, path in files.items():
+        results, task_rows = score_model(model, tokenizer, template, path, **kw)
+        per_task[task] = results
+        rows += [{"task": task, **row} for row in task_rows]
+    shared = [k for k, v in next(iter(per_task.values())).items()
+              if k != "n" and isinstance(v, (int, float)) and all(k in r for r in per_task.values())]
+    merged: dict[str, Any] = {f"mean/{k}": sum(r[k] for r in per_task.values()) / len(per_task) for k in shared}
+    for task, results in per_task.items():
+        merged.update({f"{task}/{k}": v for k, v in results.items()})
+    merged["n"] = sum(r["n"] for r in per_task.values())
+    return merged, rows
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "other"
 
 
-def evaluate_run(run, data: str | None = None, metrics: Sequence[str] = DEFAULT_METRICS, max_new_tokens: int = 64,
+def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence[str] = DEFAULT_METRICS,
+                 max_new_tokens: int = 64,
                  batch_size: int = 8, limit: int | None = None, device: str = "auto", *, mc: str | None = None,
                  mc_scoring: str = "letter", compare: str | None = None,
                  human_sheet: str | Path | None = None) -> dict[str, Any]:
     """Score a Run on a data file (`data`) or a multiple-choice file (`mc`) with the run's own template.
+
+    `data` may be several files, one per task (`path` or `task=path`, see `task_files`): metrics are then
+    reported per task as <task>/<metric> with mean/<metric> over the tasks (`score_tasks`).
 
     With `compare` ("base" or another run folder) the other system is scored the same way and
     the saved JSON gains {"compare": {"name", "metrics", "deltas"}}; each predictions row gains
@@ -104,15 +147,25 @@ def evaluate_run(run, data: str | None = None, metrics: Sequence[str] = DEFAULT_
         stem = f"{Path(mc).stem}-mc"
     else:
         check_metrics(metrics)
-        scorer = partial(score_model, data=data, metrics=metrics, max_new_tokens=max_new_tokens,
-                         batch_size=batch_size, max_length=max_length, limit=limit)
+        files = task_files(data)
+        options = {"metrics": metrics, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                   "max_length": max_length, "limit": limit}
         settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                     "limit": limit, "metrics": list(metrics)}
-        stem = Path(data).stem
+        if len(files) == 1:
+            data = next(iter(files.values()))
+            scorer = partial(score_model, data=data, **options)
+            stem = Path(data).stem
+        else:  # one file per task
+            scorer = partial(score_tasks, files=files, **options)
+            settings["tasks"] = files
+            data = list(files.values())
+            stem = "+".join(files)
     model, tok, template = run.load_model(device=device)
     results, rows = scorer(model, tok, template)
     del model
-    record: dict[str, Any] = {"data": str(mc if mc is not None else data), "metrics": results, "settings": settings,
+    source = str(mc) if mc is not None else data if isinstance(data, list) else str(data)
+    record: dict[str, Any] = {"data": source, "metrics": results, "settings": settings,
                               "n": results["n"]}
     if compare:
         name, (other, other_tok, other_template) = load_other(run, compare, device)

@@ -106,6 +106,8 @@ def _plots(rows: Sequence[dict[str, Any]], marks: Sequence[Mark]) -> dict[str, s
             ax.plot(*train, label="train loss", color="#1f77b4", linewidth=1.2)
         if evals[0]:
             ax.plot(*evals, label="validation loss", color="#d62728", marker="o", markersize=4)
+        for key in _task_keys(rows):  # a multi-task run: one dashed validation curve per task
+            ax.plot(*_series(rows, key), label=f"validation {key.split('/', 1)[1]}", linestyle="--", marker=".")
         for i, mark in enumerate(marks):
             ax.axvline(mark.step, color="#ff7f0e", linestyle="--", label="overfitting" if i == 0 else None)
         ax.set_xlabel("step")
@@ -126,6 +128,11 @@ def _plots(rows: Sequence[dict[str, Any]], marks: Sequence[Mark]) -> dict[str, s
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
             out[key] = _svg(fig)
     return out
+
+
+def _task_keys(rows: list[dict]) -> list[str]:
+    """The per-task validation keys (eval_loss/<task>) of a multi-task run, in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in r if k.startswith("eval_loss/")))
 
 
 def _evals(run_dir: Path) -> list[dict[str, Any]]:

@@ -2,6 +2,11 @@
 
 Nothing here downloads. A GGUF file is dequantized once and cached as a safetensors folder
 (under ~/.cache/tunelab/gguf, or $TUNELAB_CACHE) so later loads take a second, not fifteen.
+
+A finished run folder is a base model too (domain adaptation: `pretrain`, then `sft` with
+`model.name: runs/<pretrain-run>`): its own base is loaded (recursively, so a run of a run works),
+its trained part is merged into those weights, and its tokenizer and chat template are kept.
+The next run then trains a fresh adapter (or all weights) on top of that merged model.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ class ModelNotFound(ValueError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model comes from: `kind` is hf_dir, gguf, tiny or hub; `path` the folder/file/id."""
+    """Where a model comes from: `kind` is hf_dir, gguf, tiny, hub or run; `path` the folder/file/id."""
 
     kind: str
     path: str
@@ -63,6 +68,8 @@ def resolve_model(name: str) -> ModelSource:
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource("gguf", str(path.resolve()))
     if path.is_dir():
+        if is_run_folder(path):
+            return ModelSource("run", str(path.resolve()))
         if (path / "config.json").is_file():
             return ModelSource("hf_dir", str(path.resolve()))
         ggufs = sorted(path.glob("*.gguf"))
@@ -87,6 +94,110 @@ def resolve_model(name: str) -> ModelSource:
         f"{name}: unknown model; use an alias (smollm2-135m, {', '.join(TINY_MODELS)}), "
         "a local HF folder, a .gguf file, or a cached hub id"
     )
+
+
+RUN_FILES = ("config.yaml", "run.json")
+"""What every tunelab run folder holds from its first step; a folder with both is treated as a run."""
+NOT_LANGUAGE_MODELS = ("classify", "reward")
+"""Stages whose result scores text instead of writing it: not a base for another run."""
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether a folder is a tunelab run (config.yaml + run.json), rather than an HF model folder."""
+    path = Path(path)
+    return all((path / f).is_file() for f in RUN_FILES) and not (path / "config.json").is_file()
+
+
+@dataclass(frozen=True)
+class RunBase:
+    """A finished run used as a base: its folder, its own base model name, method, stage and weights folder."""
+
+    path: Path
+    base_name: str
+    method: str
+    stage: str
+    weights: Path
+
+
+def read_run_base(path: str | Path) -> RunBase:
+    """What a finished run folder needs to be loaded as a base model, or ModelNotFound saying what is missing."""
+    import yaml
+
+    from tunelab.methods import get_method
+
+    path = Path(path).resolve()
+    raw = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    model, method, stage = raw.get("model") or {}, raw.get("method") or {}, raw.get("stage", "sft")
+    if not model.get("name") or not method.get("name"):
+        raise ModelNotFound(f"{path}/config.yaml: no model.name or method.name; not a config written by tunelab train")
+    if stage in NOT_LANGUAGE_MODELS:
+        raise ModelNotFound(f"{path}: a {stage} run scores text and cannot be the base of another run; use an sft, "
+                            "pretrain or preference run (or its base model) as model.name")
+    weights = path / get_method(method["name"]).WEIGHTS_DIR
+    if not (path / "summary.json").is_file() or not weights.is_dir():
+        raise ModelNotFound(f"{path}: a run folder, but not a finished run (no summary.json or {weights.name}/); "
+                            f"finish it with `tunelab train {path}/config.yaml train.resume=auto`, or point "
+                            "model.name at a finished run")
+    return RunBase(path, run_base_name(path, model["name"]), method["name"], stage, weights)
+
+
+def run_base_name(run_dir: str | Path, name: str) -> str:
+    """A run's model.name, made loadable from any working folder.
+
+    A base that is itself a run was named relative to where training ran; the run's run.json keeps
+    its absolute path in base_chain, used when the relative name does not resolve from here.
+    """
+    import json
+
+    info = Path(run_dir) / "run.json"
+    chain = json.loads(info.read_text(encoding="utf-8")).get("base_chain") if info.is_file() else None
+    if chain and not Path(name).expanduser().exists() and Path(chain[0]["run"]).is_dir():
+        return chain[0]["run"]
+    return name
+
+
+def base_chain(name: str) -> list[dict]:
+    """The runs a model name stands on, nearest first: [{"run", "stage", "method", "base_model"}, ...].
+
+    Empty for a plain model. The last entry's base_model is the original model (an alias, folder or file).
+    """
+    chain: list[dict] = []
+    seen: set[Path] = set()
+    src = resolve_model(name)
+    while src.kind == "run":
+        run = read_run_base(src.path)
+        if run.path in seen:
+            raise ModelNotFound(f"{run.path}: its base model chain loops back to itself")
+        seen.add(run.path)
+        chain.append({"run": str(run.path), "stage": run.stage, "method": run.method, "base_model": run.base_name})
+        src = resolve_model(run.base_name)
+    return chain
+
+
+def root_model(name: str) -> str:
+    """The original model under a chain of runs (the name itself when it is not a run)."""
+    chain = base_chain(name)
+    return chain[-1]["base_model"] if chain else name
+
+
+def _load_run_model(path: str, dtype: str, device: torch.device, trust_remote_code: bool, depth: int = 0):
+    """A finished run's model with its trained part merged in, on top of its own (possibly run) base."""
+    from tunelab.methods import NotMergeable, get_method
+
+    if depth > 32:
+        raise ModelNotFound(f"{path}: more than 32 runs stacked as bases; is there a loop in model.name?")
+    run = read_run_base(path)
+    src = resolve_model(run.base_name)
+    if src.kind == "run":
+        base = _load_run_model(src.path, dtype, device, trust_remote_code, depth + 1)
+    else:
+        base = load_model(run.base_name, dtype, device, trust_remote_code)
+    method = get_method(run.method)
+    try:
+        return method.merge(method.load_for_inference(base, run.weights))
+    except NotMergeable as e:
+        raise ModelNotFound(f"{run.path}: its {run.method} weights cannot be merged into the base, so it cannot be "
+                            f"the base of another run ({e})") from None
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -147,6 +258,12 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     src = resolve_model(name)
     if src.kind == "tiny":
         return tiny_tokenizer()
+    if src.kind == "run":  # the tokenizer the run trained with; its chat_template.jinja comes along
+        read_run_base(src.path)  # refuses an unfinished run before anything else loads
+        tok = AutoTokenizer.from_pretrained(str(Path(src.path) / "tokenizer"))
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
     path = gguf_as_hf_dir(src.path) if src.kind == "gguf" else src.path
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
@@ -155,7 +272,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu", trust_remote_code: bool = False):
-    """Load a causal LM by name (see resolve_model) in the requested dtype on the device."""
+    """Load a causal LM by name (see resolve_model) in the requested dtype on the device.
+
+    A run folder loads as its base with the run's trained part merged in (a plain model, no adapter left).
+    """
     from transformers import AutoModelForCausalLM
 
     from tunelab.models.tiny import build_tiny_model
@@ -165,6 +285,8 @@ def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu
     src = resolve_model(name)
     if src.kind == "tiny":
         model = build_tiny_model(src.path).to(torch_dtype)
+    elif src.kind == "run":
+        model = _load_run_model(src.path, dtype, device, trust_remote_code).to(torch_dtype)
     else:
         path = gguf_as_hf_dir(src.path) if src.kind == "gguf" else src.path
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code)

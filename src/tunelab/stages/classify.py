@@ -173,7 +173,7 @@ def run(cfg, progress: bool = True):
         raise ImportError("stage classify reports its metrics with scikit-learn: pip install 'tunelab[eval]'") from None
     setup = setup_run(cfg, progress)
     ccfg = cfg.classify
-    train_ex, val_ex = load_split(cfg.data, load_classification, cfg.train.seed)
+    train_ex, val_ex = load_split(cfg.data, load_classification, cfg.train.seed, stage=cfg.stage)
     labels = list(ccfg.labels) if ccfg.labels else sorted({ex.label for ex in train_ex + val_ex})
     if len(labels) < 2:
         raise DataError(f"{cfg.data.train}: classification needs at least 2 classes, found {labels}")

@@ -399,12 +399,12 @@ def run(cfg, progress: bool = True):
                               undesirable_weight=pcfg.undesirable_weight)
     tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
     if is_kto:
-        train_ex, val_ex = load_split(cfg.data, load_kto, cfg.train.seed)
+        train_ex, val_ex = load_split(cfg.data, load_kto, cfg.train.seed, stage=cfg.stage)
         train = kto_samples(train_ex, tok, tpl, max_len, pcfg.kto_kl)
         val = kto_samples(val_ex, tok, tpl, max_len, pcfg.kto_kl)
         collate_fn = partial(collate_kto, pad_id=tok.pad_token_id)
     else:
-        train_ex, val_ex = load_split(cfg.data, load_preference, cfg.train.seed)
+        train_ex, val_ex = load_split(cfg.data, load_preference, cfg.train.seed, stage=cfg.stage)
         train, val = pair_samples(train_ex, tok, tpl, max_len), pair_samples(val_ex, tok, tpl, max_len)
         collate_fn = partial(collate_pairs, pad_id=tok.pad_token_id)
     reference = None

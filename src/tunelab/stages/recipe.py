@@ -116,15 +116,21 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def load_split(data_cfg, load, seed: int) -> tuple[list, list]:
+def load_split(data_cfg, load, seed: int, stage: str = "this") -> tuple[list, list]:
     """Examples for a stage with its own data format: `load(path)` for train (and eval), then the val split.
 
     Applies data.max_samples and data.val_size exactly as SFT does; `load` raises DataError on bad records.
+    Such stages read one training file: several `data.train` sources raise a ConfigError naming `stage`.
     """
+    from tunelab.config import ConfigError
     from tunelab.data.io import DataError
     from tunelab.data.pipeline import split_train_val
 
-    train = load(data_cfg.train)
+    try:
+        path = data_cfg.single_train(stage)
+    except ValueError as e:
+        raise ConfigError([str(e)]) from None
+    train = load(path)
     if data_cfg.max_samples:
         train = train[: data_cfg.max_samples]
     if data_cfg.eval:
@@ -132,7 +138,7 @@ def load_split(data_cfg, load, seed: int) -> tuple[list, list]:
     else:
         train, val = split_train_val(train, data_cfg.val_size, seed)
     if not train:
-        raise DataError(f"{data_cfg.train}: no training examples left after the validation split")
+        raise DataError(f"{path}: no training examples left after the validation split")
     return train, val
 
 

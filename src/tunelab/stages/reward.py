@@ -90,7 +90,7 @@ def run(cfg, progress: bool = True):
     on the last token; the head is saved with the run (see ``tunelab.stages.heads``).
     """
     setup = setup_run(cfg, progress)
-    train_ex, val_ex = load_split(cfg.data, load_preference, cfg.train.seed)
+    train_ex, val_ex = load_split(cfg.data, load_preference, cfg.train.seed, stage=cfg.stage)
     tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
     train, val = pair_samples(train_ex, tok, tpl, max_len), pair_samples(val_ex, tok, tpl, max_len)
     setup.model = ScoreModel(setup.model, 1, seed=cfg.train.seed)

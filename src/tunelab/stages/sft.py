@@ -3,6 +3,8 @@
 Collator: right-padded (B, T) batches with -100 on everything but assistant tokens, or packed rows
 with per-sample position_ids when data.packing is on (tunelab.data.packing).
 Loss: summed cross-entropy over target tokens (the engine normalizes by the accumulated count).
+Multi-task: several data.train sources are tasks mixed by weight; each keeps its own validation set and
+the loop logs eval_loss/<task> beside the overall eval_loss (tunelab.data.pipeline.split_tasks).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from tunelab.data.streaming import check_streaming, prepare_stream
 from tunelab.engine.loop import fit
 from tunelab.engine.loss import causal_lm_loss_sum, count_targets
 from tunelab.kernels.train import chunked_causal_lm_loss, speed_context
+from tunelab.models.loader import base_chain
+from tunelab.run import add_run_info
 from tunelab.stages.recipe import finish_run, setup_run
 
 
@@ -57,13 +61,28 @@ def run(cfg: RunCfg, progress: bool = True):
             + (f", packed into {s['packing']['packed_rows']} rows ({s['packing']['fill_rate']:.0%} full)"
                if "packing" in s else "")
             + (f"; {s['rejected']} invalid records skipped, listed in {s['rejected_file']}" if s.get("rejected")
-               else ""))
+               else "")
+            + "".join(f"\n  task {name}: {t['train_samples']} train / {t['val_samples']} validation"
+                      for name, t in s.get("tasks", {}).items()))
+    record_lineage(setup.run_dir, cfg.model.name, data.stats)
     pad_id = setup.tokenizer.pad_token_id
     collate_fn = partial(collate_packed if cfg.data.packing else collate, pad_id=pad_id)
     with speed_context(setup.model, cfg.train, setup.device):  # fused LoRA is undone before saving
-        result = fit(setup.model, setup.method, data.train, data.val, collate_fn,
+        result = fit(setup.model, setup.method, data.train, getattr(data, "val_sets", None) or data.val, collate_fn,
                      partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
                      cfg.train, setup.run_dir,
                      setup.device, setup.trackers, epoch_order, progress=progress,
                      train_stream=getattr(data, "stream", None))
     return finish_run(setup, result.summary, data.stats)
+
+
+def record_lineage(run_dir, model_name: str, data_stats: dict) -> None:
+    """Add to run.json what this run stands on and trains: the runs under its base model, its tasks."""
+    fields: dict = {}
+    chain = base_chain(model_name)
+    if chain:
+        fields["base_chain"] = chain
+        fields["root_model"] = chain[-1]["base_model"]
+    if "tasks" in data_stats:
+        fields["tasks"] = data_stats["tasks"]
+    add_run_info(run_dir, fields)

@@ -120,6 +120,7 @@ def config_from_form(values: dict[str, Any]) -> dict:
 
 def _paths(cfg: RunCfg) -> list[tuple[str, str]]:
     out = [("data.train", s.path) for s in cfg.data.sources()]
+    out += [(f"data.train[{i}].eval", s.eval) for i, s in enumerate(cfg.data.sources()) if s.eval]
     if cfg.data.eval:
         out.append(("data.eval", cfg.data.eval))
     if getattr(cfg.optim, "ewc", None) is not None and cfg.optim.ewc.data:

@@ -97,7 +97,7 @@ def _load(path: Path, target: str) -> tuple[Any, Any, str]:
     r = Run(path)
     if target == "run":
         return r.load_model(device="cpu")
-    base = load_model(r.config.model.name, r.config.model.dtype, "cpu", False)
+    base = load_model(r.base_model_name, r.config.model.dtype, "cpu", False)
     base.eval()
     return base, r.load_tokenizer(), r.chat_template
 
