@@ -87,7 +87,8 @@ class RunCfg(Section):
     stage: StageName = Field(
         "sft", description="How the model learns: sft, pretrain (raw text), dpo / orpo / simpo / kto (preferences), "
         "reward (a pairwise reward model), classify (sequence classification), grpo (RL from reward functions), "
-        "distill (from a teacher's logits), ppo (RL from a reward model), selftrain (SFT on its own filtered samples).")
+        "distill (from a teacher's logits), ppo (RL from a reward model), selftrain (pseudo-label self-training of a "
+        "classifier, or SFT on its own filtered samples).")
     train: TrainCfg = Field(default_factory=TrainCfg)
     optim: OptimCfg = Field(default_factory=OptimCfg)
     preference: PreferenceCfg = Field(default_factory=PreferenceCfg, description="Stages dpo, orpo, simpo, kto.")

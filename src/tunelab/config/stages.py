@@ -142,18 +142,38 @@ class PpoCfg(Section):
 
 
 class SelftrainCfg(Section):
-    """Self-training on the model's own filtered samples (stage selftrain)."""
+    """Self-training (stage selftrain): pseudo-labelling an unlabelled pool, or rejection-sampling fine-tuning."""
 
-    samples_per_prompt: int = Field(4, gt=0, description="Completions sampled per training prompt.")
-    max_new_tokens: int = Field(128, gt=0, description="Longest sampled completion, in tokens.")
-    temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    mode: Literal["pseudo_label", "rejection"] = Field(
+        "pseudo_label", description="pseudo_label = a classifier (the classify stage, `classify:` section) trained "
+        "on data.train labels selftrain.unlabelled, keeps confident predictions and retrains, for `rounds` rounds; "
+        "rejection = sample answers to data.train prompts, keep those the rewards accept, SFT on them.")
+    unlabelled: str | None = Field(
+        None, description="pseudo_label: .json/.jsonl file of unlabelled inputs, {\"text\": ...} or "
+        "{\"messages\": [...]} records like data.train without the label (a `label`, if present, is never "
+        "trained on; it only scores the pseudo-labels).")
+    threshold: float = Field(
+        0.9, ge=0, le=1, description="pseudo_label: keep a pool prediction when its top class probability is at "
+        "least this.")
+    balance: bool = Field(
+        False, description="pseudo_label: keep the same number per predicted class, as many as the class with "
+        "the fewest confident predictions has (the most confident ones; none when a class has none), so one easy "
+        "class cannot take over the pseudo-labels.")
+    rounds: int = Field(
+        2, ge=1, description="pseudo_label: pseudo-labelling rounds after round 0 (the labelled-only model); each "
+        "retrains from the base model on data.train + the pool predictions kept by the previous round's model.")
+    samples_per_prompt: int = Field(4, gt=0, description="rejection: completions sampled per training prompt.")
+    max_new_tokens: int = Field(128, gt=0, description="rejection: longest sampled completion, in tokens.")
+    temperature: float = Field(0.8, gt=0, description="rejection: sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="rejection: nucleus sampling threshold.")
     rewards: list[str] = Field(
         default_factory=lambda: ["builtin:answer_match"], min_length=1,
-        description="Reward functions that judge the samples (as grpo.rewards), summed with reward_weights.")
-    reward_weights: list[float] | None = Field(None, description="One weight per reward function; null = all 1.")
-    format_regex: str = Field(r"\\boxed\{.+?\}", description="Pattern of builtin:format_regex.")
-    length_target: int = Field(200, gt=0, description="Characters before builtin:length starts to fall.")
-    min_reward: float = Field(1.0, description="Keep only samples whose summed reward is at least this.")
-    keep: Literal["best", "all"] = Field("best", description="best = the top sample per prompt; all = every sample "
-                                         "reaching min_reward.")
+        description="rejection: reward functions that judge the samples (as grpo.rewards), summed with "
+        "reward_weights.")
+    reward_weights: list[float] | None = Field(None, description="rejection: one weight per reward function; "
+                                               "null = all 1.")
+    format_regex: str = Field(r"\\boxed\{.+?\}", description="rejection: pattern of builtin:format_regex.")
+    length_target: int = Field(200, gt=0, description="rejection: characters before builtin:length starts to fall.")
+    min_reward: float = Field(1.0, description="rejection: keep only samples whose summed reward is at least this.")
+    keep: Literal["best", "all"] = Field("best", description="rejection: best = the top sample per prompt; all = "
+                                         "every sample reaching min_reward.")

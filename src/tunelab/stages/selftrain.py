@@ -1,5 +1,9 @@
-"""Self-training: sample answers from the model, keep those a reward judges good, fine-tune on them.
+"""Self-training, two ways (``selftrain.mode``).
 
+``pseudo_label`` (the default): a classifier trained on a few labels labels an unlabelled pool, its confident
+predictions join the training data, and it is trained again, round after round: ``tunelab.stages.pseudo_label``.
+
+``rejection``: sample answers from the model, keep those a reward judges good, fine-tune on them.
 Rejection-sampling fine-tuning (STaR, Zelikman et al. 2022; RFT, Yuan et al. 2023): for every training
 prompt the model (as it is before this stage) samples ``samples_per_prompt`` answers; the reward functions
 (the same ones as GRPO, ``tunelab.stages.rewards``) score them; answers reaching ``min_reward`` are kept
@@ -12,6 +16,7 @@ The run folder gets ``selftrain_samples.jsonl`` (every sample, its rewards and w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -21,6 +26,7 @@ from tunelab.data.io import DataError
 from tunelab.data.pipeline import collate, epoch_order, load_conversations
 from tunelab.data.templates import stop_token_ids, tokenize_conversation
 from tunelab.engine.loop import fit
+from tunelab.stages import pseudo_label
 from tunelab.stages.grpo import (
     collate_prompts,
     completion_batch,
@@ -72,12 +78,12 @@ def sample_and_judge(model, prompts: list, scfg, rewards: dict, tokenizer, templ
     return rows
 
 
-def run(cfg, progress: bool = True):
+def run_rejection(cfg, progress: bool = True):
     """Sample, filter and fine-tune end to end; return the run folder path."""
     setup = setup_run(cfg, progress)
     scfg = cfg.selftrain
     train_convs, val_convs = load_split(cfg.data, lambda path: load_conversations(path, cfg.data.format)[0],
-                                        cfg.train.seed)
+                                        cfg.train.seed, stage=cfg.stage)
     tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
     rewards = {reward_name(spec): load_reward(spec, scfg.format_regex, scfg.length_target) for spec in scfg.rewards}
     rows = sample_and_judge(setup.model, prompt_samples(cfg.data, tok, tpl, train_convs), scfg, rewards, tok, tpl,
@@ -97,8 +103,17 @@ def run(cfg, progress: bool = True):
     say(progress, f"selftrain: kept {len(kept)} of {len(rows)} samples ({len(train_convs)} prompts x "
         f"{scfg.samples_per_prompt}) at reward >= {scfg.min_reward}")
     result = fit(setup.model, setup.method, train, val, partial(collate, pad_id=tok.pad_token_id),
-                 partial(sft_loss, label_smoothing=cfg.train.label_smoothing), cfg.train, setup.run_dir,
+                 partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
+                 cfg.train, setup.run_dir,
                  setup.device, setup.trackers, epoch_order, progress=progress)
     stats = {"format": "selftrain", "prompts": len(train_convs), "samples": len(rows), "train_samples": len(train),
              "val_samples": len(val), "mean_reward": sum(r["reward"] for r in rows) / len(rows)}
     return finish_run(setup, result.summary, stats)
+
+
+MODES: dict[str, Callable] = {"pseudo_label": pseudo_label.run, "rejection": run_rejection}
+
+
+def run(cfg, progress: bool = True):
+    """Self-train the way ``selftrain.mode`` names; return the run folder path."""
+    return MODES[cfg.selftrain.mode](cfg, progress)
