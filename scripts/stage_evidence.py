@@ -7,9 +7,14 @@ stage with LoRA through ``tunelab.train`` and measures the trained run on the sa
   of held-out pairs where the base model gives the chosen answer a higher log-prob. After: the same share for
   the trained policy, and DPO's implicit-reward accuracy (policy-vs-reference log-ratio of chosen above that
   of rejected).
-- ``grpo``: reward 1 when the answer contains an exclamation mark. Before/after: mean reward of sampled
-  answers to held-out prompts.
-- ``fudan``: writes the Fudan-news subsets used by the worked example in docs/stages.md.
+- ``grpo``: "What is a + b? Answer with just the number." rewarded by two rules the base model earns
+  sometimes: the answer starts with a number (``builtin:format_regex``) and is short (``builtin:length``, full
+  credit up to 20 characters). Before/after: mean reward of sampled answers to held-out prompts.
+- ``selftrain``: 4 topics of 10 words, a sentence ending on one of them; 8 labels use only each topic's first
+  word, a 300-sentence unlabelled pool and 100 validation sentences use all. Baseline: the labelled-only
+  model (round 0 of the run); after: the last pseudo-labelling round, on the same validation set.
+- ``fudan``: writes the balanced, shortened Fudan-news subsets of the worked example
+  (docs/worked-examples.md).
 
 Usage: ``python scripts/stage_evidence.py dpo --out runs/evidence`` (prints and saves a JSON result).
 """
@@ -30,6 +35,7 @@ from tunelab.data.templates import prompt_ids, render
 from tunelab.infer.generate import generate
 from tunelab.models import load_model, load_tokenizer
 from tunelab.stages.common import sequence_logps
+from tunelab.stages.rewards import load_reward, score
 from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
 
 CATEGORIES: dict[str, list[str]] = {
@@ -44,7 +50,6 @@ HELD_OUT_CATEGORIES = ("tool", "drink")  # never seen in training
 TOPICS = ["the sea", "winter", "music", "a garden", "the moon", "coffee", "trains", "a library", "rain", "cats",
           "mountains", "bread", "friendship", "the city", "a forest", "football", "books", "the sky", "spring",
           "a river", "dogs", "snow", "the desert", "a market"]
-EXCLAIM = "!"
 
 
 def preference_pairs(seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -111,71 +116,203 @@ def run_dpo(out: Path, model_name: str = "smollm2-135m", steps: int = 30, batch_
     return result
 
 
-def grpo_prompts(seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """(train, held_out) Alpaca records asking for one short sentence about a topic (topics disjoint)."""
-    rows = [{"instruction": f"Write one short sentence about {t}.", "output": f"I love {t}!"} for t in TOPICS]
-    random.Random(seed).shuffle(rows)
-    return rows[:16], rows[16:]
+GRPO_INSTRUCTION = "What is {a} + {b}? Answer with just the number."
+START_WITH_NUMBER = r"^\s*\d"  # the rule: the answer starts with a number ...
+GRPO_LENGTH_TARGET = 20  # ... and is short: full length credit up to 20 characters, none from 40
+JUST_NUMBER = re.compile(r"^\s*\d+\s*\.?\s*$")  # reported, not rewarded: the whole answer is a number
 
 
-def mean_reward(model, tokenizer, template: str, rows: list[dict], samples: int, max_new_tokens: int,
-                seed: int) -> float:
-    """Mean reward (1 if the answer contains "!") over ``samples`` sampled answers (temperature 1) per prompt."""
+def grpo_prompts(seed: int = 0, n_train: int = 48, n_held: int = 12) -> tuple[list[dict], list[dict]]:
+    """(train, held_out) Alpaca records "What is a + b? Answer with just the number." (distinct sums a + b)."""
+    rng = random.Random(seed)
+    pairs = [(a, b) for a in range(2, 40) for b in range(2, 40)]
+    rng.shuffle(pairs)
+    rows, seen = [], set()
+    for a, b in pairs:
+        if a + b not in seen:  # a held-out prompt never shares its answer with a training prompt
+            seen.add(a + b)
+            rows.append({"instruction": GRPO_INSTRUCTION.format(a=a, b=b), "output": str(a + b)})
+    return rows[:n_train], rows[n_train:n_train + n_held]
+
+
+def grpo_rewards() -> dict:
+    """The two rule rewards GRPO trains on, as the stage builds them: starts with a number + length <= 20 chars."""
+    return {"format_regex": load_reward("builtin:format_regex", START_WITH_NUMBER, GRPO_LENGTH_TARGET),
+            "length": load_reward("builtin:length", START_WITH_NUMBER, GRPO_LENGTH_TARGET)}
+
+
+def reward_report(answers: list[str], references: list[str]) -> dict:
+    """Mean summed reward (what GRPO maximizes), each reward's mean, and two unrewarded checks of the answers."""
+    per_fn = score(grpo_rewards(), answers, references, [[] for _ in answers])
+    n = len(answers)
+    return {"mean_reward": sum(map(sum, zip(*per_fn.values()))) / n,
+            **{f"mean_{k}": sum(v) / n for k, v in per_fn.items()},
+            "just_a_number": sum(bool(JUST_NUMBER.match(a)) for a in answers) / n,
+            "correct": sum(a.strip().rstrip(".") == r for a, r in zip(answers, references)) / n}
+
+
+def sampled_answers(model, tokenizer, template: str, rows: list[dict], samples: int, max_new_tokens: int,
+                    seed: int) -> tuple[list[str], list[str]]:
+    """(answers, references): ``samples`` answers per prompt, sampled at temperature 1 (as in training), seeded."""
     torch.manual_seed(seed)
     convs = [[{"role": "user", "content": r["instruction"]}] for r in rows for _ in range(samples)]
-    answers = generate(model, tokenizer, template, convs, max_new_tokens, temperature=1.0, batch_size=16)
-    return sum(EXCLAIM in a for a in answers) / len(answers)
+    answers = generate(model, tokenizer, template, convs, max_new_tokens, temperature=1.0, batch_size=32)
+    return answers, [r["output"] for r in rows for _ in range(samples)]
 
 
 def run_grpo(out: Path, model_name: str = "smollm2-135m", steps: int = 20, batch_size: int = 4,
-             group_size: int = 4, max_new_tokens: int = 24, lr: float = 2e-4, samples: int = 8,
+             group_size: int = 4, max_new_tokens: int = 16, lr: float = 3e-4, samples: int = 8,
              seed: int = 0) -> dict:
-    """Train GRPO with reward "contains !" and report held-out mean reward before and after (see module doc)."""
+    """Train GRPO on the rule rewards and report held-out rewards before and after (see module doc)."""
     train, held = grpo_prompts(seed)
     atomic_write_json(out / "grpo_train.json", train)
+    atomic_write_json(out / "grpo_heldout.json", held)
     base, tok = load_model(model_name), load_tokenizer(model_name)
-    before = mean_reward(base, tok, tok.chat_template, held, samples, max_new_tokens, seed)
+    before_answers, refs = sampled_answers(base, tok, tok.chat_template, held, samples, max_new_tokens, seed)
     del base
     t0 = time.time()
     run = tunelab.train({
         "model": {"name": model_name}, "stage": "grpo", "output_dir": str(out / "grpo-run"),
-        "data": {"train": str(out / "grpo_train.json"), "val_size": 0, "max_length": 128},
+        "data": {"train": str(out / "grpo_train.json"), "val_size": 0, "max_length": 64},
         "method": {"name": "lora", "r": 8, "alpha": 16},
-        "grpo": {"group_size": group_size, "max_new_tokens": max_new_tokens, "rewards": ["builtin:format_regex"],
-                 "format_regex": re.escape(EXCLAIM), "beta": 0.04},
+        "grpo": {"group_size": group_size, "max_new_tokens": max_new_tokens,
+                 "rewards": ["builtin:format_regex", "builtin:length"], "format_regex": START_WITH_NUMBER,
+                 "length_target": GRPO_LENGTH_TARGET, "beta": 0.04},
         "train": {"max_steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "report": False}},
         progress=False)
     train_s = time.time() - t0
     model, tok, tpl = run.load_model(device="cpu")
-    after = mean_reward(model, tok, tpl, held, samples, max_new_tokens, seed)
+    after_answers, _ = sampled_answers(model, tok, tpl, held, samples, max_new_tokens, seed)
     train_rewards = [m["reward"] for m in run.metrics() if "reward" in m]
     result = {
         "experiment": "grpo", "model": model_name, "train_prompts": len(train), "heldout_prompts": len(held),
         "samples_per_heldout_prompt": samples, "steps": steps, "batch_size": batch_size, "group_size": group_size,
         "max_new_tokens": max_new_tokens, "lr": lr, "train_seconds": round(train_s, 1),
-        "before_mean_reward": before, "after_mean_reward": after,
-        "train_reward_first5": sum(train_rewards[:5]) / max(1, len(train_rewards[:5])),
-        "train_reward_last5": sum(train_rewards[-5:]) / max(1, len(train_rewards[-5:])), "run": str(run.path)}
+        "before": reward_report(before_answers, refs), "after": reward_report(after_answers, refs),
+        "train_reward_first10": sum(train_rewards[:10]) / max(1, len(train_rewards[:10])),
+        "train_reward_last10": sum(train_rewards[-10:]) / max(1, len(train_rewards[-10:])),
+        "examples": [{"prompt": held[i // samples]["instruction"], "before": before_answers[i],
+                      "after": after_answers[i]} for i in range(0, len(refs), samples)],
+        "run": str(run.path)}
     atomic_write_json(out / "grpo_result.json", result)
     return result
 
 
 def fudan_subset(src: Path, dst: Path, n: int, max_chars: int) -> list[dict]:
-    """The first ``n`` records of a Fudan-news file with each news text cut to ``max_chars`` characters.
+    """``n`` records of a Fudan-news file, the same number per label, with each news text cut to ``max_chars``.
 
-    Keeps prompts short enough for CPU training and evaluation at small ``max_length``; the system prompt,
-    the instruction and the ``\\boxed{label}`` answer are unchanged.
+    Takes the first ``n // labels`` records of every label in file order (so the subset is balanced and
+    fixed), keeping the file's order. Short texts keep CPU training and evaluation at a small ``max_length``;
+    the system prompt, the instruction and the ``\\boxed{label}`` answer are unchanged.
     """
-    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
+    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    per_label = n // len({r["label"] for r in rows})
+    taken: dict[str, int] = {}
+    subset = []
     for row in rows:
-        user = next(m for m in row["messages"] if m["role"] == "user")
-        head, sep, news = user["content"].partition("新闻：")
-        user["content"] = head + sep + news[:max_chars]
-    atomic_write_jsonl(dst, rows)
-    return rows
+        if taken.get(row["label"], 0) < per_label:
+            taken[row["label"]] = taken.get(row["label"], 0) + 1
+            user = next(m for m in row["messages"] if m["role"] == "user")
+            head, sep, news = user["content"].partition("新闻：")
+            user["content"] = head + sep + news[:max_chars]
+            subset.append(row)
+    atomic_write_jsonl(dst, subset)
+    return subset
 
 
-EXPERIMENTS = {"dpo": run_dpo, "grpo": run_grpo}
+SELFTRAIN_TOPICS: dict[str, list[str]] = {
+    "sport": ["football", "tennis", "basketball", "golf", "hockey", "swimming", "cycling", "boxing", "rugby",
+              "skiing"],
+    "food": ["pizza", "soup", "bread", "cheese", "pasta", "salad", "rice", "cake", "noodles", "curry"],
+    "weather": ["rain", "snow", "fog", "wind", "thunder", "sunshine", "hail", "frost", "storm", "drizzle"],
+    "music": ["guitar", "piano", "violin", "drums", "jazz", "opera", "trumpet", "flute", "choir", "cello"],
+}
+SELFTRAIN_TEMPLATES = ["We talked about {w}", "The report was about {w}", "Her notes cover {w}",
+                       "Today it was all {w}", "His question was on {w}", "The whole evening was {w}",
+                       "My favourite part was the {w}", "Nobody expected the {w}", "The newsletter was on {w}",
+                       "Last week it was {w}", "The meeting ended with {w}", "Everyone kept mentioning {w}"]
+
+
+def selftrain_task(seed: int = 0, per_class: int = 2, n_pool: int = 300, n_val: int = 100) -> dict[str, list[dict]]:
+    """The few-labels topic task: {"labelled", "unlabelled", "validation"} lists of {"text", "label"} records.
+
+    Four topics of ten words; a sentence ends on one topic word ("Nobody expected the hail"), where the
+    classification head reads. The labelled set (``per_class`` per topic, 8 in all, every topic cycling through
+    the same templates so that no template hints at a topic) uses only each topic's first word; the pool and
+    the validation set use all ten. The pretrained model places related words near each other, so a model
+    trained on one word per topic is right and confident on the pool sentences whose words are close to it,
+    and those pseudo-labels carry it further (the cluster assumption under self-training). The pool keeps its
+    gold labels (never trained on: they only score the pseudo-labels); validation shares no sentence with it.
+    """
+    rng = random.Random(seed)
+    topics = list(SELFTRAIN_TOPICS)
+
+    def draw(n: int, seed_only: bool) -> list[dict]:
+        rows = []
+        for i in range(n):
+            label = topics[i % len(topics)]
+            word = SELFTRAIN_TOPICS[label][0] if seed_only else rng.choice(SELFTRAIN_TOPICS[label])
+            template = (SELFTRAIN_TEMPLATES[(i // len(topics)) % len(SELFTRAIN_TEMPLATES)] if seed_only
+                        else rng.choice(SELFTRAIN_TEMPLATES))
+            rows.append({"text": template.format(w=word), "label": label})
+        rng.shuffle(rows)
+        return rows
+
+    task = {"labelled": draw(per_class * len(topics), True), "unlabelled": draw(n_pool, False),
+            "validation": draw(6 * n_val, False)}
+    seen = {r["text"] for r in task["labelled"] + task["unlabelled"]}
+    val, kept = [], set()
+    for r in task["validation"]:  # distinct sentences that are neither labelled nor in the pool
+        if r["text"] not in seen and r["text"] not in kept:
+            kept.add(r["text"])
+            val.append(r)
+    task["validation"] = val[:n_val]
+    return task
+
+
+def selftrain_config(folder: Path, model_name: str, steps: int, batch_size: int, lr: float, rounds: int,
+                     seed: int) -> dict:
+    """The selftrain run on the task files in ``folder`` (its round 0 is the labelled-only baseline)."""
+    return {"model": {"name": model_name}, "stage": "selftrain", "output_dir": str(folder / "run"),
+            "data": {"train": str(folder / "selftrain_labelled.jsonl"),
+                     "eval": str(folder / "selftrain_validation.jsonl"), "max_length": 48},
+            "method": {"name": "lora", "r": 8, "alpha": 16}, "classify": {"mode": "head"},
+            "selftrain": {"mode": "pseudo_label", "unlabelled": str(folder / "selftrain_unlabelled.jsonl"),
+                          "threshold": 0.9, "balance": True, "rounds": rounds},
+            "train": {"max_steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "report": False}}
+
+
+def run_selftrain(out: Path, model_name: str = "smollm2-135m", steps: int = 30, batch_size: int = 8,
+                  lr: float = 5e-4, rounds: int = 2, seeds: tuple[int, ...] = (0,)) -> dict:
+    """Self-training vs the labelled-only baseline (the run's own round 0) on the same validation set.
+
+    Seed ``s`` draws the task with ``selftrain_task(s)`` and trains with ``train.seed = s``, under
+    ``out/selftrain-<s>/``; every round of a run starts from the same initialisation.
+    """
+    per_seed = {}
+    for seed in seeds:
+        folder = out / f"selftrain-{seed}"
+        task = selftrain_task(seed)
+        for split, rows in task.items():
+            atomic_write_jsonl(folder / f"selftrain_{split}.jsonl", rows)
+        t0 = time.time()
+        run = tunelab.train(selftrain_config(folder, model_name, steps, batch_size, lr, rounds, seed), progress=False)
+        keys = ("round", "train_examples", "kept", "pseudo_accuracy", "pool_accuracy", "accuracy", "f1_macro", "auc")
+        per_seed[seed] = {"seconds": round(time.time() - t0, 1), "stopped": run.summary["selftrain"]["stopped"],
+                          "rounds": [{k: r.get(k) for k in keys} for r in run.summary["selftrain"]["rounds"]],
+                          "run": str(run.path)}
+        atomic_write_json(folder / "selftrain_result.json", per_seed[seed])
+    base = [s["rounds"][0]["accuracy"] for s in per_seed.values()]
+    final = [s["rounds"][-1]["accuracy"] for s in per_seed.values()]
+    result = {"experiment": "selftrain", "model": model_name, "steps_per_round": steps, "batch_size": batch_size,
+              "lr": lr, "threshold": 0.9, "balance": True, "rounds": rounds,
+              "baseline_accuracy_mean": sum(base) / len(base), "selftrain_accuracy_mean": sum(final) / len(final),
+              "seeds": per_seed}
+    atomic_write_json(out / "selftrain_result.json", result)
+    return result
+
+
+EXPERIMENTS = {"dpo": run_dpo, "grpo": run_grpo, "selftrain": run_selftrain}
 
 
 def main() -> None:
@@ -186,10 +323,12 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="selftrain: training seeds")
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="fudan: the shared data folder")
-    ap.add_argument("--n-train", type=int, default=64)
-    ap.add_argument("--n-val", type=int, default=40)
-    ap.add_argument("--max-chars", type=int, default=120)
+    ap.add_argument("--n-train", type=int, default=96)
+    ap.add_argument("--n-val", type=int, default=60)
+    ap.add_argument("--max-chars", type=int, default=100)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.experiment == "fudan":
@@ -200,6 +339,8 @@ def main() -> None:
         return
     kw = {"model_name": args.model} | ({"steps": args.steps} if args.steps else {})
     kw |= {"batch_size": args.batch_size} if args.batch_size else {}
+    kw |= {"lr": args.lr} if args.lr else {}
+    kw |= {"seeds": tuple(args.seeds)} if args.seeds else {}
     print(json.dumps(EXPERIMENTS[args.experiment](args.out, **kw), indent=1))
 
 

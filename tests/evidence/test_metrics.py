@@ -120,6 +120,17 @@ def test_classification_matches_sklearn_multiclass():
     assert got["confusion_matrix"] == [[2, 0, 1], [0, 1, 1], [0, 1, 2]]
 
 
+def test_classification_auc_with_labels_in_any_order():
+    # probability columns follow `labels`, which need not be sorted (e.g. classify.labels as the user wrote them)
+    labels = ["pos", "neg", "neu"]
+    y_true = ["neg", "neu", "pos", "pos", "neg", "neu", "pos", "neg"]
+    probs = [[.1, .7, .2], [.5, .2, .3], [.7, .1, .2], [.3, .2, .5],
+             [.1, .6, .3], [.3, .3, .4], [.8, .1, .1], [.5, .3, .2]]
+    got = classification_metrics(y_true, y_true, labels, probs)
+    sorted_probs = [[row[labels.index(c)] for c in sorted(labels)] for row in probs]
+    assert got["auc"] == pytest.approx(skm.roc_auc_score(y_true, sorted_probs, multi_class="ovr"))
+
+
 def test_classification_binary_auc_and_undefined_auc():
     y_true, y_pred = [0, 1, 1, 0, 1], [0, 1, 0, 0, 1]
     probs = [[.9, .1], [.2, .8], [.6, .4], [.7, .3], [.4, .6]]

@@ -88,3 +88,25 @@ def test_builtin_rewards_and_their_errors(tmp_path: Path) -> None:
     (tmp_path / "r.py").write_text("def good(c, a, p):\n    return [0.0] * len(c)\n")
     with pytest.raises(ValueError, match=r"has no function 'bad'; it defines good"):
         load_reward(f"{tmp_path / 'r.py'}:bad")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_0_appends_completions(rank: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunelab.config.stages import GrpoCfg
+    from tunelab.engine import distributed
+    from tunelab.models import load_tokenizer
+    from tunelab.stages.grpo import GrpoStep
+
+    monkeypatch.setattr(distributed, "_STATE", distributed.Parallel("ddp", rank=rank, world_size=2))
+    tok = load_tokenizer("tiny-llama")
+    gcfg = GrpoCfg(group_size=2)
+    step = GrpoStep(gcfg, {"length": length}, tok, tok.chat_template, None, tmp_path / "completions.jsonl")
+    prompts = [[{"role": "user", "content": "hi"}]] * 2
+    step._log(["a", "bb"], prompts, ["x", "x"], {"length": [1.0, 0.5]}, torch.tensor([1.0, 0.5]),
+              torch.tensor([0.7, -0.7]), training=True)
+    written = (tmp_path / "completions.jsonl").exists()
+    assert written == (rank == 0) and step.calls == 1  # every rank counts calls; only rank 0 writes
+    if written:
+        rows = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+        assert [(r["completion"], r["reward"], r["advantage"]) for r in rows] == [("a", 1.0, pytest.approx(0.7)),
+                                                                                  ("bb", 0.5, pytest.approx(-0.7))]

@@ -42,3 +42,27 @@ def test_ppo_against_a_reward_run(tmp_path: Path) -> None:
     bad = {**cfg, "output_dir": str(tmp_path / "bad"), "ppo": {"reward_model": str(run.path)}}
     with pytest.raises(ValueError, match=r"is a ppo run; train one with stage: reward first"):
         tunelab.train(bad, progress=False)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_0_appends_completions(rank: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tunelab.config.stages import PpoCfg
+    from tunelab.engine import distributed
+    from tunelab.models import load_tokenizer
+    from tunelab.stages.ppo import PpoStep
+
+    monkeypatch.setattr(distributed, "_STATE", distributed.Parallel("ddp", rank=rank, world_size=2))
+    tok = load_tokenizer("tiny-llama")
+    step = PpoStep(PpoCfg(reward_model="unused"), None, None, tok, tok.chat_template, tmp_path / "completions.jsonl")
+    answer = tok("fine", add_special_tokens=False)["input_ids"]
+    sequences = torch.tensor([[7, 8, *answer]])  # (1, P + L): a 2-token prompt, then the answer
+    scored = {"attention_mask": torch.ones_like(sequences)}
+    batch = {"attention_mask": torch.ones(1, 2, dtype=torch.long), "prompts": [[{"role": "user", "content": "q"}]]}
+    step._log(sequences, scored, torch.tensor([0.25]), batch, training=True)
+    path = tmp_path / "completions.jsonl"
+    assert path.exists() == (rank == 0)
+    if rank == 0:
+        assert [json.loads(line) for line in path.read_text().splitlines()] == [
+            {"split": "train", "prompt": "q", "completion": "fine", "score": 0.25}]

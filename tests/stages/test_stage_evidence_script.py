@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,12 @@ def test_synthetic_tasks_keep_held_out_disjoint():
     assert {p["prompt"] for p in train}.isdisjoint({p["prompt"] for p in held})
     assert all(p["chosen"] == "Sure! " + p["rejected"] for p in train + held)
     g_train, g_held = ev.grpo_prompts()
-    assert len(g_train) == 16 and len(g_held) == 8
-    assert {r["instruction"] for r in g_train}.isdisjoint({r["instruction"] for r in g_held})
+    assert len(g_train) == 48 and len(g_held) == 12
+    assert {r["output"] for r in g_train}.isdisjoint({r["output"] for r in g_held})  # no shared answers either
+    for row in g_train + g_held:
+        asked = re.match(r"What is (\d+) \+ (\d+)\? Answer with just the number\.$", row["instruction"])
+        a, b = map(int, asked.groups())
+        assert row["output"] == str(a + b)
     assert ev.preference_accuracy(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.0, 4.0])) == pytest.approx(1 / 3)
 
 
@@ -61,14 +66,47 @@ def test_dpo_experiment_runs_and_its_before_number_is_the_base_model(tmp_path):
     assert 0.0 <= result["after_implicit_reward_accuracy"] <= 1.0
 
 
-def test_fudan_subset_cuts_news_and_keeps_answers(tmp_path, shared_data):
+def test_grpo_reward_report_matches_hand_computed_rewards() -> None:
+    ev = _script()
+    answers = ["42", "42 is the sum of the two numbers.", "The answer is 7.", " 9. "]
+    refs = ["42", "42", "7", "8"]
+    # starts with a number: 1, 1, 0, 1; length credit (full up to 20 chars, none from 40):
+    # 2 chars -> 1, 33 chars -> 2 - 33/20 = 0.35, 16 chars -> 1, 4 chars -> 1
+    report = ev.reward_report(answers, refs)
+    assert report["mean_format_regex"] == pytest.approx(3 / 4)
+    assert report["mean_length"] == pytest.approx((1 + 0.35 + 1 + 1) / 4)
+    assert report["mean_reward"] == pytest.approx((2 + 1.35 + 1 + 2) / 4)
+    assert report["just_a_number"] == pytest.approx(2 / 4) and report["correct"] == pytest.approx(1 / 4)
+
+
+def test_grpo_experiment_runs_and_its_before_numbers_are_the_base_model(tmp_path):
+    ev = _script()
+    result = ev.run_grpo(tmp_path, model_name="tiny-llama", steps=1, batch_size=2, max_new_tokens=4, samples=2)
+    assert json.loads((tmp_path / "grpo_result.json").read_text()) == result
+    assert result["train_prompts"] == 48 and result["heldout_prompts"] == 12 and len(result["examples"]) == 12
+    model, tok = load_model("tiny-llama"), load_tokenizer("tiny-llama")
+    _, held = ev.grpo_prompts()
+    answers, refs = ev.sampled_answers(model, tok, tok.chat_template, held, 2, 4, seed=0)  # same seed: same samples
+    assert result["before"] == ev.reward_report(answers, refs)
+    assert [e["before"] for e in result["examples"]] == answers[::2]
+    completions = (tmp_path / "grpo-run" / "completions.jsonl").read_text().splitlines()
+    assert len(completions) == 2 * 4  # 2 prompts x group of 4 in the one training step
+
+
+def test_fudan_subset_is_balanced_cuts_news_and_keeps_answers(tmp_path, shared_data):
     ev = _script()
     src = shared_data / "fudan_news_val.jsonl"
-    rows = ev.fudan_subset(src, tmp_path / "val.jsonl", n=5, max_chars=50)
-    original = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines()[:5]]
+    rows = ev.fudan_subset(src, tmp_path / "val.jsonl", n=8, max_chars=50)
+    original = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines()]
+    want = []  # by hand: the first two records of each label, in file order
+    for row in original:
+        if sum(r["label"] == row["label"] for r in want) < 2:
+            want.append(row)
     reloaded = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert reloaded == rows and len(rows) == 5
-    for cut, orig in zip(rows, original):
-        assert cut["messages"][-1] == orig["messages"][-1]  # the \boxed{label} answer
+    assert reloaded == rows and len(rows) == 8
+    assert [r["record_id"] for r in rows] == [r["record_id"] for r in want]
+    for cut, orig in zip(rows, want):
+        assert cut["messages"][0] == orig["messages"][0]  # the system prompt
+        assert cut["messages"][-1] == orig["messages"][-1]  # the \\boxed{label} answer
         news = cut["messages"][1]["content"].split("新闻：", 1)[1]
         assert len(news) <= 50 and orig["messages"][1]["content"].split("新闻：", 1)[1].startswith(news)

@@ -20,7 +20,10 @@ SMALL = ["model.name=tiny-llama", "data.max_samples=4", "data.max_length=32", "d
          "train.report=false", "grpo.max_new_tokens=4",
          "selftrain.max_new_tokens=4"]
 EXTRA = {"distill_lora": ["distill.teacher=tiny-qwen2"],  # the example's teacher is a run made by sft_lora.yaml
-         "selftrain_lora": ["selftrain.min_reward=0.0"]}  # a random model never gets the answer right
+         # threshold 1.0: no pseudo-label is kept, so the run is one labelled round (one metrics line)
+         "selftrain_lora": ["selftrain.threshold=1.0"]}
+# the worked examples train on a prepared subset (scripts/stage_evidence.py fudan); the full file works the same
+FUDAN = ("fudan_sft", "fudan_classify_head")
 
 
 def test_there_is_an_example_for_every_stage() -> None:
@@ -39,6 +42,8 @@ def test_example_runs_one_step_through_the_cli(name: str, tmp_path: Path, shared
         args = ["train", str(EXAMPLES["reward_lora"]), *SMALL, f"output_dir={tmp_path / 'rm'}", "--quiet"]
         assert CliRunner().invoke(app, args).exit_code == 0
         EXTRA["ppo_lora"] = [f"ppo.reward_model={tmp_path / 'rm'}"]
+    if name in FUDAN:
+        EXTRA[name] = [f"data.train={shared_data / 'fudan_news_train.jsonl'}"]
     result = CliRunner().invoke(app, ["train", str(EXAMPLES[name]), *SMALL, *EXTRA.get(name, []), f"output_dir={out}",
                                         "--quiet"])
     assert result.exit_code == 0, result.output

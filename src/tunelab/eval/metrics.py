@@ -161,8 +161,10 @@ def _auc(y_true: Sequence[Any], probs: Sequence[Sequence[float]], labels: Sequen
     if len(labels) == 2:
         # the second label is the positive class; its column holds P(positive)
         return float(roc_auc_score([y == labels[1] for y in y_true], [row[1] for row in probs]))
-    return float(roc_auc_score(list(y_true), [list(row) for row in probs], multi_class="ovr",
-                               labels=list(labels), average="macro"))
+    # sklearn wants `labels` sorted; class indices are, in the order the columns of `probs` follow
+    index = {label: i for i, label in enumerate(labels)}
+    return float(roc_auc_score([index[y] for y in y_true], [list(row) for row in probs], multi_class="ovr",
+                               labels=list(range(len(labels))), average="macro"))
 
 
 def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any],

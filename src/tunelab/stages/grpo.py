@@ -34,6 +34,7 @@ from torch import Tensor
 
 from tunelab.data.pipeline import epoch_order, load_conversations
 from tunelab.data.templates import IGNORE_INDEX, prompt_ids, stop_token_ids
+from tunelab.engine import distributed
 from tunelab.engine.loop import LOSS_COUNT_KEY, fit
 from tunelab.stages.common import (
     check_same_shape,
@@ -216,7 +217,8 @@ class GrpoStep:
     """The loss function handed to the loop: sample, score, normalize within groups, clipped loss with KL.
 
     Every sampled completion and its rewards are appended to ``completions.jsonl`` in the run folder, so the
-    logged reward curve can be read back example by example.
+    logged reward curve can be read back example by example. In a distributed run only rank 0 writes it (its
+    own share of the batch), as only rank 0 writes the run folder.
     """
 
     def __init__(self, gcfg, rewards: dict, tokenizer, template: str, reference: Reference | None, log_path):
@@ -260,6 +262,8 @@ class GrpoStep:
 
     def _log(self, texts, prompts, answers, per_fn, total, advantages, training: bool) -> None:
         self.calls += 1
+        if not distributed.current().is_main:  # the run folder is rank 0's
+            return
         rows = [{"call": self.calls, "split": "train" if training else "eval", "prompt": prompts[i][-1]["content"],
                  "reference": answers[i], "completion": text, "rewards": {k: v[i] for k, v in per_fn.items()},
                  "reward": float(total[i]), "advantage": float(advantages[i])} for i, text in enumerate(texts)]
@@ -272,7 +276,7 @@ def run(cfg, progress: bool = True):
     setup = setup_run(cfg, progress)
     gcfg = cfg.grpo
     train_convs, val_convs = load_split(cfg.data, lambda path: load_conversations(path, cfg.data.format)[0],
-                                        cfg.train.seed)
+                                        cfg.train.seed, stage=cfg.stage)
     tok, tpl = setup.tokenizer, setup.template
     train = prompt_samples(cfg.data, tok, tpl, train_convs)
     val = prompt_samples(cfg.data, tok, tpl, val_convs)

@@ -210,6 +210,10 @@ class PpoStep:
     def _log(self, sequences: Tensor, scored: dict, scores: Tensor, batch: dict, training: bool) -> None:
         import json
 
+        from tunelab.engine import distributed
+
+        if not distributed.current().is_main:  # only rank 0 writes the run folder (its own share of the batch)
+            return
         width = batch["attention_mask"].size(1)
         texts = [self.tok.decode(row[keep], skip_special_tokens=True)
                  for row, keep in zip(sequences[:, width:], scored["attention_mask"][:, width:].bool())]
@@ -254,7 +258,7 @@ def run(cfg, progress: bool = True):
     setup.method = HeadMethod(setup.method)
     recount_parameters(setup)
     train_convs, val_convs = load_split(cfg.data, lambda path: load_conversations(path, cfg.data.format)[0],
-                                        cfg.train.seed)
+                                        cfg.train.seed, stage=cfg.stage)
     tok, tpl = setup.tokenizer, setup.template
     train, val = prompt_samples(cfg.data, tok, tpl, train_convs), prompt_samples(cfg.data, tok, tpl, val_convs)
     say(progress, f"ppo: {len(train)} train / {len(val)} validation prompts; reward model {pcfg.reward_model}")
