@@ -31,6 +31,7 @@ SWEEP: dict[str, dict] = {
     "full-ckpt": {"method": "full", "grad_ckpt": True},
     "full": {"method": "full"},
     "fast-autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
+    "fast-graphs": {"compile_mode": "reduce-overhead"},
     "full-ckpt4": {"method": "full", "grad_ckpt": True, "ckpt_every": 4},
     "full-ckpt2": {"method": "full", "grad_ckpt": True, "ckpt_every": 2},
     "qlora-lean": {"method": "qlora", "grad_ckpt": True, "compile": False},

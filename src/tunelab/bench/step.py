@@ -23,7 +23,7 @@ from tunelab.kernels.regions import checkpoint_layers, compile_layers
 from tunelab.kernels.varlen import packed_forward_kwargs, register_hf_attention
 
 METHODS = ("lora", "qlora", "full")
-COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -196,7 +196,11 @@ def build(cfg: BenchCfg, device: torch.device) -> tuple[torch.nn.Module, Callabl
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=cfg.fused_adamw and device.type == "cuda")
 
+    graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
+
     def step(batch: dict) -> torch.Tensor:
+        if graphs:  # CUDA graphs: tell the graph trees a new iteration starts (earlier outputs may be reused)
+            torch.compiler.cudagraph_mark_step_begin()
         ids, labels, kwargs = batch["ids"], batch["labels"], batch["kwargs"]
         if cfg.chunked_ce:
             hidden = decoder(input_ids=ids, **kwargs).last_hidden_state          # (B, T, H)

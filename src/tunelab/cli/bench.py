@@ -53,7 +53,7 @@ def bench(
     ce_chunk: int = typer.Option(0, help="Tokens per cross-entropy chunk (0: auto)."),
     ce_backend: str = typer.Option("torch", help="Chunked-CE backend: torch, liger or auto."),
     compile_mode: str = typer.Option("", help="With --compile: torch.compile mode, e.g. max-autotune-no-cudagraphs "
-                                              "(Triton GEMM autotuning; long warmup). Empty: default."),
+                                              "(Triton GEMM autotuning; long warmup) or reduce-overhead (CUDA graphs). Empty: default."),
     lengths: Annotated[Path | None, typer.Option(
         help="Real data: a sample-lengths file (benchmarks/scripts/data_lengths.py). One pass over it is timed and "
              "tok/s counts real tokens; with --packing samples are packed into rows of --seq, else --batch "
@@ -62,7 +62,7 @@ def bench(
     warmup: int = typer.Option(3, help="Untimed steps first (compilation happens here)."),
     sweep: str = typer.Option("", help="Comma list of named configurations (or 'all'), each in its own "
                                        "process: fast, lean, no-compile, no-chunked-ce, no-fused-lora, plain, "
-                                       "lean-eager, ckpt4, liger-ce, packed, budget, full-ckpt, full, full-ckpt2, full-ckpt4, fast-autotune, "
+                                       "lean-eager, ckpt4, liger-ce, packed, budget, full-ckpt, full, full-ckpt2, full-ckpt4, fast-autotune, fast-graphs, "
                                        "qlora-lean, qlora-lean-compiled, long (batch 1, checkpointed, eager)."),
     peer: bool = typer.Option(False, help="Also run the HF+PEFT peer (same shape/batch/seq) and print the ratio."),
     peer_gc: bool = typer.Option(False, help="With --peer: also run the peer with gradient checkpointing."),
