@@ -20,6 +20,18 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def addition_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 Alpaca records "What is a plus b?" -> "a+b": a tiny SFT set that trains in a few steps."""
+    import json
+
+    path = tmp_path_factory.mktemp("data") / "train.json"
+    rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a + b}"}
+            for a in range(4) for b in range(4)]
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer():
     from tunelab.models import load_tokenizer
 

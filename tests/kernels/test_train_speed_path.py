@@ -4,7 +4,6 @@ Tolerance: fp32 on CPU, the two paths differ only in summation order -> rtol 1e-
 and atol 1e-6 (gradients, whose entries are ~1e-3..1e-1).
 """
 
-import json
 
 import pytest
 import torch
@@ -146,17 +145,8 @@ def test_bad_speed_key_is_a_config_error():
     assert "chunked_ce" in str(err.value)  # the did-you-mean hint names the real key
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a + b}"}
-            for a in range(4) for b in range(4)]
-    path.write_text(json.dumps(rows), encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize("packing", [False, True])
-def test_train_run_same_first_loss_with_speed_on_and_off(tmp_path, data_file, packing, monkeypatch):
+def test_train_run_same_first_loss_with_speed_on_and_off(tmp_path, addition_file, packing, monkeypatch):
     import tunelab.kernels.train as glue
 
     calls = []
@@ -165,7 +155,7 @@ def test_train_run_same_first_loss_with_speed_on_and_off(tmp_path, data_file, pa
 
     def run(chunked: bool):
         cfg = {"model": {"name": "tiny-llama"},
-               "data": {"train": str(data_file), "max_length": 64, "val_size": 0.25, "packing": packing},
+               "data": {"train": str(addition_file), "max_length": 64, "val_size": 0.25, "packing": packing},
                "method": {"name": "lora", "r": 4, "alpha": 8},
                "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "seed": 0, "report": False,
                          "speed": {"chunked_ce": chunked, "ce_chunk": 16}},

@@ -11,17 +11,8 @@ from tunelab.infer.generate import generate
 from tunelab.methods import NotMergeable
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    rows = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a + b}"}
-            for a in range(4) for b in range(4)]
-    path.write_text(json.dumps(rows), encoding="utf-8")
-    return path
-
-
-def train(tmp_path, data_file, method: dict, optim: dict | None = None, steps: int = 3):
-    cfg = {"model": {"name": "tiny-llama"}, "data": {"train": str(data_file), "max_length": 64, "val_size": 0.25},
+def train(tmp_path, addition_file, method: dict, optim: dict | None = None, steps: int = 3):
+    cfg = {"model": {"name": "tiny-llama"}, "data": {"train": str(addition_file), "max_length": 64, "val_size": 0.25},
            "method": method, "train": {"max_steps": steps, "batch_size": 4, "lr": 1e-2, "seed": 0},
            "output_dir": str(tmp_path / "run")}
     if optim:
@@ -33,8 +24,8 @@ def train(tmp_path, data_file, method: dict, optim: dict | None = None, steps: i
                                     {"name": "adapter", "placement": "houlsby", "reduction_factor": 8},
                                     {"name": "prompt", "num_virtual_tokens": 4}],
                          ids=lambda m: m["name"])
-def test_prompt_and_adapter_runs_reload_and_chat(tmp_path, data_file, method):
-    run = train(tmp_path, data_file, method)
+def test_prompt_and_adapter_runs_reload_and_chat(tmp_path, addition_file, method):
+    run = train(tmp_path, addition_file, method)
     info = run.info
     assert info["method"] == method["name"] and 0 < info["trainable_params"] < info["total_params"]
     model, tok, template = run.load_model(device="cpu")
@@ -49,9 +40,9 @@ def test_prompt_and_adapter_runs_reload_and_chat(tmp_path, data_file, method):
         run.load_model(device="cpu", merged=True)
 
 
-def test_qlora_run_with_ewc_and_layer_decay(tmp_path, data_file):
-    run = train(tmp_path, data_file, {"name": "qlora", "r": 4, "alpha": 8, "lora_plus_ratio": 4.0},
-                {"layer_decay": 0.8, "ewc": {"lambda_": 10.0, "data": str(data_file), "samples": 4}})
+def test_qlora_run_with_ewc_and_layer_decay(tmp_path, addition_file):
+    run = train(tmp_path, addition_file, {"name": "qlora", "r": 4, "alpha": 8, "lora_plus_ratio": 4.0},
+                {"layer_decay": 0.8, "ewc": {"lambda_": 10.0, "data": str(addition_file), "samples": 4}})
     assert run.config.optim.ewc.samples == 4
     from safetensors.torch import load_file
 
@@ -68,8 +59,8 @@ def test_qlora_run_with_ewc_and_layer_decay(tmp_path, data_file):
         torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-2, atol=1e-2)
 
 
-def test_badam_through_the_loop(tmp_path, data_file):
-    run = train(tmp_path, data_file, {"name": "full"}, {"name": "badam", "badam": {"switch_interval": 1}}, steps=2)
+def test_badam_through_the_loop(tmp_path, addition_file):
+    run = train(tmp_path, addition_file, {"name": "full"}, {"name": "badam", "badam": {"switch_interval": 1}}, steps=2)
     model, _, _ = run.load_model(device="cpu")
     from tunelab.models import load_model
 

@@ -19,15 +19,7 @@ from tunelab.stages.rewards import (
     load_reward,
 )
 
-REWARDS_PY = '''
-def vowels(completions, answers, prompts):
-    """Share of vowels among letters: a graded score that differs between samples."""
-    out = []
-    for c in completions:
-        letters = [ch for ch in c.lower() if ch.isalpha()]
-        out.append(sum(ch in "aeiou" for ch in letters) / max(len(letters), 1))
-    return out
-'''
+REWARD_FILE = Path(__file__).parent / "fixtures" / "vowel_rewards.py"
 
 
 @pytest.fixture()
@@ -41,7 +33,7 @@ def prompts_file(tmp_path: Path) -> Path:
 
 def test_grpo_trains_on_a_reward_file_and_logs_what_it_scored(prompts_file: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "my_rewards.py").write_text(REWARDS_PY, encoding="utf-8")
+    (tmp_path / "my_rewards.py").write_text(REWARD_FILE.read_text(encoding="utf-8"), encoding="utf-8")
     monkeypatch.chdir(tmp_path)  # reward files are found relative to the working directory
     cfg = {"model": {"name": "tiny-llama"}, "stage": "grpo", "output_dir": str(tmp_path / "grpo"),
            "data": {"train": str(prompts_file), "max_length": 64, "val_size": 0.0},

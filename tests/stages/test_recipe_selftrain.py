@@ -233,14 +233,7 @@ def test_topic_task_labels_only_the_first_word_of_each_topic_and_keeps_validatio
 
 # --- rejection ----------------------------------------------------------------------------------------------
 
-REWARDS_PY = '''
-def vowels(completions, answers, prompts):
-    out = []
-    for c in completions:
-        letters = [ch for ch in c.lower() if ch.isalpha()]
-        out.append(sum(ch in "aeiou" for ch in letters) / max(len(letters), 1))
-    return out
-'''
+REWARD_FILE = Path(__file__).parent / "fixtures" / "vowel_rewards.py"
 
 
 def cfg(data: Path, out: Path, min_reward: float) -> dict:
@@ -254,7 +247,7 @@ def cfg(data: Path, out: Path, min_reward: float) -> dict:
 
 @pytest.fixture()
 def prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "my_rewards.py").write_text(REWARDS_PY, encoding="utf-8")
+    (tmp_path / "my_rewards.py").write_text(REWARD_FILE.read_text(encoding="utf-8"), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     rows = [{"instruction": f"Describe thing {i}.", "output": f"Thing {i} is fine."} for i in range(4)]
     path = tmp_path / "q.json"

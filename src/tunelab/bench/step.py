@@ -158,9 +158,8 @@ def _model(cfg: BenchCfg, device: torch.device):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(cfg.seed)
-    overrides = {"max_position_embeddings": cfg.seq} if cfg.seq > build_config(cfg.shape).max_position_embeddings \
-        else {}
-    hf_cfg = build_config(cfg.shape, **overrides)
+    hf_cfg = build_config(cfg.shape)
+    hf_cfg.max_position_embeddings = max(hf_cfg.max_position_embeddings, cfg.seq)   # long-context runs
     attn = register_hf_attention() if cfg.packing else "sdpa"
     with torch.device(device):  # initialise on the GPU: CPU init of a 7B model takes minutes
         model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.bfloat16, attn_implementation=attn)

@@ -23,7 +23,12 @@ from tunelab.config.schema import TrainCfg
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tunelab.engine.dcp import load_any_checkpoint, save_any_checkpoint
-from tunelab.engine.optim import build_optimizer, build_regulariser, build_scheduler, resolve_optim
+from tunelab.engine.optim import (
+    build_optimizer,
+    build_regulariser,
+    build_scheduler,
+    resolve_optim,
+)
 from tunelab.tracking.progress import TrainProgress
 
 # loss_fn(model, batch) -> (summed loss tensor, number of target tokens in the batch), optionally with a third
@@ -266,7 +271,8 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     params = [p for p in model.parameters() if p.requires_grad]
     stopped, last_eval, last_loss = "completed", None, None
     # named eval sets (multi-task) are reported one by one; a plain list is one unnamed set, logged as before
-    eval_sets = dict(val_samples) if isinstance(val_samples, Mapping) else {"all": val_samples}
+    named = isinstance(val_samples, Mapping)
+    eval_sets = dict(val_samples) if named else {"all": val_samples}
     has_val = any(len(v) for v in eval_sets.values())
     last_by_set: dict[str, float] = {}
     flag: dict = {}
@@ -340,7 +346,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                 eval_extra: dict = {}
                 last_eval, last_by_set = evaluate_sets(model, eval_sets, collate_fn, loss_fn, cfg.batch_size, device,
                                                        autocast, eval_extra)
-                log(eval_log_line(last_eval, last_by_set if isinstance(val_samples, Mapping) else {}, eval_extra))
+                log(eval_log_line(last_eval, last_by_set if named else {}, eval_extra))
                 bar.update(step, {**metrics, "eval_loss": last_eval})
                 if pos["best_eval"] is None or last_eval < pos["best_eval"] - 1e-6:
                     pos.update(best_eval=last_eval, best_step=step, bad_evals=0)
@@ -371,7 +377,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
         "tokens": pos["tokens"], "tokens_per_s": pos["tokens"] / max(elapsed, 1e-9), "elapsed_s": round(elapsed, 3),
         "stopped": stopped if stopped != "completed" or not cfg.max_steps else "max_steps",
     }
-    if isinstance(val_samples, Mapping) and last_by_set:
+    if named and last_by_set:
         summary["eval_loss_per_task"] = last_by_set
     return FitResult(step, summary["stopped"], summary)
 

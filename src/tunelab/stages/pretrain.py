@@ -17,12 +17,19 @@ from functools import partial
 
 from tunelab.config.data import DataSource
 from tunelab.data.io import read_records
-from tunelab.data.pipeline import collate, epoch_order, load_conversations, mix_tasks, split_tasks
+from tunelab.data.pipeline import (
+    collate,
+    epoch_order,
+    load_conversations,
+    mix_tasks,
+    split_tasks,
+)
 from tunelab.data.stage_formats import TextDocument, load_text
 from tunelab.data.templates import Tokenized
 from tunelab.engine.loop import fit
+from tunelab.run import add_run_info
 from tunelab.stages.recipe import finish_run, load_split, say, setup_run
-from tunelab.stages.sft import record_lineage, sft_loss
+from tunelab.stages.sft import sft_loss
 
 CHAT_KEYS = ("messages", "conversations", "instruction")
 """A first record with one of these (and no `text`) makes the file a chat-format set: its user turns are read."""
@@ -92,7 +99,7 @@ def run(cfg, progress: bool = True):
                  train_tokens=sum(len(t.input_ids) for t in train))
     say(progress, f"pretrain: {stats['train_documents']} documents from {cfg.data.train_label()} -> {len(train)} "
         f"blocks of {block} tokens ({stats['train_tokens']:,} tokens); {len(val)} validation blocks")
-    record_lineage(setup.run_dir, cfg.model.name, stats)
+    add_run_info(setup.run_dir, {"tasks": stats["tasks"]} if "tasks" in stats else {})
     result = fit(setup.model, setup.method, train, val_sets or val,
                  partial(collate, pad_id=setup.tokenizer.pad_token_id),
                  partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed), cfg.train,

@@ -18,6 +18,7 @@ from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.methods import count_parameters, get_method
 from tunelab.models import load_model, load_tokenizer, pick_device
+from tunelab.models.loader import base_chain
 from tunelab.tracking import ALWAYS_ON, make_tracker
 from tunelab.utils.io import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -78,6 +79,8 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
             "trainable_pct": round(100 * trainable / max(total, 1), 4),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device": str(device), "torch": torch.__version__, "processes": distributed.current().world_size}
+    if chain := base_chain(cfg.model.name):  # a run folder as the base: record what this run stands on
+        meta.update(base_chain=chain, root_model=chain[-1]["base_model"])
     if main:
         atomic_write_json(run_dir / "run.json", meta)
     if progress and main:

@@ -21,7 +21,6 @@ from tunelab.data.streaming import check_streaming, prepare_stream
 from tunelab.engine.loop import fit
 from tunelab.engine.loss import causal_lm_loss_sum, count_targets
 from tunelab.kernels.train import chunked_causal_lm_loss, speed_context
-from tunelab.models.loader import base_chain
 from tunelab.run import add_run_info
 from tunelab.stages.recipe import finish_run, setup_run
 
@@ -64,25 +63,15 @@ def run(cfg: RunCfg, progress: bool = True):
                else "")
             + "".join(f"\n  task {name}: {t['train_samples']} train / {t['val_samples']} validation"
                       for name, t in s.get("tasks", {}).items()))
-    record_lineage(setup.run_dir, cfg.model.name, data.stats)
+    add_run_info(setup.run_dir, {"tasks": data.stats["tasks"]} if "tasks" in data.stats else {})
     pad_id = setup.tokenizer.pad_token_id
     collate_fn = partial(collate_packed if cfg.data.packing else collate, pad_id=pad_id)
     with speed_context(setup.model, cfg.train, setup.device):  # fused LoRA is undone before saving
-        result = fit(setup.model, setup.method, data.train, getattr(data, "val_sets", None) or data.val, collate_fn,
+        val = getattr(data, "val_sets", None) or data.val  # named per task in a multi-task run; streaming has none
+        result = fit(setup.model, setup.method, data.train, val, collate_fn,
                      partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
                      cfg.train, setup.run_dir,
                      setup.device, setup.trackers, epoch_order, progress=progress,
                      train_stream=getattr(data, "stream", None))
     return finish_run(setup, result.summary, data.stats)
 
-
-def record_lineage(run_dir, model_name: str, data_stats: dict) -> None:
-    """Add to run.json what this run stands on and trains: the runs under its base model, its tasks."""
-    fields: dict = {}
-    chain = base_chain(model_name)
-    if chain:
-        fields["base_chain"] = chain
-        fields["root_model"] = chain[-1]["base_model"]
-    if "tasks" in data_stats:
-        fields["tasks"] = data_stats["tasks"]
-    add_run_info(run_dir, fields)
