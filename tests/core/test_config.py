@@ -89,3 +89,13 @@ def test_train_help_documents_every_key():
     assert res.exit_code == 0
     for path, *_ in schema_lines():
         assert path in res.output, path
+
+
+@pytest.mark.parametrize("section", ["grpo", "selftrain"])
+def test_reward_weights_need_one_number_per_reward(section):
+    cfg = {"data": {"train": "x.json"}, section: {"rewards": ["builtin:length", "builtin:answer_match"],
+                                                  "reward_weights": [1.0]}}
+    with pytest.raises(ConfigError, match=rf"{section}.*reward_weights has 1 numbers for 2 rewards"):
+        build_config(cfg)
+    cfg[section]["reward_weights"] = [1.0, 0.5]
+    assert getattr(build_config(cfg), section).reward_weights == [1.0, 0.5]

@@ -76,6 +76,14 @@ class ClassifyCfg(Section):
         return self
 
 
+def one_weight_per_reward(cfg):
+    """A section with `rewards` and `reward_weights` (grpo, selftrain): one weight per reward function."""
+    if cfg.reward_weights is not None and len(cfg.reward_weights) != len(cfg.rewards):
+        raise ValueError(f"reward_weights has {len(cfg.reward_weights)} numbers for {len(cfg.rewards)} "
+                         "rewards; give one weight per reward function")
+    return cfg
+
+
 class GrpoCfg(Section):
     """Group Relative Policy Optimization (stage grpo)."""
 
@@ -103,10 +111,7 @@ class GrpoCfg(Section):
 
     @model_validator(mode="after")
     def _one_weight_per_reward(self) -> GrpoCfg:
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
-            raise ValueError(f"reward_weights has {len(self.reward_weights)} numbers for {len(self.rewards)} "
-                             "rewards; give one weight per reward function")
-        return self
+        return one_weight_per_reward(self)
 
 
 class DistillCfg(Section):
@@ -177,3 +182,7 @@ class SelftrainCfg(Section):
     min_reward: float = Field(1.0, description="rejection: keep only samples whose summed reward is at least this.")
     keep: Literal["best", "all"] = Field("best", description="rejection: best = the top sample per prompt; all = "
                                          "every sample reaching min_reward.")
+
+    @model_validator(mode="after")
+    def _one_weight_per_reward(self) -> SelftrainCfg:
+        return one_weight_per_reward(self)
