@@ -205,10 +205,13 @@ def prepare_data(cfg: DataCfg, tokenizer, template: str, seed: int, run_dir: str
     return data
 
 
-def _prepare_fresh(cfg: DataCfg, tokenizer, template: str, seed: int) -> PreparedData:
-    if len(cfg.tasks()) > 1:
-        return _prepare_tasks(cfg, tokenizer, template, seed)
-    rejects: list[dict] | None = [] if cfg.skip_invalid else None
+def split_conversations(cfg: DataCfg, seed: int, rejects: list[dict] | None = None
+                        ) -> tuple[list[Conversation], list[Conversation], str, dict]:
+    """A single-task run's (train, validation) conversations, format and per-source counts, as training uses them.
+
+    data.max_samples first, then data.eval (here or in the one source) or the seeded val_size split; anything
+    that must rebuild a run's validation data (the studio's eval-against-base) calls this to get the same split.
+    """
     train_convs, fmt, per_source = load_train(cfg, seed, rejects)
     if cfg.max_samples:
         train_convs = train_convs[: cfg.max_samples]
@@ -217,6 +220,14 @@ def _prepare_fresh(cfg: DataCfg, tokenizer, template: str, seed: int) -> Prepare
         val_convs, _ = load_conversations(eval_file, cfg.format, cfg.columns, rejects)
     else:
         train_convs, val_convs = split_train_val(train_convs, cfg.val_size, seed)
+    return train_convs, val_convs, fmt, per_source
+
+
+def _prepare_fresh(cfg: DataCfg, tokenizer, template: str, seed: int) -> PreparedData:
+    if len(cfg.tasks()) > 1:
+        return _prepare_tasks(cfg, tokenizer, template, seed)
+    rejects: list[dict] | None = [] if cfg.skip_invalid else None
+    train_convs, val_convs, fmt, per_source = split_conversations(cfg, seed, rejects)
     train = tokenize_all(tokenizer, template, train_convs, cfg.max_length, rejects)
     val = tokenize_all(tokenizer, template, val_convs, cfg.max_length, rejects)
     stats = _check_and_count(cfg, train, val, fmt, rejects)

@@ -60,7 +60,11 @@ def _write_messages(convs: list, dst: Path) -> None:
 
 def _validation(settings: Settings, run_dir: Path, stage: Path) -> str | Path:
     """The run's validation data: its data.eval file, or the val_size split rebuilt exactly as training did."""
-    from tunelab.data.pipeline import load_conversations, load_train, split_train_val
+    from tunelab.data.pipeline import (
+        load_conversations,
+        load_train,
+        split_conversations,
+    )
     from tunelab.run import Run
 
     cfg = Run(run_dir).config
@@ -83,12 +87,10 @@ def _validation(settings: Settings, run_dir: Path, stage: Path) -> str | Path:
     sources = [s.model_copy(update={"path": str(_library_file(settings, s.path, "data.train"))})
                for s in sources]
     absolute = data.model_copy(update={"train": sources[0].path if isinstance(data.train, str) else sources})
-    convs, _, _ = load_train(absolute, cfg.train.seed, None)
-    if data.streaming:
-        val = convs[:data.val_records]
+    if data.streaming:  # the first val_records records, which the training stream skipped
+        val = load_train(absolute, cfg.train.seed, None)[0][:data.val_records]
     else:
-        convs = convs[:data.max_samples] if data.max_samples else convs
-        val = split_train_val(convs, data.val_size, cfg.train.seed)[1]
+        val = split_conversations(absolute, cfg.train.seed)[1]
     if not val:
         raise StudioError(f"run {run_dir.name!r} has no validation data (data.eval unset and val_size/val_records "
                           "0); choose a dataset to evaluate on")
