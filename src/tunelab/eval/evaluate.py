@@ -4,7 +4,6 @@ of a run, optionally beside its base model or another run; results and predictio
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import gc
 import math
 import re
@@ -22,7 +21,7 @@ from tunelab.eval.labels import classification_eval
 from tunelab.eval.mc import score_mc
 from tunelab.eval.metrics import GENERATION_METRICS, generation_metrics
 from tunelab.infer.generate import generate
-from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
+from tunelab.utils.io import atomic_write_json, atomic_write_jsonl, stamped_path
 
 DEFAULT_METRICS = ("exact_match", "contains")
 # metrics that need the model itself (not only its answers): name -> fn(model, tok, template, prompts, refs, preds,
@@ -176,8 +175,7 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
         rows = pair_rows(rows, other_rows)
         stem += f"-vs-{_slug(name)}"
     gc.collect()
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(run.path) / "eval" / f"{stem}-{stamp}.json"
+    out = stamped_path(Path(run.path) / "eval", stem)
     atomic_write_jsonl(out.with_suffix(".predictions.jsonl"), rows)
     atomic_write_json(out, record)
     returned: dict[str, Any] = {**results, "saved": str(out)}

@@ -17,7 +17,6 @@ AUC on the validation set via ``tunelab.eval.metrics.classification_metrics`` (s
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from tunelab.stages.recipe import (
     setup_run,
 )
 from tunelab.stages.tokens import encode, tokenize_answer
-from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
+from tunelab.utils.io import atomic_write_json, atomic_write_jsonl, stamped_path
 
 
 @dataclass
@@ -155,8 +154,7 @@ def write_eval(run_dir, data: str, examples: list[ClassExample], labels: list[st
     preds = [labels[i] for i in probs.argmax(-1).tolist()]
     truth = [ex.label for ex in examples]
     metrics = classification_metrics(truth, preds, labels, probs.tolist())
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = run_dir / "eval" / f"{settings['split']}-{stamp}.json"
+    out = stamped_path(run_dir / "eval", settings["split"])
     rows = [{"prompt": ex.text if ex.text is not None else ex.prompt[-1]["content"], "reference": ex.label,
              "prediction": p, "probs": dict(zip(labels, [round(x, 6) for x in row]))}
             for ex, p, row in zip(examples, preds, probs.tolist())]

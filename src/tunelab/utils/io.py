@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -62,3 +64,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def stamped_path(folder: str | Path, stem: str, suffix: str = ".json") -> Path:
+    """`folder/stem-YYYYmmdd-HHMMSS<suffix>`, or with -2, -3, ... appended when that name (or its
+    `.predictions.jsonl` companion) is already taken, so results written within one second never overwrite."""
+    base = f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 10_000):
+        path = Path(folder) / f"{base}{'' if n == 1 else f'-{n}'}{suffix}"
+        if not path.exists() and not path.with_suffix(".predictions.jsonl").exists():
+            return path
+    raise FileExistsError(f"{folder}: no free name for {base}{suffix}")
