@@ -211,6 +211,8 @@ def type_name(ann: Any) -> str:
     import typing
 
     origin = typing.get_origin(ann)
+    if origin is typing.Annotated:  # a field kind (config.refs) or constraint: name the type it wraps
+        return type_name(typing.get_args(ann)[0])
     if origin is typing.Literal:
         return "|".join(str(a) for a in typing.get_args(ann))
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
