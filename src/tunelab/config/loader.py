@@ -219,4 +219,6 @@ def type_name(ann: Any) -> str:
         return " | ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(ann))
     if origin is list:
         return f"list[{type_name(typing.get_args(ann)[0])}]"
+    if origin is tuple:
+        return f"tuple[{', '.join(type_name(a) for a in typing.get_args(ann))}]"
     return getattr(ann, "__name__", str(ann).replace("typing.", ""))
