@@ -38,7 +38,7 @@ def _token(auth: str | None, auth_file: Path | None) -> str | None:
 
 
 def studio(
-    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --auth.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token (TUNELAB_STUDIO_TOKEN, --auth-file or --auth).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
     data_dir: Annotated[Path, typer.Option(help="Where datasets, jobs, runs and exports live.")] = Path("studio"),
     model_root: Annotated[list[Path] | None, typer.Option(
