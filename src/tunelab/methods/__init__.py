@@ -14,6 +14,7 @@ A method that wants some parameters to learn faster or slower (LoRA+) tags them 
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,28 @@ def get_method(name: str) -> ModuleType:
         return importlib.import_module(METHODS[name])
     with without_bitsandbytes():  # importing peft would import bitsandbytes (see without_bitsandbytes)
         return importlib.import_module(METHODS[name])
+
+
+def import_bitsandbytes(needed_by: str) -> ModuleType:
+    """bitsandbytes, for a 4-bit method or an 8-bit optimizer (its only users in tunelab).
+
+    On import it looks on the Hugging Face hub for an optional CPU kernel. tunelab keeps the hub
+    offline (HF_HUB_OFFLINE, set by `import tunelab`), so the lookup fails locally without a network
+    call; its two warnings about that are muted here. `needed_by` names the setting in the error
+    shown when bitsandbytes is not installed.
+    """
+    loggers = [logging.getLogger(name) for name in ("bitsandbytes", "kernels")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+    except ImportError as e:
+        raise ImportError(f"{needed_by} needs bitsandbytes: pip install bitsandbytes") from e
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+    return bitsandbytes
 
 
 @contextmanager
