@@ -67,7 +67,10 @@ def test_plain_lora_ia3_and_prompt_runs_never_import_bitsandbytes(tmp_path):
     assert "kernels-community" not in r.stderr and "Hugging Face Hub" not in r.stderr, r.stderr[-2000:]
 
 
-def test_an_explicit_online_setting_is_respected():
-    r = run("import tunelab, os; import huggingface_hub.constants as h; print(os.environ['HF_HUB_OFFLINE'], "
-            "h.HF_HUB_OFFLINE)", env={"HF_HUB_OFFLINE": "0"})
+def test_import_tunelab_switches_the_hub_off_unless_told_otherwise():
+    code = ("import tunelab, os; import huggingface_hub.constants as h; "
+            "print(os.environ.get('HF_HUB_OFFLINE'), h.HF_HUB_OFFLINE)")
+    r = run(code)
+    assert r.returncode == 0 and r.stdout.split() == ["1", "True"], r.stderr[-2000:]
+    r = run(code, env={"HF_HUB_OFFLINE": "0"})
     assert r.returncode == 0 and r.stdout.split() == ["0", "False"], r.stderr[-2000:]
