@@ -83,7 +83,7 @@ def test_paths_and_code_outside_the_studio_are_refused(client, alpaca_bytes):
         "data.eval": ("/etc/hosts", "data.eval: data file '/etc/hosts' is outside"),
         "model.name": ("/usr/lib", "model.name: model '/usr/lib' is outside"),
         "model.trust_remote_code": (True, "model.trust_remote_code: the studio never runs code"),
-        "grpo.rewards": ("[my_rewards.py:score]", "grpo.rewards: my_rewards.py:score: the studio runs built-in"),
+        "grpo.rewards": ("[my_rewards.py:score]", "grpo.rewards[0]: my_rewards.py:score: the studio runs built-in"),
     }
     for key, (value, message) in cases.items():
         r = client.post("/api/config/validate", json={"name": "x", "values": {**GOOD, key: value}})

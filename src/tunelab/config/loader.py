@@ -211,10 +211,14 @@ def type_name(ann: Any) -> str:
     import typing
 
     origin = typing.get_origin(ann)
+    if origin is typing.Annotated:  # a field kind (config.refs) or constraint: name the type it wraps
+        return type_name(typing.get_args(ann)[0])
     if origin is typing.Literal:
         return "|".join(str(a) for a in typing.get_args(ann))
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return " | ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(ann))
     if origin is list:
         return f"list[{type_name(typing.get_args(ann)[0])}]"
+    if origin is tuple:
+        return f"tuple[{', '.join(type_name(a) for a in typing.get_args(ann))}]"
     return getattr(ann, "__name__", str(ann).replace("typing.", ""))
