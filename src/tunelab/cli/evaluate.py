@@ -20,7 +20,10 @@ def _cell(value: Any, signed: bool = False) -> str:
 
 
 def _table(results: dict, title: str):
-    """metric | value, or metric | this run | other | delta when a comparison was made."""
+    """metric | value, or metric | this run | other | delta when a comparison was made.
+
+    Rows keep the order of the results: task metrics first, then loss and perplexity.
+    """
     from rich.table import Table
 
     scalars = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -56,7 +59,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(help="Samples per forward/generate batch.")] = 8,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N records.")] = None,
 ) -> None:
-    """Score a run on --data (loss, perplexity, generation/classification metrics) or on an --mc benchmark.
+    """Score a run on --data (task metrics first, then loss and perplexity) or on an --mc benchmark.
 
     Saved under RUN_DIR/eval/ with per-example predictions. Examples:
     tunelab eval runs/r --data val.jsonl --compare base --human-sheet ab.csv;
@@ -78,6 +81,9 @@ def eval_cmd(
     except (*_user_errors(), KeyError, ValueError) as e:
         _fail(e)
     Console(width=200).print(_table(results, f"{run_dir} on {', '.join(data) if data else mc}"))
+    for key, note in results.items():  # "note", or "<task>/note" with several tasks
+        if key == "note" or key.endswith("/note"):
+            err.print(f"[yellow]note[/]{' (' + key[:-5] + ')' if key != 'note' else ''}: {note}", highlight=False)
     err.print(f"saved {results['saved']}")
     if results.get("human_sheet"):
         err.print(f"rating sheet {results['human_sheet']} (key {results['human_key']}); after rating: "
