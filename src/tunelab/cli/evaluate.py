@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tunelab.cli.common import _fail, _quiet_library_warnings, _user_errors, err
+from tunelab.cli.common import _fail, _quiet_library_warnings, _set_threads, _user_errors, err
 
 
 def _cell(value: Any, signed: bool = False) -> str:
@@ -65,6 +65,8 @@ def eval_cmd(
     tunelab eval runs/r --data val.jsonl --compare base --human-sheet ab.csv;
     tunelab eval runs/multi --data qa=qa_val.jsonl --data chat=chat_val.jsonl;
     tunelab eval runs/r --mc ceval_val.jsonl --compare runs/other
+
+    CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
     _quiet_library_warnings()
     from tunelab.run import Run
@@ -73,6 +75,7 @@ def eval_cmd(
         _fail(ValueError("pass --data FILE (generate and score answers) or --mc FILE (multiple choice), not both"))
     if human_sheet and not compare:
         _fail(ValueError("--human-sheet pairs two systems' answers: add --compare base (or --compare RUN_DIR)"))
+    _set_threads()
     try:
         results = Run(run_dir).evaluate(
             data or None, mc=str(mc) if mc else None, mc_scoring=mc_scoring,
