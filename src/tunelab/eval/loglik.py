@@ -64,6 +64,39 @@ def continuation_logprobs(model, tokenizer, template: str, prompts: Sequence[lis
     return out
 
 
+def _score_chunk(model, prompt_cache, first: torch.Tensor, prompt_len: int, chunk: list[list[int]], pad: int,
+                 device) -> list[tuple[float, int]]:
+    """(summed log-prob, token count) of each option in `chunk` after a cached prompt of `prompt_len` tokens.
+
+    `first` holds the log-probabilities after the prompt (they score every option's first token);
+    the options' other tokens come from one forward of the right-padded options over a copy of the
+    prompt cache repeated once per option. Padding sits after each option, so it never changes
+    the positions that are read.
+    """
+    width = max(len(c) for c in chunk)
+    lp = None
+    if width > 1:  # positions 0..width-2 of the options predict their tokens 1..width-1
+        ids = torch.full((len(chunk), width - 1), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), prompt_len + width - 1), dtype=torch.long)
+        mask[:, :prompt_len] = 1
+        for j, c in enumerate(chunk):
+            ids[j, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+            mask[j, prompt_len:prompt_len + len(c) - 1] = 1
+        cache = copy.deepcopy(prompt_cache)  # the prompt's cache serves every chunk, so expand a copy
+        cache.batch_repeat_interleave(len(chunk))
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache,
+                       use_cache=True).logits  # (B, width-1, V)
+        lp = torch.log_softmax(logits.float(), dim=-1)
+    out = []
+    for j, c in enumerate(chunk):
+        total = first[c[0]]
+        if len(c) > 1:
+            target = torch.tensor(c[1:], device=lp.device)  # (n-1,)
+            total = total + lp[j, torch.arange(len(c) - 1, device=lp.device), target].sum()
+        out.append((float(total), len(c)))
+    return out
+
+
 def _is_prompt_learning(model) -> bool:
     """A PEFT soft-prompt/prefix model: it owns past_key_values itself, so a shared prompt cache cannot be passed."""
     config = getattr(model, "active_peft_config", None)
@@ -106,29 +139,13 @@ def option_logprobs(model, tokenizer, template: str, prompts: Sequence[list[dict
             conts.append(c)
         p = prompt_ids(tokenizer, template, prompt)[-max_length:]
         out = model(input_ids=torch.tensor([p], device=device), use_cache=True, logits_to_keep=1)
+        if out.cache is None:  # a model that returns no cache (e.g. caching switched off in its config)
+            results.append(continuation_logprobs(model, tokenizer, template, [prompt] * len(opts), list(opts),
+                                                 batch_size, max_length))
+            continue
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # (V,) predicts each option's first token
-        scores: list[tuple[float, int]] = []
-        for i in range(0, len(conts), max(batch_size, 1)):
-            chunk = conts[i:i + batch_size]
-            width = max(len(c) for c in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), len(p) + width), dtype=torch.long)
-            mask[:, :len(p)] = 1
-            for j, c in enumerate(chunk):
-                ids[j, :len(c)] = torch.tensor(c)
-                mask[j, len(p):len(p) + len(c)] = 1
-            lp = None
-            if width > 1:  # positions 0..width-2 of the options predict their tokens 1..width-1
-                cache = copy.deepcopy(out.cache)
-                cache.batch_repeat_interleave(len(chunk))
-                logits = model(input_ids=ids[:, :-1].to(device), attention_mask=mask[:, :-1].to(device),
-                               cache=cache, use_cache=True).logits  # (B, width-1, V)
-                lp = torch.log_softmax(logits.float(), dim=-1)
-            for j, c in enumerate(chunk):
-                total = first[c[0]]
-                if len(c) > 1:
-                    target = torch.tensor(c[1:], device=lp.device)  # (n-1,)
-                    total = total + lp[j, torch.arange(len(c) - 1, device=lp.device), target].sum()
-                scores.append((float(total), len(c)))
+        step = max(batch_size, 1)
+        scores = [s for i in range(0, len(conts), step)
+                  for s in _score_chunk(model, out.cache, first, len(p), conts[i:i + step], pad, device)]
         results.append(scores)
     return results
