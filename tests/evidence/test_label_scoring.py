@@ -67,3 +67,29 @@ def test_eval_results_lead_with_task_metrics(tiny_llama, tiny_tokenizer, tmp_pat
     results, _ = score_model(tiny_llama, tiny_tokenizer, tiny_tokenizer.chat_template, str(data),
                              metrics=["exact_match"], max_new_tokens=2)
     assert list(results) == ["exact_match", "loss", "perplexity", "n"]
+
+
+def test_a_model_without_a_cache_takes_the_per_pair_path(tiny_llama, tiny_tokenizer):
+    import torch
+
+    class NoCache(torch.nn.Module):
+        """A causal LM wrapper that never returns a cache, like a model with caching unsupported."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.full_passes = 0
+
+        def forward(self, **kw):
+            self.full_passes += kw.get("use_cache") is False  # the per-pair path
+            out = self.inner(**kw)
+            out.cache = None
+            return out
+
+    template = tiny_tokenizer.chat_template
+    wrapped = NoCache(tiny_llama)
+    got = option_logprobs(wrapped, tiny_tokenizer, template, PROMPTS, OPTIONS, batch_size=4)
+    assert wrapped.full_passes == 3  # 6 options of prompt 1 in two batches of 4, 3 options of prompt 2 in one
+    want = option_logprobs(tiny_llama, tiny_tokenizer, template, PROMPTS, OPTIONS, batch_size=4)
+    assert [[n for _, n in row] for row in got] == [[n for _, n in row] for row in want]
+    assert [s for row in got for s, _ in row] == pytest.approx([s for row in want for s, _ in row], rel=1e-5, abs=1e-4)
