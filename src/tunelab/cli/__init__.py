@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunelab.cli.common import _fail, _quiet_library_warnings, _user_errors, err
+from tunelab.cli.common import _fail, _quiet_library_warnings, _set_threads, _user_errors, err
 
 # Long contexts fragment CUDA memory: a 7B LoRA step at 128k tokens fails with 5 GiB free in pieces under
 # the default allocator and fits with expandable segments (docs/speed.md). Read at the first CUDA allocation,
@@ -47,6 +47,9 @@ def train(
     """Train a run: config -> data -> model -> method -> loop -> run folder.
 
     Example: tunelab train examples/sft_lora.yaml train.epochs=1 output_dir=runs/quick
+
+    CPU threads: train.threads=N or TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may
+    use, from its CPU affinity and cgroup quota); the count used is printed in the run's first line.
     """
     from tunelab.engine.launch import is_launched_rank, is_main_rank, ranked, run_torchrun
 
@@ -114,8 +117,10 @@ def chat(
     """Chat with a run (streaming), using the exact chat template it was trained with.
 
     Interactive: type a message, Enter to send; /reset clears the history, /exit (or Ctrl-D) quits.
+    CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
     _quiet_library_warnings()
+    _set_threads()
     from tunelab.infer.generate import stream_chat
     from tunelab.run import Run
 
@@ -171,8 +176,10 @@ def generate(
     """Batch prediction: answer every record of a file with the run's template; writes JSONL atomically.
 
     Example: tunelab generate runs/quick --data test.jsonl --out preds.jsonl --temperature 0.7
+    CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
     _quiet_library_warnings()
+    _set_threads()
     from tunelab.infer.predict import predict_file
     from tunelab.run import Run
 

@@ -37,3 +37,14 @@ def _quiet_library_warnings() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def _set_threads() -> int:
+    """Give torch its CPU thread count (tunelab.utils.threads) before a model is loaded; a bad value is one line."""
+    from tunelab.utils.threads import apply_threads
+
+    try:
+        return apply_threads()
+    except ValueError as e:
+        _fail(e)
+        raise  # unreachable: _fail exits

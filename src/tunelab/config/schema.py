@@ -77,6 +77,9 @@ class TrainCfg(Section):
         "never", description="auto = continue the latest checkpoint in output_dir; or a checkpoint path."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks CUDA if present.")
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch (torch.set_num_threads). null = the TUNELAB_THREADS or "
+        "OMP_NUM_THREADS environment variable, else the cores this process may use (CPU affinity, cgroup quota).")
     report_to: list[Literal["jsonl", "tensorboard", "swanlab", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="Trackers, all offline inside the run folder; jsonl (metrics.jsonl) is always written.")
