@@ -104,3 +104,38 @@ def test_real_full_disk_torch_and_safetensors_and_text(tiny_tmpfs):
     with pytest.raises(DiskFullError, match="at .*/t.txt$"):
         atomic_write_text(tiny_tmpfs / "t.txt", "x" * 1_000_000)
     assert list(tiny_tmpfs.iterdir()) == []  # nothing half-written left
+
+
+def test_cli_train_on_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_path, shared_data, monkeypatch):
+    """The 4th torch.save (the 2nd checkpoint's optimizer state) finds the disk full after writing a little."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.engine.checkpoint import verify_checkpoint
+
+    cfg = {"model": {"name": "tiny-llama"},
+           "data": {"train": str(shared_data / "llamafactory_demo/alpaca_en_demo.json"), "max_samples": 16,
+                    "max_length": 64, "val_size": 0},
+           "method": {"name": "lora", "r": 2, "alpha": 4},
+           "train": {"max_steps": 6, "batch_size": 4, "save_every": 2, "report": False},
+           "output_dir": str(tmp_path / "r")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    real_save, calls = torch.save, {"n": 0}
+
+    def filling_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", filling_save)
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "--quiet"])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    step4 = tmp_path / "r" / "checkpoints" / "step-000004"
+    assert lines == [f"error: no space left on device at {step4}"]
+    assert "Traceback" not in res.output
+    ckpts = sorted((tmp_path / "r" / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["step-000002"] and verify_checkpoint(ckpts[0]) is None  # no .tmp left
