@@ -170,6 +170,18 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(samples, str
             torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-6, msg=f"{damage} {name}: {k}")
 
 
+def test_temp_folders_of_saves_cut_short_are_removed_by_the_next_save(samples, straight_and_interrupted, tmp_path):
+    import shutil
+
+    _, cut = straight_and_interrupted
+    shutil.copytree(cut, tmp_path / "r")
+    stale = tmp_path / "r" / "checkpoints" / ".step-000006.x1y2z3.tmp"  # what kill -9 mid-save leaves
+    (stale / "weights").mkdir(parents=True)
+    run_fit(lora_model(dropout=0.1), samples, tmp_path / "r", resume="auto", save_every=2)
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == [
+        "step-000005", "step-000006", "step-000008"]
+
+
 def test_checkpoints_without_manifest_still_resume(samples, straight_and_interrupted, tmp_path):
     import shutil
 
@@ -218,7 +230,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_ones_and_leaves_no_pa
         run_fit(lora_model(), samples, tmp_path / "r", save_every=2)
     monkeypatch.undo()
     assert str(e.value) == f"no space left on device at {tmp_path / 'r' / 'checkpoints' / 'step-000004'}"
-    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step-000002"]
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step-000002"]  # no temp folder
     from tunelab.engine.checkpoint import verify_checkpoint
 
     assert verify_checkpoint(tmp_path / "r" / "checkpoints" / "step-000002") is None

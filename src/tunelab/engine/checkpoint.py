@@ -62,6 +62,10 @@ def save_checkpoint(run_dir: Path, step: int, model, method: ModuleType, optimiz
         save_torch(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **position}, indent=2))
         write_manifest(tmp)
+    # temp folders of saves a kill -9 cut short (this process is the run's only writer, so none is live)
+    for stale in target.parent.glob(".step-*"):
+        if stale.name.endswith((".tmp", ".partial", ".old")):
+            shutil.rmtree(stale, ignore_errors=True)
     if keep:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
