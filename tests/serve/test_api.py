@@ -179,7 +179,8 @@ def test_client_mistakes_in_any_field_are_400_not_500(live, path, body, param, m
 @pytest.mark.parametrize("raw", [b'{"model": "a", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
                                  b"[" * 10_000 + b"]" * 10_000])
 def test_non_finite_numbers_and_deep_nesting_are_400(live, raw):
-    resp = httpx.post(live.url + "/v1/chat/completions", content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    resp = httpx.post(live.url + "/v1/chat/completions", content=raw,
+                      headers={**AUTH, "Content-Type": "application/json"})
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["type"] == "invalid_request_error"
 
