@@ -79,14 +79,22 @@ def test_torch_save_on_a_full_disk_says_so_instead_of_unexpected_pos(tmp_path, m
     assert str(e.value) == f"no space left on device at {tmp_path / 's.pt'}"
 
 
-@pytest.fixture()
-def tiny_tmpfs(tmp_path):
-    """A 256 KiB tmpfs, where this process may mount one (root, not in a restricted container)."""
-    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+def _mount_tmpfs(folder: Path, kib: int) -> Path:
+    """Mount a tmpfs of `kib` KiB at `folder`, or skip where this process may not (not root, a locked container)."""
+    folder.mkdir()
+    try:
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)], capture_output=True)
+    except OSError as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    return folder
+
+
+@pytest.fixture()
+def tiny_tmpfs(tmp_path):
+    """A 256 KiB tmpfs."""
+    mnt = _mount_tmpfs(tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}", 256)
     yield mnt
     subprocess.run(["umount", str(mnt)], check=False)
 
@@ -139,3 +147,33 @@ def test_cli_train_on_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_
     assert "Traceback" not in res.output
     ckpts = sorted((tmp_path / "r" / "checkpoints").iterdir())
     assert [p.name for p in ckpts] == ["step-000002"] and verify_checkpoint(ckpts[0]) is None  # no .tmp left
+
+
+def test_cli_train_into_a_really_full_filesystem(tmp_path, shared_data, tiny_tokenizer):
+    """A tmpfs with room for the run folder and about two checkpoints: the third one fails cleanly."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.engine.checkpoint import verify_checkpoint
+
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    tokenizer_kib = sum(p.stat().st_size for p in (tmp_path / "tok").iterdir()) // 1024
+    mnt = _mount_tmpfs(tmp_path / "fs", tokenizer_kib + 300)  # a checkpoint of this run is ~100 KiB
+    try:
+        cfg = {"model": {"name": "tiny-llama"},
+               "data": {"train": str(shared_data / "llamafactory_demo/alpaca_en_demo.json"), "max_samples": 16,
+                        "max_length": 64, "val_size": 0},
+               "method": {"name": "lora", "r": 2, "alpha": 4},
+               "train": {"max_steps": 30, "batch_size": 4, "save_every": 1, "save_total_limit": 100,
+                         "report": False},
+               "output_dir": str(mnt / "r")}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "--quiet"])
+        assert res.exit_code == 2, res.output
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: no space left on device at {mnt / 'r'}"), lines
+        ckpts = sorted((mnt / "r" / "checkpoints").iterdir())
+        assert ckpts and all(p.name.startswith("step-") and verify_checkpoint(p) is None for p in ckpts)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
