@@ -20,9 +20,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunelab.run import RunNotFound
     from tunelab.stages.recipe import RunFolderError
     from tunelab.tracking import MissingExtra
+    from tunelab.utils.io import DiskFullError
 
     return (ConfigError, DataError, TemplateError, ModelNotFound, RunNotFound, RunFolderError, FileNotFoundError,
-            MissingExtra)
+            MissingExtra, DiskFullError)
 
 
 def _fail(e: BaseException, code: int = 2) -> None:
