@@ -103,29 +103,49 @@ def check_value(value: Any, where: str, error: type[Exception] = UserFileError, 
 
     Lone surrogates come from JSON escapes such as "\\ud800" without their pair; no encoder or tokenizer
     accepts them, so they are stopped here naming the field. The walk is iterative (no recursion limit).
-    `surrogates=False` skips the string scan (when the source text holds no \\uD8xx-\\uDFxx escape).
+    `surrogates=False` skips the string scan (when the source text holds no \\uD800-\\uDFFF escape).
     """
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    if _clean(value, surrogates):
+        return
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]  # something is wrong: walk again, naming the field
     while stack:
         node, path, depth = stack.pop()
+        if isinstance(node, (dict, list)) and depth >= MAX_DEPTH:
+            field = re.match(r"[^.\[]*", path).group()  # the top-level field: the full path is 100 steps long
+            raise error(f"{where}: nested more than {MAX_DEPTH} levels deep{f' in field {field!r}' if field else ''}; "
+                        "flatten the structure")
         if isinstance(node, dict):
-            if depth >= MAX_DEPTH:
-                raise error(f"{where}: nested more than {MAX_DEPTH} levels deep{' at ' + path if path else ''}; "
-                            "flatten the structure")
             for k, v in node.items():
                 if surrogates and isinstance(k, str) and _SURROGATE.search(k):
                     raise error(f"{where}: key {k!r} holds a lone UTF-16 surrogate escape; remove it or write "
                                 "the character itself")
                 stack.append((v, f"{path}.{k}" if path else str(k), depth + 1))
         elif isinstance(node, list):
-            if depth >= MAX_DEPTH:
-                raise error(f"{where}: nested more than {MAX_DEPTH} levels deep{' at ' + path if path else ''}; "
-                            "flatten the structure")
             stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
         elif surrogates and isinstance(node, str) and _SURROGATE.search(node):
             field = f"field '{path}'" if path else "the value"
             raise error(f"{where}: {field} holds a lone UTF-16 surrogate escape such as \\ud800 (half of a "
                         "character); remove it or write the whole character (e.g. \\ud83d\\ude00 or the emoji itself)")
+
+
+def _clean(value: Any, surrogates: bool) -> bool:
+    """The fast pass of `check_value`: True when nothing is too deep and (if asked) no string holds a surrogate."""
+    if not isinstance(value, (dict, list)):
+        return not (surrogates and isinstance(value, str) and _SURROGATE.search(value))
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth >= MAX_DEPTH:
+            return False
+        for v in children:
+            if isinstance(v, (dict, list)):
+                stack.append((v, depth + 1))
+            elif surrogates and isinstance(v, str) and _SURROGATE.search(v):
+                return False
+        if surrogates and isinstance(node, dict) and any(isinstance(k, str) and _SURROGATE.search(k) for k in node):
+            return False
+    return True
 
 
 def may_hold_surrogates(text: str) -> bool:
@@ -140,7 +160,9 @@ def loads_json(text: str, where: str, error: type[Exception] = UserFileError) ->
     except RecursionError:
         raise error(f"{where}: nested too deeply to read (thousands of [ or {{ levels); flatten the "
                     "structure") from None
-    check_value(value, where, error, may_hold_surrogates(text))
+    surrogates = may_hold_surrogates(text)
+    if surrogates or text.count("[") + text.count("{") >= MAX_DEPTH:  # else nothing to find: skip the walk
+        check_value(value, where, error, surrogates)
     return value
 
 
