@@ -100,3 +100,14 @@ def test_export_format_is_checked_before_the_run_is_loaded(tmp_path):
     assert "unknown export format 'zip'; choose from safetensors, merged, gguf" in out
     out = _cli("export", str(tmp_path / "no-such-run"), "--format", "gguf", "--quant", "q9")
     assert "quant='q9' is not a GGUF type" in out
+
+
+def test_serve_template_file_in_another_encoding_is_a_parameter_error(tmp_path):
+    import typer
+
+    from tunelab.cli.serve import parse_model_arg
+
+    path = tmp_path / "t.jinja"
+    path.write_bytes("{{ messages }} café".encode("latin-1"))
+    with pytest.raises(typer.BadParameter, match=r"t.jinja:1: not UTF-8 text \(byte 0xe9 at byte offset 18\)"):
+        parse_model_arg(f"m=tiny-llama,template={path}")
