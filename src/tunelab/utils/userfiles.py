@@ -7,8 +7,8 @@ lone UTF-16 surrogates (JSON `"\\ud800"`) that only fail later, inside the token
 functions here turn each of these into an exception of the caller's choosing (ConfigError,
 DataError...) whose message names the file, the line and what to do.
 
-    >>> text = read_text("data.jsonl", DataError)   # strict UTF-8, a BOM is dropped
-    >>> cfg = load_yaml(text, "run.yaml", ConfigError)  # refuses duplicate keys and deep nesting
+    >>> text = read_text("data.jsonl", DataError)        # strict UTF-8, a BOM is dropped
+    >>> value = load_yaml(read_text("run.yaml"), "run.yaml")  # UserFileError on duplicate keys, deep nesting
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 
 class UserFileError(ValueError):
     """A user file that cannot be read as written (the default error of these functions)."""
