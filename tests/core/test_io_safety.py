@@ -177,3 +177,33 @@ def test_cli_train_into_a_really_full_filesystem(tmp_path, shared_data, tiny_tok
         assert ckpts and all(p.name.startswith("step-") and verify_checkpoint(p) is None for p in ckpts)
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_cli_train_when_the_metrics_log_finds_the_disk_full(tmp_path, shared_data, monkeypatch):
+    """Not only atomic writes: a full disk under the metrics tracker's append is the same one line, exit 2."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.tracking.jsonl import JsonlTracker
+
+    cfg = {"model": {"name": "tiny-llama"},
+           "data": {"train": str(shared_data / "llamafactory_demo/alpaca_en_demo.json"), "max_samples": 8,
+                    "max_length": 64, "val_size": 0},
+           "method": {"name": "lora", "r": 2, "alpha": 4},
+           "train": {"max_steps": 3, "batch_size": 4, "report": False},
+           "output_dir": str(tmp_path / "r")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    real_log = JsonlTracker.log
+
+    def full_on_step_2(self, metrics, step):
+        if step == 2:
+            self._f = _Full(self._f)
+        return real_log(self, metrics, step)
+
+    monkeypatch.setattr(JsonlTracker, "log", full_on_step_2)
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines == [f"error: no space left on device at {tmp_path / 'r' / 'metrics.jsonl'}"]

@@ -58,6 +58,7 @@ def train(
     _quiet_library_warnings()
     import tunelab
     from tunelab.engine.loop import TrainingDiverged, TrainingInterrupted
+    from tunelab.utils.io import DiskFullError, is_disk_full
 
     try:
         run = tunelab.train(config, overrides or [], progress=not quiet and is_main_rank())
@@ -69,6 +70,10 @@ def train(
         _fail(ranked(e), 1)
     except _user_errors() as e:
         _fail(ranked(e))
+    except OSError as e:  # a full disk under any writer (metrics, report, tracker), not only the atomic ones
+        if not is_disk_full(e):
+            raise
+        _fail(ranked(DiskFullError(e.filename or config)))
     if not is_main_rank():  # rank 0 reports for the whole run
         return
     s = run.summary
@@ -84,11 +89,11 @@ def config_show(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE overrides.")] = None,
 ) -> None:
     """Print the resolved config (every default filled in) as YAML."""
-    from tunelab.config import ConfigError, dump_config, load_config
+    from tunelab.config import dump_config, load_config
 
     try:
         typer.echo(dump_config(load_config(config, overrides or [])), nl=False)
-    except ConfigError as e:
+    except _user_errors() as e:
         _fail(e)
 
 
@@ -180,10 +185,12 @@ def generate(
     """
     _quiet_library_warnings()
     _set_threads()
+    from tunelab.data.io import read_records
     from tunelab.infer.predict import predict_file
     from tunelab.run import Run
 
     try:
+        read_records(data)  # bad or missing records fail here, before the model is loaded
         model, tok, template = Run(run_dir).load_model()
         n = predict_file(model, tok, template, str(data), out, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, limit=limit,
@@ -230,13 +237,14 @@ def export(
     Example: tunelab export runs/quick --format gguf --quant q8_0
     """
     _quiet_library_warnings()
-    from tunelab.export import ExportError
+    from tunelab.export import ExportError, check_export
     from tunelab.methods import NotMergeable
     from tunelab.run import Run
 
     options = {k: v for k, v in {"quant": quant, "system": system, "model_name": model_name,
                                  "with_past": with_past}.items() if v is not None}
     try:
+        check_export(fmt, options)  # a wrong --format or option fails before the run's model is loaded
         path = Run(run_dir).export(fmt, out, **options)
     except (*_user_errors(), ExportError, NotMergeable) as e:
         _fail(e)

@@ -31,7 +31,7 @@ RejectedOpt = Annotated[Optional[Path], typer.Option("--rejected", help="Side fi
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
     raise typer.Exit(1)
 
 
@@ -297,11 +297,14 @@ def inspect_cmd(
     """
     def body() -> None:
         from tunelab.data.inspect import TRAINED_CLOSE, TRAINED_OPEN, inspect_data, write_length_png
+        from tunelab.data.sources import read_any
         from tunelab.data.templates import resolve_template
         from tunelab.models import load_tokenizer
 
+        records = read_any(input)  # an unreadable file fails before the tokenizer is loaded
         tok = load_tokenizer(model)
-        report = inspect_data(input, tok, resolve_template(tok, chat_template), max_length, example_index=example)
+        report = inspect_data(input, tok, resolve_template(tok, chat_template), max_length, example_index=example,
+                              records=records)
         text = report.to_text()
         head, _, sample = text.partition(f"example (trained tokens in {TRAINED_OPEN} {TRAINED_CLOSE}):\n")
         out.print(head, highlight=False, markup=False, soft_wrap=True, end="")

@@ -77,6 +77,12 @@ def eval_cmd(
         _fail(ValueError("--human-sheet pairs two systems' answers: add --compare base (or --compare RUN_DIR)"))
     _set_threads()
     try:
+        if data:  # unreadable data fails here, before the run's model is loaded
+            from tunelab.data.sources import read_any
+            from tunelab.eval.evaluate import task_files
+
+            for path in task_files(data).values():
+                read_any(path)
         results = Run(run_dir).evaluate(
             data or None, mc=str(mc) if mc else None, mc_scoring=mc_scoring,
             metrics=[m.strip() for m in metrics.split(",") if m.strip()], compare=compare,
