@@ -148,3 +148,10 @@ def test_a_two_thousand_turn_conversation_takes_the_linear_path(tiny_tokenizer, 
 
     before = render(tiny_tokenizer, template, msgs[:-1], add_generation_prompt=True)
     assert spans[-1] == (len(before), len(text))
+
+
+def test_a_template_file_in_another_encoding_names_the_file(tiny_tokenizer, tmp_path):
+    f = tmp_path / "t.jinja"
+    f.write_bytes("{{ 'café' }}".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"t\.jinja.*UTF-8"):
+        resolve_template(tiny_tokenizer, str(f))

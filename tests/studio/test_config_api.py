@@ -139,3 +139,12 @@ def test_method_without_a_valid_name_points_at_method_name(client, alpaca_bytes)
     r = client.post("/api/config/validate", json={"name": "x", "values": {**GOOD, "method.name": "lorax"}})
     assert r.status_code == 422
     assert list(r.json()["fields"]) == ["method.name"]
+
+
+def test_form_values_get_the_strict_yaml_reader(client, alpaca_bytes):
+    upload(client, "hello.json", alpaca_bytes)
+    r = client.post("/api/config/validate", json={"name": "x", "values": {**GOOD, "train.lr": "{a: 1, a: 2}"}})
+    assert r.status_code == 422 and "duplicate key" in r.json()["problems"][0]
+    deep = "[" * 5000 + "]" * 5000
+    r = client.post("/api/config/validate", json={"name": "x", "values": {**GOOD, "train.lr": deep}})
+    assert r.status_code == 422 and r.json()["problems"][0].startswith("train.lr: not a valid value")

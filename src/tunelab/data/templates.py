@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tunelab.data.formats import Conversation
 from tunelab.data.io import DataError
+from tunelab.utils.userfiles import read_text
 
 IGNORE_INDEX = -100
 
@@ -95,7 +96,7 @@ def resolve_template(tokenizer, name: str | None) -> str:
         return NAMED_TEMPLATES[name]
     path = Path(name)
     if path.suffix == ".jinja" and path.is_file():
-        return path.read_text(encoding="utf-8")
+        return read_text(path, TemplateError)  # strict UTF-8, naming the file and line
     raise TemplateError(f"model.chat_template: {name!r} is neither a named template "
                         f"({', '.join(NAMED_TEMPLATES)}) nor an existing .jinja file")
 

@@ -20,6 +20,7 @@ import yaml
 from tunelab.config import ConfigError, RunCfg, build_config, schema_lines
 from tunelab.config.refs import RefValue, is_builtin, refs
 from tunelab.studio.paths import Settings, StudioError, inside
+from tunelab.utils.userfiles import StrictLoader, yaml_problem
 
 _METHOD_ROW = re.compile(r"^method\[(\w+)\]\.(.+)$")
 _CHOICES = re.compile(r"^[\w\-]+(\|[\w\-]+)+$")
@@ -106,10 +107,13 @@ def config_from_form(values: dict[str, Any]) -> dict:
         if isinstance(raw, str):
             if not raw.strip():
                 continue
-            try:
-                value = yaml.safe_load(raw)
+            try:  # the CLI's strict loader: duplicate keys and deep nesting are refused here too
+                value = yaml.load(raw, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
             except yaml.YAMLError as e:
-                problems.append(f"{key}: not a valid value ({getattr(e, 'problem', e)}); write it as in YAML")
+                problems.append(f"{key}: not a valid value ({yaml_problem(e)[1]}); write it as in YAML")
+                continue
+            except RecursionError:
+                problems.append(f"{key}: not a valid value (nested too deeply); flatten it")
                 continue
         else:
             value = raw
