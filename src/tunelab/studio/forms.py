@@ -123,9 +123,6 @@ def config_from_form(values: dict[str, Any]) -> dict:
     return data
 
 
-MODEL_ALIASES = ("smollm2-135m", "smollm2-135m-instruct")
-"""Bundled models a `model` value may name instead of a path (besides tunelab.models.TINY_MODELS)."""
-
 KIND_WORDS = {"data": "data file", "model": "model", "run": "run folder", "template": "chat template",
               "checkpoint": "checkpoint", "output": "output_dir"}
 """How each kind reads in a message (a kind missing here reads 'path')."""
@@ -150,7 +147,7 @@ def kind_roots(settings: Settings) -> dict[str, list[Path]]:
 def _is_named(kind: str, value: str) -> bool:
     """A value that names something shipped with tunelab rather than a path: a model alias or a named template."""
     if kind == "model":
-        from tunelab.models import TINY_MODELS
+        from tunelab.models import MODEL_ALIASES, TINY_MODELS  # the names resolve_model accepts
 
         return value in MODEL_ALIASES or value in TINY_MODELS
     if kind == "template":
