@@ -23,6 +23,7 @@ from tunelab.config.schema import TrainCfg
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tunelab.engine.dcp import load_any_checkpoint, save_any_checkpoint
+from tunelab.kernels.lora import unwrapped
 from tunelab.engine.optim import (
     build_optimizer,
     build_regulariser,
@@ -277,10 +278,11 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     step = 0
     resume_from = _resume_target(cfg.resume, run_dir)
     if resume_from is not None:
-        if par.distributed or (resume_from / "dcp").is_dir():  # written or read by several processes
-            saved = load_any_checkpoint(resume_from, model, method, optimizer, scheduler)
-        else:
-            saved = load_checkpoint(resume_from, model, method, optimizer, scheduler)
+        with unwrapped(model):  # PEFT finds adapters by module path: fast-path wrappers out of the way
+            if par.distributed or (resume_from / "dcp").is_dir():  # written or read by several processes
+                saved = load_any_checkpoint(resume_from, model, method, optimizer, scheduler)
+            else:
+                saved = load_checkpoint(resume_from, model, method, optimizer, scheduler)
         step = saved.pop("step")
         pos.update(saved)
         if par.is_main:
@@ -306,7 +308,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     # protocol), which skips that update and every later one, and the readback raises TrainingDiverged.
     ahead = cfg.speed.wants("prefetch", device.type) and not par.distributed and train_stream is None
     device_guard = ahead and bool(getattr(optimizer, "defaults", {}).get("fused"))
-    bad = torch.zeros(1, dtype=torch.float32, device=device) if device_guard else None
+    bad = torch.zeros((), dtype=torch.float32, device=device) if device_guard else None
     pending: list[tuple[int, object, object, int, float]] = []  # (step, loss, grad_norm, tokens, lr) not read yet
     for key in ("loss_tokens", "eval_s", "train_s"):
         pos.setdefault(key, 0.0 if key.endswith("_s") else 0)
@@ -322,10 +324,12 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
 
     def checkpoint() -> Path:
         pos["elapsed_s"] = time.perf_counter() - t_start
-        if par.distributed:
-            return save_any_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos),
-                                       keep=cfg.save_total_limit)
-        return save_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos), keep=cfg.save_total_limit)
+        with unwrapped(model):
+            if par.distributed:
+                return save_any_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos),
+                                           keep=cfg.save_total_limit)
+            return save_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos),
+                                   keep=cfg.save_total_limit)
 
     def readback() -> dict:
         """Read the pending steps' values (one wait for the GPU); log and show them; raise on a bad loss."""
@@ -381,7 +385,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
             if regulariser is not None:  # its gradient joins the step's (the logged loss stays the task loss)
                 regulariser.penalty().backward()
             if device_guard:  # no wait: a non-finite loss skips this update and all later ones (found_inf)
-                bad = torch.maximum(bad, (~torch.isfinite(loss)).float().reshape(1))
+                bad = torch.maximum(bad, (~torch.isfinite(loss)).float())
                 optimizer.found_inf = bad
             elif not math.isfinite(float(loss)):
                 last = list_checkpoints(run_dir)
@@ -429,7 +433,8 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                 if pos["best_eval"] is None or last_eval < pos["best_eval"] - 1e-6:
                     pos.update(best_eval=last_eval, best_step=step, bad_evals=0)
                     if cfg.early_stopping_patience:
-                        distributed.save_weights(model, method, run_dir / "best")  # atomic, rank 0
+                        with unwrapped(model):
+                            distributed.save_weights(model, method, run_dir / "best")  # atomic, rank 0
                 else:
                     pos["bad_evals"] += 1
                     if cfg.early_stopping_patience and pos["bad_evals"] >= cfg.early_stopping_patience:
@@ -450,7 +455,8 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     bar.close()
     distributed.barrier()
     if cfg.early_stopping_patience and (run_dir / "best").is_dir() and pos["best_step"] != step:
-        method.load_state(model, run_dir / "best")
+        with unwrapped(model):
+            method.load_state(model, run_dir / "best")
     elapsed = time.perf_counter() - t_start
     train_s = max(pos["train_s"], 1e-9)  # training time only: evaluation and checkpoint writing excluded
     steady_tokens, steady_s = (pos["tokens"] - pos["steady_from"][0], pos["train_s"] - pos["steady_from"][1]) \

@@ -18,6 +18,9 @@ wrapper calls PEFT's own forward. LoRA dropout runs inside the fused node (`drop
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -131,6 +134,24 @@ class TransparentWrapper(nn.Module):
         super().__init__()
         self.register_state_dict_post_hook(_strip_wrapper_keys)
         self.register_load_state_dict_pre_hook(_add_wrapper_keys)
+
+
+@contextmanager
+def unwrapped(model: nn.Module) -> Iterator[None]:
+    """The model's own modules in place of every `TransparentWrapper` for the block; the same wrappers after.
+
+    Saving and loading through PEFT (mid-run checkpoints, early stopping's best weights, resume) finds
+    adapter layers by module path, which a wrapper changes. Putting the very same wrapper objects back
+    afterwards keeps compiled layers valid (no recompilation).
+    """
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, TransparentWrapper)]
+    for name, wrapper in reversed(found):  # innermost first: each path is still valid when it is replaced
+        model.set_submodule(name, getattr(wrapper, wrapper.wrapped_attr))
+    try:
+        yield
+    finally:
+        for name, wrapper in found:  # outermost first: the inner paths run through the outer wrappers again
+            model.set_submodule(name, wrapper)
 
 
 def _strip_wrapper_keys(module: TransparentWrapper, state_dict: dict, prefix: str, local_metadata) -> None:

@@ -167,7 +167,7 @@ def plan_speed(model: nn.Module, train_cfg, device: torch.device, packed: bool =
     if speed.mode == "lean":
         plan.on.append("lean (checkpoint every layer)")
     if optimizer is not None:
-        if optimizer == "adamw" and dev == "cuda" and speed.mode != "plain":
+        if optimizer == "adamw" and dev == "cuda":  # the engine's choice, whatever the mode
             plan.on.append("fused_adamw")
         else:
             plan.off["fused_adamw"] = f"optimizer {optimizer}" if optimizer != "adamw" else f"{dev}"
