@@ -14,15 +14,14 @@ E2E="python3 benchmarks/scripts/train_e2e.py --tok assets/tok --machine $TAG --o
 HH=assets/data/huanhuan.json; AL=assets/data/alpaca_en_demo.json
 case $PHASE in
   a)  # 1.5B, huanhuan, whole 200-step runs: tunelab default and lean against TRL with and without checkpointing
-    timeout 520 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab,trl,trl-gc,tunelab-lean --timeout 240
-    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_speed_gpu.py -x 2>&1 | tail -15 | tee $OUT/gpu_tests.txt
+    timeout 480 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab,trl,trl-gc,tunelab-lean --timeout 200
+    TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 75 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_speed_gpu.py -x 2>&1 | tail -15 | tee $OUT/gpu_tests.txt
     ;;
   b)  # the other peers and shapes
-    timeout 200 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs trl-liger,hf+peft,hf+peft-gc --timeout 190
-    timeout 90 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
+    timeout 100 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
       --peer-script assets/peer_lora.py 2>&1 | grep '^{' | tee $OUT/bench.jsonl
-    timeout 150 $E2E --shape qwen2.5-1.5b --data $AL --steps 100 --runs tunelab,trl --timeout 140
-    timeout 140 $E2E --shape qwen2.5-7b --data $HH --steps 30 --bs 2 --method qlora --runs tunelab --timeout 130
+    timeout 150 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs trl-liger --timeout 145
+    timeout 200 $E2E --shape qwen2.5-7b --data $HH --steps 30 --bs 2 --method qlora --runs tunelab --timeout 190
     ;;
 esac
 (cd /tmp/e2e && tar czf $OUT/logs.tgz *.log); ls /tmp/e2e

@@ -69,7 +69,7 @@ cfg = SFTConfig(output_dir="/tmp/trl-out", per_device_train_batch_size=a.bs, max
                 max_steps=a.steps, learning_rate=2e-4, bf16=True, gradient_checkpointing=a.gc,
                 use_liger_kernel=a.liger, logging_steps=10, save_strategy="no", report_to="none",
                 include_num_input_tokens_seen="non_padding", model_init_kwargs=model_kwargs,
-                dataset_num_proc=4, lr_scheduler_type="cosine", warmup_ratio=0.03)
+                dataset_num_proc=4, lr_scheduler_type="cosine", warmup_steps=max(1, a.steps * 3 // 100))
 trainer = SFTTrainer(model=a.model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[clock],
                      peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                             task_type="CAUSAL_LM"))

