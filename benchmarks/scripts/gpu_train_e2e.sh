@@ -17,6 +17,9 @@ case $PHASE in
     timeout 480 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab,trl,trl-gc,tunelab-lean --timeout 200
     TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 75 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_speed_gpu.py -x 2>&1 | tail -15 | tee $OUT/gpu_tests.txt
     ;;
+  c)  # memory-lean mode against TRL with gradient checkpointing
+    timeout 330 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab-lean,trl-gc --timeout 180
+    ;;
   b)  # the other peers and shapes
     timeout 100 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
       --peer-script assets/peer_lora.py 2>&1 | grep '^{' | tee $OUT/bench.jsonl

@@ -114,7 +114,7 @@ def test_plan_line_names_each_path_and_why_it_is_off():
     lean = plan_speed(model, TrainCfg(speed={"mode": "lean"}), torch.device("cuda"))
     assert "lean (checkpoint every layer)" in lean.on
     full = plan_speed(load_model("tiny-llama"), TrainCfg(), torch.device("cuda"), optimizer="adamw_8bit")
-    assert full.off == {"fused_lora": "no LoRA linears in this method", "flex_attention":
+    assert full.off == {"fused_lora": "no plain LoRA linears (4-bit bases keep PEFT's modules)", "flex_attention":
                         "rows are not packed (data.packing)", "fused_adamw": "optimizer adamw_8bit"}
 
 
