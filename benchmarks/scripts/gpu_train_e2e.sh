@@ -20,6 +20,9 @@ case $PHASE in
   c)  # memory-lean mode against TRL with gradient checkpointing
     timeout 330 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab-lean,trl-gc --timeout 180
     ;;
+  q)  # QLoRA through tunelab train: quantized while loading (load included in the peak)
+    timeout 150 $E2E --shape qwen2.5-1.5b --data $HH --steps 20 --method qlora --runs tunelab --timeout 140
+    ;;
   b)  # the other peers and shapes
     timeout 100 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
       --peer-script assets/peer_lora.py 2>&1 | grep '^{' | tee $OUT/bench.jsonl

@@ -161,7 +161,9 @@ def plan_speed(model: nn.Module, train_cfg, device: torch.device, packed: bool =
     decide("chunked_ce", parts if isinstance(parts, str) else None)
     n_lora = sum(1 for m in model.modules() if _is_lora_linear(m))
     decide("fused_lora", None if n_lora else "no plain LoRA linears (4-bit bases keep PEFT's modules)")
-    decide("compile_layers", None if _has_layers(model) else "no decoder-layer list found")
+    quantized = any(getattr(m, "tunelab_quantized", None) for m in model.modules())
+    decide("compile_layers", "4-bit base: bitsandbytes layers run eager" if quantized
+           else None if _has_layers(model) else "no decoder-layer list found")
     decide("flex_attention", None if packed else "rows are not packed (data.packing)")
     decide("prefetch")
     if speed.mode == "lean":
