@@ -33,7 +33,8 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 def to_prompt_completion(r):
     user = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
-    return {"prompt": [{"role": "user", "content": user}], "completion": [{"role": "assistant", "content": r["output"]}]}
+    return {"prompt": [{"role": "user", "content": user}],
+            "completion": [{"role": "assistant", "content": r["output"]}]}
 
 
 ds = load_dataset("json", data_files=a.data, split="train")

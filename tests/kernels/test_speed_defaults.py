@@ -256,7 +256,8 @@ def test_packed_rows_padded_to_max_length_give_the_same_loss():
     rows = pack(samples, 24)
     batch = collate_packed(rows, pad_id=0)
     fixed = pad_rows_to(batch, 32, 0)
-    assert fixed["input_ids"].shape[1] == 32 and int(fixed["attention_mask"].sum()) == int(batch["attention_mask"].sum())
+    assert fixed["input_ids"].shape[1] == 32
+    assert int(fixed["attention_mask"].sum()) == int(batch["attention_mask"].sum())
     model = lora_model(0.0)
     with torch.no_grad(), speed_context(model, TrainCfg(speed={"flex_attention": True}), torch.device("cpu"),
                                         packed=True, say=False):

@@ -23,13 +23,13 @@ from tunelab.config.schema import TrainCfg
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tunelab.engine.dcp import load_any_checkpoint, save_any_checkpoint
-from tunelab.kernels.lora import unwrapped
 from tunelab.engine.optim import (
     build_optimizer,
     build_regulariser,
     build_scheduler,
     resolve_optim,
 )
+from tunelab.kernels.lora import unwrapped
 from tunelab.tracking.progress import TrainProgress
 
 # loss_fn(model, batch) -> (summed loss tensor, number of target tokens in the batch), optionally with a third
@@ -440,7 +440,8 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                     if cfg.early_stopping_patience and pos["bad_evals"] >= cfg.early_stopping_patience:
                         stopped = "early_stopping"
                         bar.note(f"early stopping at step {step}: validation loss has not improved for "
-                                 f"{pos['bad_evals']} evaluations (best {pos['best_eval']:.4f} at step {pos['best_step']})")
+                                 f"{pos['bad_evals']} evaluations "
+                                 f"(best {pos['best_eval']:.4f} at step {pos['best_step']})")
                 pos["eval_s"] += time.perf_counter() - t_eval
                 t_window = time.perf_counter()  # the throughput window excludes evaluation
             if saving:
