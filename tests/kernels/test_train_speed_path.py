@@ -114,11 +114,13 @@ def test_speed_context_fuses_lora_and_unfuses_before_saving(tmp_path):
 
     model = make_model("lora")
     keys = set(model.state_dict())
-    cfg = TrainCfg(speed={"fused_lora": True})
+    cfg = TrainCfg(speed={"fused_lora": True})  # true: on any device (plain torch); compile_layers auto: CUDA only
     batch = padded_batch()
     ref_loss, _, ref_g = loss_and_grads(model, batch, SPEED)
-    with speed_context(model, cfg, torch.device("cuda")):  # device type only: fuse_lora itself runs anywhere
+    with speed_context(model, cfg, torch.device("cpu"), say=False) as plan:
+        assert "fused_lora" in plan and "compile_layers" not in plan
         assert sum(isinstance(m, FusedLoraLinear) for m in model.modules()) == 14  # 7 linears x 2 layers
+        assert set(model.state_dict()) == keys  # the wrappers keep PEFT's key names (mid-run checkpoints)
         loss, _, grads = loss_and_grads(model, batch, SPEED)
     assert not any(isinstance(m, FusedLoraLinear) for m in model.modules()) and set(model.state_dict()) == keys
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
@@ -131,10 +133,9 @@ def test_speed_context_fuses_lora_and_unfuses_before_saving(tmp_path):
 
     saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert saved and not any(".inner." in k for k in saved)
-    with speed_context(model, TrainCfg(speed={"fused_lora": True}, save_every=2), torch.device("cuda")):
-        assert not any(isinstance(m, FusedLoraLinear) for m in model.modules())  # mid-run checkpoints: skipped
-    with speed_context(model, cfg, torch.device("cpu")):
-        assert not any(isinstance(m, FusedLoraLinear) for m in model.modules())  # CUDA only
+    with speed_context(model, TrainCfg(), torch.device("cpu"), say=False) as plan:
+        assert not any(isinstance(m, FusedLoraLinear) for m in model.modules())  # auto: CUDA only
+        assert plan.off["fused_lora"].startswith("auto: cpu")
 
 
 def test_bad_speed_key_is_a_config_error():

@@ -78,8 +78,10 @@ def train(
         return
     s = run.summary
     eval_part = f", eval loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else ""
-    err.print(f"[green]done[/]: {s['steps']} steps, train loss {s['train_loss']:.4f}{eval_part}, "
-              f"{s['tokens_per_s']:,.0f} tok/s -> {run.path}")
+    rate = (f"{s['steady_tokens_per_s']:,.0f} tok/s after step 1 (real tokens; {s['loss_tokens_per_s']:,.0f} "
+            f"loss tok/s over training), first step {s['first_step_s']:.1f} s"
+            if s.get("steady_tokens_per_s") else f"{s['tokens_per_s']:,.0f} tok/s")
+    err.print(f"[green]done[/]: {s['steps']} steps, train loss {s['train_loss']:.4f}{eval_part}, {rate} -> {run.path}")
     typer.echo(str(run.path))
 
 

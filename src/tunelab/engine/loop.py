@@ -29,6 +29,7 @@ from tunelab.engine.optim import (
     build_scheduler,
     resolve_optim,
 )
+from tunelab.kernels.lora import unwrapped
 from tunelab.tracking.progress import TrainProgress
 
 # loss_fn(model, batch) -> (summed loss tensor, number of target tokens in the batch), optionally with a third
@@ -103,12 +104,14 @@ def micro_batches(samples: Sequence, batch_size: int, seed: int, start: int, ord
 
 
 def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
-                         metrics: dict | None = None) -> tuple[float, int]:
+                         metrics: dict | None = None, sync: bool = True) -> tuple[float | torch.Tensor, int]:
     """Backpropagate a whole accumulated batch with the loss normalized by its total target tokens.
 
     Returns (mean loss per target token, target tokens). Dividing each micro-batch's summed loss
     by the global count makes N micro-batches give exactly the gradient of one big batch.
     If `metrics` is a dict, the loss function's extra metrics are averaged into it (weighted by count).
+    `sync=False` returns the mean loss as a 0-dim device tensor (no wait for the GPU); batches that
+    carry `loss_count` (set by the loop from the host copy) are counted without touching the device.
     """
     n_tokens = sum(loss_count(b) for b in batches)
     if n_tokens == 0:
@@ -119,7 +122,7 @@ def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
             out = loss_fn(model, b)
         loss_sum, count = out[0], out[1]
         (loss_sum / n_tokens).backward()
-        total += float(loss_sum.detach())
+        total = total + (loss_sum.detach().float() if not sync else float(loss_sum.detach()))
         _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
     if metrics is not None:
         _mean_metrics(metrics)
@@ -180,8 +183,29 @@ def _ppl(loss: float) -> float:
     return math.exp(min(loss, 50))
 
 
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def _to(batch: dict, device, non_blocking: bool = False) -> dict:
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def prepare_batch(batch: dict, device, ahead: bool) -> tuple[dict, int]:
+    """(the batch on `device`, its real input tokens), everything counted from the host copy.
+
+    `ahead`: pin the host tensors and copy them with non_blocking transfers, and record the batch's
+    `loss_count` from the host copy, so neither the copy nor the counting waits for the GPU; the
+    host collates the next batch while the GPU still runs the step before (the loop never syncs
+    between steps in this mode).
+    """
+    mask = batch.get("attention_mask")
+    n_inputs = int(mask.sum()) if isinstance(mask, torch.Tensor) and not mask.is_cuda else None
+    if not ahead:
+        moved = _to(batch, device)
+        return moved, n_inputs if n_inputs is not None else int(moved["attention_mask"].sum())
+    if LOSS_COUNT_KEY not in batch and "labels" in batch:
+        batch = {**batch, LOSS_COUNT_KEY: loss_count(batch)}
+    if torch.device(device).type == "cuda":
+        batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return _to(batch, device, non_blocking=True), n_inputs or 0
 
 
 @contextlib.contextmanager
@@ -212,6 +236,15 @@ def total_steps_for(cfg: TrainCfg, n_samples: int) -> int:
     micro_per_epoch = math.ceil(n_samples / cfg.batch_size)
     return max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.grad_accum))
 
+
+
+def _diverged(loss: float, step: int, run_dir: Path) -> "TrainingDiverged":
+    """The error for a non-finite loss: the step, and the newest checkpoint that verifies, to resume from."""
+    last = latest_valid_checkpoint(run_dir)
+    return TrainingDiverged(
+        f"loss became {loss} at step {step}; weights were not updated. "
+        f"Last good checkpoint: {last or 'none (set train.save_every)'}. "
+        "Lower train.lr, keep train.max_grad_norm set, or check the data for empty answers")
 
 def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequence | Mapping[str, Sequence],
         collate_fn, loss_fn: LossFn,
@@ -254,10 +287,11 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     step = 0
     resume_from = _resume_target(cfg.resume, run_dir)
     if resume_from is not None:
-        if par.distributed or (resume_from / "dcp").is_dir():  # written or read by several processes
-            saved = load_any_checkpoint(resume_from, model, method, optimizer, scheduler)
-        else:
-            saved = load_checkpoint(resume_from, model, method, optimizer, scheduler)
+        with unwrapped(model):  # PEFT finds adapters by module path: fast-path wrappers out of the way
+            if par.distributed or (resume_from / "dcp").is_dir():  # written or read by several processes
+                saved = load_any_checkpoint(resume_from, model, method, optimizer, scheduler)
+            else:
+                saved = load_checkpoint(resume_from, model, method, optimizer, scheduler)
         step = saved.pop("step")
         pos.update(saved)
         if par.is_main:
@@ -276,8 +310,22 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     has_val = any(len(v) for v in eval_sets.values())
     last_by_set: dict[str, float] = {}
     flag: dict = {}
+    # Ahead mode (train.speed.prefetch, CUDA by default): batches pinned and copied non_blocking, and the
+    # step's loss and grad norm stay on the device until a readback (every log_every steps, evals,
+    # checkpoints, the end), so the host never waits for the GPU in between. Its NaN guard runs on the
+    # device too: with fused AdamW a non-finite loss sets the optimizer's `found_inf` (the AMP grad-scaler
+    # protocol), which skips that update and every later one, and the readback raises TrainingDiverged.
+    ahead = cfg.speed.wants("prefetch", device.type) and not par.distributed and train_stream is None
+    device_guard = ahead and bool(getattr(optimizer, "defaults", {}).get("fused"))
+    bad = torch.zeros((), dtype=torch.float32, device=device) if device_guard else None
+    pending: list[tuple[int, object, object, int, float]] = []  # (step, loss, grad_norm, tokens, lr) not read yet
+    for key in ("loss_tokens", "eval_s", "train_s"):
+        pos.setdefault(key, 0.0 if key.endswith("_s") else 0)
+    first_step_s = None
     model.train()
     t_start = time.perf_counter() - pos["elapsed_s"]
+    t_loop = t_window = time.perf_counter()
+    window_tokens = 0
 
     def log(metrics: dict) -> None:
         for t in trackers:
@@ -285,64 +333,99 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
 
     def checkpoint() -> Path:
         pos["elapsed_s"] = time.perf_counter() - t_start
-        if par.distributed:
-            return save_any_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos),
-                                       keep=cfg.save_total_limit)
-        return save_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos), keep=cfg.save_total_limit)
+        with unwrapped(model):
+            if par.distributed:
+                return save_any_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos),
+                                           keep=cfg.save_total_limit)
+            return save_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos),
+                                   keep=cfg.save_total_limit)
 
+    def readback() -> dict:
+        """Read the pending steps' values (one wait for the GPU); log and show them; raise on a bad loss."""
+        nonlocal last_loss, t_window, window_tokens
+        if not pending:
+            return {}
+        values = _as_floats([v for _, loss, gn, _, _ in pending for v in (loss, gn)])
+        now = time.perf_counter()
+        pos["train_s"] += now - t_window
+        rate = window_tokens / max(now - t_window, 1e-9)
+        metrics: dict = {}
+        for i, (at, _, _, tokens, lr) in enumerate(pending):
+            loss, gn = values[2 * i], values[2 * i + 1]
+            if not math.isfinite(loss):
+                raise _diverged(loss, at, run_dir)
+            metrics = {"epoch": _epochs(pos, micro_per_epoch), "loss": loss, "lr": lr, "grad_norm": gn,
+                       "tokens": tokens, "tokens_per_s": rate,
+                       "elapsed_s": round(now - t_start, 3), **step_extra}
+            if device.type == "cuda":
+                metrics["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            last_loss = loss
+            if at % cfg.log_every == 0 or at == total_steps:
+                for t in trackers:
+                    t.log(metrics, at)
+        pending.clear()
+        bar.update(step, metrics)
+        t_window, window_tokens = time.perf_counter(), 0
+        return metrics
+
+    step_extra: dict = {}
     with _signals_to_flag(flag):
         while step < total_steps:
-            t0 = time.perf_counter()
             batches, pads = [], []
+            n_inputs = 0
             for _ in range(cfg.grad_accum):
                 pos["micro_index"], samples = next(stream)
                 if par.distributed:  # this rank's share of the global micro-batch
                     samples, pad = distributed.shard(samples)
                     pads.append(pad)
-                batches.append(_to(collate_fn(samples), device))
+                batch, n = prepare_batch(collate_fn(samples), device, ahead)
+                batches.append(batch)
+                n_inputs += n if not (par.distributed and pads[-1]) else 0
             pos["micro_index"] += 1
             extra: dict = {}
             if par.distributed:  # normalized by the token count of every rank's batches
                 loss, n_targets = distributed.accumulate(train_model, batches, pads, loss_fn, autocast, extra)
             else:
-                loss, n_targets = accumulate_gradients(model, batches, loss_fn, autocast, extra)
+                loss, n_targets = accumulate_gradients(model, batches, loss_fn, autocast, extra, sync=not ahead)
             if regulariser is not None:  # its gradient joins the step's (the logged loss stays the task loss)
                 regulariser.penalty().backward()
-            if not math.isfinite(loss):
-                last = latest_valid_checkpoint(run_dir)
-                raise TrainingDiverged(
-                    f"loss became {loss} at step {step + 1}; weights were not updated. "
-                    f"Last good checkpoint: {last or 'none (set train.save_every)'}. "
-                    "Lower train.lr, keep train.max_grad_norm set, or check the data for empty answers")
+            if device_guard:  # no wait: a non-finite loss skips this update and all later ones (found_inf)
+                bad = torch.maximum(bad, (~torch.isfinite(loss)).float())
+                optimizer.found_inf = bad
+            elif not math.isfinite(float(loss)):
+                raise _diverged(float(loss), step + 1, run_dir)
             if par.fsdp:  # sharded gradients: the norm needs every shard
                 grad_norm = distributed.grad_norm(params, cfg.max_grad_norm)
             elif cfg.max_grad_norm:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             else:
-                grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            n_inputs = sum(int(b["attention_mask"].sum()) for b in batches)
             if par.distributed:
-                n_inputs = distributed.all_sum(n_inputs - sum(int(b["attention_mask"].sum())
-                                                              for b, pad in zip(batches, pads) if pad))
+                n_inputs = distributed.all_sum(n_inputs)
             pos["tokens"] += n_inputs
-            dt = time.perf_counter() - t0
-            metrics = {"epoch": _epochs(pos, micro_per_epoch), "loss": loss, "lr": lr,
-                       "grad_norm": grad_norm, "tokens": pos["tokens"], "tokens_per_s": n_inputs / dt,
-                       "elapsed_s": round(time.perf_counter() - t_start, 3), **extra}
-            if device.type == "cuda":
-                metrics["mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            last_loss = loss
-            if step % cfg.log_every == 0 or step == total_steps:
-                log(metrics)
-            bar.update(step, metrics)
+            pos["loss_tokens"] += n_targets
+            window_tokens += n_inputs
+            step_extra = extra
+            pending.append((step, loss, grad_norm, pos["tokens"], lr))
 
             at_end = step == total_steps
-            if has_val and ((cfg.eval_every and step % cfg.eval_every == 0) or at_end):
+            evaluating = has_val and ((cfg.eval_every and step % cfg.eval_every == 0) or at_end)
+            saving = cfg.save_every and step % cfg.save_every == 0 and not at_end
+            if (not ahead or step % cfg.log_every == 0 or at_end or evaluating or saving or first_step_s is None
+                    or flag.get("signal")):
+                metrics = readback()
+                if first_step_s is None:  # compilation and the first batch: reported apart from the steady rate
+                    first_step_s = time.perf_counter() - t_loop
+                    if "steady_from" not in pos:  # a resumed run keeps its first run's figures
+                        pos["first_step_s"] = round(first_step_s, 3)
+                        pos["steady_from"] = [pos["tokens"], pos["train_s"]]
+            if evaluating:
+                t_eval = time.perf_counter()
                 eval_extra: dict = {}
                 last_eval, last_by_set = evaluate_sets(model, eval_sets, collate_fn, loss_fn, cfg.batch_size, device,
                                                        autocast, eval_extra)
@@ -351,15 +434,20 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                 if pos["best_eval"] is None or last_eval < pos["best_eval"] - 1e-6:
                     pos.update(best_eval=last_eval, best_step=step, bad_evals=0)
                     if cfg.early_stopping_patience:
-                        distributed.save_weights(model, method, run_dir / "best")  # atomic, rank 0
+                        with unwrapped(model):
+                            distributed.save_weights(model, method, run_dir / "best")  # atomic, rank 0
                 else:
                     pos["bad_evals"] += 1
                     if cfg.early_stopping_patience and pos["bad_evals"] >= cfg.early_stopping_patience:
                         stopped = "early_stopping"
                         bar.note(f"early stopping at step {step}: validation loss has not improved for "
-                                 f"{pos['bad_evals']} evaluations (best {pos['best_eval']:.4f} at step {pos['best_step']})")
-            if cfg.save_every and step % cfg.save_every == 0 and not at_end:
+                                 f"{pos['bad_evals']} evaluations "
+                                 f"(best {pos['best_eval']:.4f} at step {pos['best_step']})")
+                pos["eval_s"] += time.perf_counter() - t_eval
+                t_window = time.perf_counter()  # the throughput window excludes evaluation
+            if saving:
                 checkpoint()
+                t_window = time.perf_counter()
             if distributed.any_rank(flag.get("signal")):  # every rank stops at the same step
                 path = checkpoint()
                 bar.close()
@@ -369,17 +457,32 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     bar.close()
     distributed.barrier()
     if cfg.early_stopping_patience and (run_dir / "best").is_dir() and pos["best_step"] != step:
-        method.load_state(model, run_dir / "best")
+        with unwrapped(model):
+            method.load_state(model, run_dir / "best")
     elapsed = time.perf_counter() - t_start
+    train_s = max(pos["train_s"], 1e-9)  # training time only: evaluation and checkpoint writing excluded
+    steady_tokens, steady_s = (pos["tokens"] - pos["steady_from"][0], pos["train_s"] - pos["steady_from"][1]) \
+        if "steady_from" in pos else (0, 0.0)
     summary = {
         "steps": step, "epochs": _epochs(pos, micro_per_epoch), "train_loss": last_loss,
         "eval_loss": last_eval, "best_step": pos["best_step"], "best_eval_loss": pos["best_eval"],
-        "tokens": pos["tokens"], "tokens_per_s": pos["tokens"] / max(elapsed, 1e-9), "elapsed_s": round(elapsed, 3),
+        "tokens": pos["tokens"], "loss_tokens": pos["loss_tokens"],
+        "tokens_per_s": pos["tokens"] / train_s, "loss_tokens_per_s": pos["loss_tokens"] / train_s,
+        "steady_tokens_per_s": steady_tokens / steady_s if steady_s > 0 else None,
+        "first_step_s": pos.get("first_step_s"), "train_s": round(pos["train_s"], 3),
+        "eval_s": round(pos["eval_s"], 3), "elapsed_s": round(elapsed, 3),
         "stopped": stopped if stopped != "completed" or not cfg.max_steps else "max_steps",
     }
     if named and last_by_set:
         summary["eval_loss_per_task"] = last_by_set
     return FitResult(step, summary["stopped"], summary)
+
+
+def _as_floats(values: list) -> list[float]:
+    """Python floats of a mix of floats and 0-dim tensors, with one device read for all the tensors."""
+    tensors = [v.detach().float().reshape(()) for v in values if isinstance(v, torch.Tensor)]
+    read = iter(torch.stack(tensors).tolist() if tensors else [])
+    return [next(read) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
 
 def _epochs(pos: dict, micro_per_epoch: int) -> float:

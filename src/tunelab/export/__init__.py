@@ -41,8 +41,9 @@ def check_export(fmt: str, options: dict[str, Any]) -> None:
     """
     if fmt not in EXPORTERS:
         near = difflib.get_close_matches(fmt, EXPORTERS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ExportError(f"unknown export format {fmt!r}{hint}; choose from {', '.join(EXPORTERS)}")
+        choices = ", ".join(EXPORTERS)
+        hint = f"; did you mean {near[0]!r}? Choose from: {choices}" if near else f"; choose from {choices}"
+        raise ExportError(f"unknown export format {fmt!r}{hint}")
     fn = EXPORTERS[fmt]
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -12,31 +12,52 @@ The swap goes through public module APIs: `fuse_lora(model)` replaces each eligi
 `peft.tuners.lora.Linear` with a `FusedLoraLinear` that holds the original module (and
 so the same parameters), and `unfuse_lora(model)` puts the originals back, e.g. before
 `save_pretrained` so adapter files keep PEFT's key names. Whenever the fused path does
-not apply (dropout > 0, DoRA, merged or disabled adapters, several active adapters) the
-wrapper calls PEFT's own forward.
+not apply (DoRA, merged or disabled adapters, several active adapters) the
+wrapper calls PEFT's own forward. LoRA dropout runs inside the fused node (`dropout_mask`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep-mask of inverted dropout, drawn exactly as `torch.nn.functional.dropout` draws it on a CPU.
+
+    x: (N, in) -> (N, in) in x's dtype, 0 or 1/(1-p). Same shape and draw order as PEFT's
+    `lora_dropout(x)`, so with the same seed (and fp32 inputs on a CPU) the masks are identical.
+    """
+    return torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
+
+
 class LoraLinearFunction(torch.autograd.Function):
-    """Forward and backward of a LoRA linear with a frozen base weight (base grads only if asked)."""
+    """Forward and backward of a LoRA linear with a frozen base weight (base grads only if asked).
+
+    With dropout p > 0 the low-rank branch sees `dropout(x)` (inverted dropout, as PEFT's
+    `lora_dropout`); the base branch sees `x`. The (N, in) mask is drawn inside the node and kept
+    for the backward pass instead of a second (N, in) copy of the input.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+                lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, dropout: float = 0.0) -> torch.Tensor:
         # x (..., in), weight (out, in), bias (out,), lora_a (r, in), lora_b (out, r)
         x2 = x.reshape(-1, x.shape[-1])                       # (N, in)
         a = lora_a.to(x.dtype)
         b = lora_b.to(x.dtype)
-        xa = x2 @ a.t()                                       # (N, r)
+        mask = dropout_mask(x2, dropout) if dropout > 0 else None   # (N, in)
+        xd = x2 * mask if mask is not None else x2
+        xa = xd @ a.t()                                       # (N, r)
         y = F.linear(x2, weight, bias)                        # (N, out)
         y.addmm_(xa, b.t(), alpha=scaling)
-        ctx.save_for_backward(x2, weight, a, b, xa)
+        ctx.needs_base_grad = ctx.needs_input_grad[1]
+        # saved: the input the adapter saw (dropped out) and, for the base weight's gradient only, x itself
+        ctx.save_for_backward(xd, x2 if ctx.needs_base_grad and mask is not None else None, mask, weight, a, b, xa)
         ctx.scaling = scaling
         ctx.has_bias = bias is not None
         ctx.dtypes = (lora_a.dtype, lora_b.dtype, weight.dtype, bias.dtype if bias is not None else None)
@@ -44,63 +65,116 @@ class LoraLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        x2, weight, a, b, xa = ctx.saved_tensors
+        xd, x_base, mask, weight, a, b, xa = ctx.saved_tensors
+        x_base = xd if x_base is None else x_base
         s = ctx.scaling
         a_dtype, b_dtype, w_dtype, bias_dtype = ctx.dtypes
-        dy = grad_y.reshape(-1, grad_y.shape[-1]).to(x2.dtype)   # (N, out)
+        dy = grad_y.reshape(-1, grad_y.shape[-1]).to(xd.dtype)   # (N, out)
         dxa = (dy @ b).mul_(s)                                    # (N, r)
         dx = da = db = dw = dbias = None
         if ctx.needs_input_grad[0]:
-            dx = dy @ weight.to(x2.dtype)                         # (N, in)
-            dx.addmm_(dxa, a)
-            dx = dx.view(*grad_y.shape[:-1], x2.shape[-1])
+            dx = dy @ weight.to(xd.dtype)                         # (N, in)
+            if mask is None:
+                dx.addmm_(dxa, a)
+            else:
+                dx.add_((dxa @ a).mul_(mask))                     # the adapter branch saw dropout(x)
+            dx = dx.view(*grad_y.shape[:-1], xd.shape[-1])
         if ctx.needs_input_grad[1]:
-            dw = (dy.t() @ x2).to(w_dtype)                        # (out, in)
+            dw = (dy.t() @ x_base).to(w_dtype)                    # (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             dbias = dy.sum(0).to(bias_dtype)
         if ctx.needs_input_grad[3]:
-            da = (dxa.t() @ x2).to(a_dtype)                       # (r, in)
+            da = (dxa.t() @ xd).to(a_dtype)                       # (r, in)
         if ctx.needs_input_grad[4]:
             db = (dy.t() @ xa).mul_(s).to(b_dtype)                # (out, r)
-        return dx, dw, dbias, da, db, None
+        return dx, dw, dbias, da, db, None, None
 
 
 def lora_linear_ops(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+                    lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, dropout: float = 0.0) -> torch.Tensor:
     """Same result as `lora_linear` from plain differentiable ops.
 
     Used inside torch.compile: the compiler then sees the whole layer and its partitioner
     chooses what to save (e.g. keeps gate/up and recomputes the SwiGLU product instead of
-    also storing it as down_proj's input), which a hand-written backward would hide.
+    also storing it as down_proj's input), which a hand-written backward would hide. Dropout
+    here is `F.dropout` (the compiler's own RNG: same distribution, other draws).
     """
     x2 = x.reshape(-1, x.shape[-1])                                        # (N, in)
-    xa = x2 @ lora_a.to(x.dtype).t()                                       # (N, r)
+    xd = F.dropout(x2, dropout, training=True) if dropout > 0 else x2
+    xa = xd @ lora_a.to(x.dtype).t()                                       # (N, r)
     y = torch.addmm(F.linear(x2, weight, bias), xa, lora_b.to(x.dtype).t(), alpha=scaling)
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
-    """`x @ weight.T + bias + scaling * (x @ lora_a.T) @ lora_b.T`, computed in x's dtype.
+                lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, dropout: float = 0.0) -> torch.Tensor:
+    """`x @ weight.T + bias + scaling * (dropout(x) @ lora_a.T) @ lora_b.T`, computed in x's dtype.
 
     x: (..., in); weight: (out, in); lora_a: (r, in); lora_b: (out, r). Eager: one autograd
     node with a hand-written backward (in-place add, only x and the (N, r) product saved).
     Under torch.compile: `lora_linear_ops`, so the compiler can fuse and re-plan saving.
+    `dropout` is LoRA's dropout probability on the adapter's input (0 in eval mode).
     """
     if torch.compiler.is_compiling():
-        return lora_linear_ops(x, weight, bias, lora_a, lora_b, scaling)
-    return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling)
+        return lora_linear_ops(x, weight, bias, lora_a, lora_b, scaling, dropout)
+    return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, dropout)
 
 
-class FusedLoraLinear(nn.Module):
-    """Drop-in for a `peft.tuners.lora.Linear`: same parameters, fused forward when it applies."""
+class TransparentWrapper(nn.Module):
+    """A module wrapping `self.<attr>` whose state dict reads and loads as the wrapped module's own.
+
+    Wrappers swapped in for the length of training (fused LoRA, checkpointed layers) would otherwise
+    add `.<attr>.` to every key, and a checkpoint saved mid-run (save_every, early stopping's best
+    weights) would not match PEFT's names; public state-dict hooks strip and restore that segment.
+    """
+
+    wrapped_attr = "inner"
+
+    def __init__(self):
+        super().__init__()
+        self.register_state_dict_post_hook(_strip_wrapper_keys)
+        self.register_load_state_dict_pre_hook(_add_wrapper_keys)
+
+
+@contextmanager
+def unwrapped(model: nn.Module) -> Iterator[None]:
+    """The model's own modules in place of every `TransparentWrapper` for the block; the same wrappers after.
+
+    Saving and loading through PEFT (mid-run checkpoints, early stopping's best weights, resume) finds
+    adapter layers by module path, which a wrapper changes. Putting the very same wrapper objects back
+    afterwards keeps compiled layers valid (no recompilation).
+    """
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, TransparentWrapper)]
+    for name, wrapper in reversed(found):  # innermost first: each path is still valid when it is replaced
+        model.set_submodule(name, getattr(wrapper, wrapper.wrapped_attr))
+    try:
+        yield
+    finally:
+        for name, wrapper in found:  # outermost first: the inner paths run through the outer wrappers again
+            model.set_submodule(name, wrapper)
+
+
+def _strip_wrapper_keys(module: TransparentWrapper, state_dict: dict, prefix: str, local_metadata) -> None:
+    inner = prefix + module.wrapped_attr + "."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _add_wrapper_keys(module: TransparentWrapper, state_dict: dict, prefix: str, *args) -> None:
+    inner = prefix + module.wrapped_attr + "."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+
+
+class FusedLoraLinear(TransparentWrapper):
+    """Drop-in for a `peft.tuners.lora.Linear`: same parameters and state-dict keys, fused forward when it applies."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
 
     def _fused_args(self) -> tuple | None:
-        """(base, A, B, scaling) when the fused path computes exactly what PEFT would, else None."""
+        """(base, A, B, scaling, dropout p) when the fused path computes what PEFT would, else None."""
         inner = self.inner
         if getattr(inner, "disable_adapters", False) or getattr(inner, "merged", False):
             return None
@@ -108,19 +182,21 @@ class FusedLoraLinear(nn.Module):
         if len(active) != 1:
             return None
         name = active[0]
-        if inner.use_dora.get(name, False) or not isinstance(inner.lora_dropout[name], nn.Identity):
+        drop = inner.lora_dropout[name]
+        if inner.use_dora.get(name, False) or not isinstance(drop, (nn.Identity, nn.Dropout)):
             return None
         base = inner.get_base_layer()
         if not isinstance(base, nn.Linear):
             return None
-        return base, inner.lora_A[name].weight, inner.lora_B[name].weight, inner.scaling[name]
+        p = drop.p if isinstance(drop, nn.Dropout) and drop.training else 0.0
+        return base, inner.lora_A[name].weight, inner.lora_B[name].weight, inner.scaling[name], p
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         fused = None if args or kwargs else self._fused_args()
         if fused is None:
             return self.inner(x, *args, **kwargs)
-        base, a, b, s = fused
-        return lora_linear(x, base.weight, base.bias, a, b, s)
+        base, a, b, s, p = fused
+        return lora_linear(x, base.weight, base.bias, a, b, s, p)
 
 
 def _is_peft_lora_linear(module: nn.Module) -> bool:

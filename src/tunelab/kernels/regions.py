@@ -14,16 +14,25 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tunelab.kernels.lora import TransparentWrapper
 
-class CheckpointedLayer(nn.Module):
-    """Runs `layer` under non-reentrant activation checkpointing while training."""
 
-    def __init__(self, layer: nn.Module):
+class CheckpointedLayer(TransparentWrapper):
+    """Runs `layer` under non-reentrant activation checkpointing while training; state-dict keys stay the layer's.
+
+    `active=False` makes it a plain pass-through: `tunelab train` wraps every layer so that compiling the
+    wrappers leaves the model's own layers uncompiled once they are unwrapped after training.
+    """
+
+    wrapped_attr = "layer"
+
+    def __init__(self, layer: nn.Module, active: bool = True):
         super().__init__()
         self.layer = layer
+        self.active = active
 
     def forward(self, *args, **kwargs):
-        if self.training and torch.is_grad_enabled():
+        if self.active and self.training and torch.is_grad_enabled():
             return checkpoint(self.layer, *args, use_reentrant=False, **kwargs)
         return self.layer(*args, **kwargs)
 
@@ -50,24 +59,27 @@ def compile_layers(model: nn.Module, **compile_kwargs) -> int:
     return len(layers)
 
 
-def checkpoint_layers(model: nn.Module, every: int = 1) -> int:
+def checkpoint_layers(model: nn.Module, every: int = 1, wrap_all: bool = False) -> int:
     """Wrap every `every`-th decoder layer (0, every, 2*every, ...) in `CheckpointedLayer`; returns how many.
 
     `every=1` is full checkpointing; larger values trade less memory saving for less recompute.
+    `wrap_all` also wraps the other layers, in inactive (pass-through) wrappers.
     """
     if every < 1:
         raise ValueError(f"every must be >= 1 (got {every})")
     layers = decoder_layers(model)
     count = 0
     for i, layer in enumerate(layers):
-        if i % every == 0 and not isinstance(layer, CheckpointedLayer):
-            layers[i] = CheckpointedLayer(layer)
-            count += 1
+        if isinstance(layer, CheckpointedLayer):
+            continue
+        if i % every == 0 or wrap_all:
+            layers[i] = CheckpointedLayer(layer, active=i % every == 0)
+            count += i % every == 0
     return count
 
 
 def uncheckpoint_layers(model: nn.Module) -> int:
-    """Undo `checkpoint_layers` (restores the original state-dict keys)."""
+    """Undo `checkpoint_layers` (puts the original layer modules back)."""
     layers = decoder_layers(model)
     for i, layer in enumerate(layers):
         if isinstance(layer, CheckpointedLayer):

@@ -4,8 +4,9 @@
 with the lm_head weight, to `linear_ce.linear_cross_entropy`, so the (B*T, V) logits are never
 held at once. It returns None when the model or method needs the full forward (prompt/prefix
 tuning add virtual tokens; DDP/FSDP wrappers must see the forward call; some models scale or
-soft-cap their logits), and the caller then uses the plain path. `speed_context` fuses LoRA and
-compiles decoder layers on CUDA for the length of training and unfuses before anything is saved.
+soft-cap their logits), and the caller then uses the plain path. `plan_speed` decides each fast path
+of `train.speed` (and why any is off); `speed_context` applies them for the length of training and
+undoes them before the final weights are saved.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -97,39 +99,154 @@ def chunked_causal_lm_loss(model: nn.Module, inputs: dict, labels: torch.Tensor,
                                 backend=speed.ce_backend)
 
 
-def _fused_lora_blocker(train_cfg) -> str | None:
-    """Why fused LoRA must stay off for this run: fused modules rename state-dict keys mid-run."""
-    if train_cfg.save_every or train_cfg.early_stopping_patience or train_cfg.resume != "never":
-        return "mid-run checkpoints (save_every, early stopping, resume) need PEFT's own modules"
-    return None
+def with_block_mask(model: nn.Module, inputs: dict) -> dict:
+    """`inputs` plus one flex `block_mask` for the whole batch when the model attends through tunelab_varlen on CUDA.
+
+    Built once per batch from the packed `position_ids` and shared by every layer (the layers would
+    otherwise each derive it). Other models and unpacked batches: `inputs` unchanged.
+    """
+    pos = inputs.get("position_ids")
+    if pos is None or not pos.is_cuda:
+        return inputs
+    base = _unwrap_peft(model)[0] or model
+    from tunelab.kernels.varlen import HF_ATTENTION_NAME, packed_forward_kwargs
+
+    if getattr(getattr(base, "config", None), "_attn_implementation", None) != HF_ATTENTION_NAME:
+        return inputs
+    return {**inputs, **packed_forward_kwargs(pos)}
+
+
+@dataclass
+class SpeedPlan:
+    """Which fast paths a run uses (`on`) and, for each one that is off, why (`off`)."""
+
+    on: list[str] = field(default_factory=list)
+    off: dict[str, str] = field(default_factory=dict)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.on
+
+    def line(self) -> str:
+        """The one `speed:` line a run prints."""
+        text = "speed: " + (", ".join(self.on) if self.on else "no fast path")
+        if self.off:
+            text += "; off: " + "; ".join(f"{k} ({v})" for k, v in self.off.items())
+        return text
+
+
+def plan_speed(model: nn.Module, train_cfg, device: torch.device, packed: bool = False,
+               optimizer: str | None = None) -> SpeedPlan:
+    """Decide each fast path of `train_cfg.speed` for this model, device and data, with the reason for any off.
+
+    `optimizer`: the resolved optimizer name (fused AdamW is reported, it is built by the engine).
+    """
+    speed: SpeedCfg = train_cfg.speed
+    dev = torch.device(device).type
+    plan = SpeedPlan()
+
+    def decide(name: str, blocker: str | None = None) -> None:
+        value = getattr(speed, name)
+        if speed.mode == "plain":
+            plan.off[name] = "train.speed.mode=plain"
+        elif value is False:
+            plan.off[name] = f"train.speed.{name}=false"
+        elif not speed.wants(name, dev):
+            plan.off[name] = f"auto: {dev} (on for CUDA)"
+        elif blocker:
+            plan.off[name] = blocker
+        else:
+            plan.on.append(name)
+
+    parts = lm_parts(model)
+    decide("chunked_ce", parts if isinstance(parts, str) else None)
+    n_lora = sum(1 for m in model.modules() if _is_lora_linear(m))
+    decide("fused_lora", None if n_lora else "no plain LoRA linears (4-bit bases keep PEFT's modules)")
+    quantized = any(getattr(m, "tunelab_quantized", None) for m in model.modules())
+    decide("compile_layers", "4-bit base: bitsandbytes layers run eager" if quantized
+           else None if _has_layers(model) else "no decoder-layer list found")
+    decide("flex_attention", None if packed else "rows are not packed (data.packing)")
+    decide("prefetch")
+    if speed.mode == "lean":
+        plan.on.append("lean (checkpoint every layer)")
+    if optimizer is not None:
+        if optimizer == "adamw" and dev == "cuda":  # the engine's choice, whatever the mode
+            plan.on.append("fused_adamw")
+        else:
+            plan.off["fused_adamw"] = f"optimizer {optimizer}" if optimizer != "adamw" else f"{dev}"
+    return plan
+
+
+def _is_lora_linear(module: nn.Module) -> bool:
+    from tunelab.kernels.lora import _is_peft_lora_linear
+
+    try:
+        return _is_peft_lora_linear(module)
+    except ImportError:
+        return False
+
+
+def _has_layers(model: nn.Module) -> bool:
+    from tunelab.kernels.regions import decoder_layers
+
+    try:
+        decoder_layers(model)
+    except ValueError:
+        return False
+    return True
 
 
 @contextmanager
-def speed_context(model: nn.Module, train_cfg, device: torch.device) -> Iterator[None]:
-    """Apply `train_cfg.speed`'s CUDA-only paths for the length of the block; unfuse LoRA on exit.
+def speed_context(model: nn.Module, train_cfg, device: torch.device, packed: bool = False,
+                  optimizer: str | None = None, say: bool = True) -> Iterator[SpeedPlan]:
+    """Apply `train_cfg.speed`'s model-changing paths for the length of the block; undo them on exit.
 
-    Saving (method.save, PEFT's save_pretrained) happens after the block, so adapter files keep
-    PEFT's key names. Compiled layers keep their state-dict keys and stay compiled.
+    Prints the plan's one `speed:` line (stderr) when `say`. Inside the block: LoRA linears are fused,
+    decoder layers wrapped (checkpointed in lean mode) and compiled, and packed rows attend through
+    `tunelab_varlen` (flex_attention document masks on CUDA). Every wrapper keeps the state-dict keys
+    of the module it wraps, so checkpoints saved mid-run (save_every, early stopping) and resumed ones
+    have PEFT's names. On exit the original modules and attention implementation come back, uncompiled.
     """
-    speed: SpeedCfg = train_cfg.speed
-    cuda = torch.device(device).type == "cuda"
-    fused = 0
-    if (speed.fused_lora or speed.compile_layers) and not cuda:
-        note_once("train.speed.fused_lora / compile_layers apply on CUDA only; skipped")
-    elif speed.fused_lora and (blocker := _fused_lora_blocker(train_cfg)):
-        note_once(f"train.speed.fused_lora: {blocker}; skipped")
-    elif speed.fused_lora:
-        from tunelab.kernels.lora import fuse_lora
-
-        fused = fuse_lora(model)
-    if cuda and speed.compile_layers:
-        from tunelab.kernels.regions import compile_layers
-
-        compile_layers(model)
+    plan = plan_speed(model, train_cfg, device, packed, optimizer)
+    if say:
+        print(plan.line(), file=sys.stderr)
+    fused = wrapped = 0
+    old_attn = None
+    base = _unwrap_peft(model)[0] or model
     try:
-        yield
+        if "fused_lora" in plan:
+            from tunelab.kernels.lora import fuse_lora
+
+            fused = fuse_lora(model)
+        lean = train_cfg.speed.mode == "lean"
+        if "compile_layers" in plan or lean:
+            from tunelab.kernels.regions import checkpoint_layers
+
+            wrapped = 1
+            checkpoint_layers(model, every=1 if lean else len(_layers(model)) + 1, wrap_all=True)
+        if "flex_attention" in plan and hasattr(base, "set_attn_implementation"):
+            from tunelab.kernels.varlen import register_hf_attention
+
+            old_attn = base.config._attn_implementation
+            base.set_attn_implementation(register_hf_attention())
+        if "compile_layers" in plan:
+            from tunelab.kernels.regions import compile_layers
+
+            compile_layers(model)
+        yield plan
     finally:
+        if old_attn is not None:
+            base.set_attn_implementation(old_attn)
+        if wrapped:
+            from tunelab.kernels.regions import uncheckpoint_layers
+
+            uncheckpoint_layers(model)
         if fused:
             from tunelab.kernels.lora import unfuse_lora
 
             unfuse_lora(model)
+
+
+def _layers(model: nn.Module):
+    from tunelab.kernels.regions import decoder_layers
+
+    return decoder_layers(model)

@@ -273,10 +273,15 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu", trust_remote_code: bool = False):
+def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu", trust_remote_code: bool = False,
+               quantize: dict | None = None):
     """Load a causal LM by name (see resolve_model) in the requested dtype on the device.
 
     A run folder loads as its base with the run's trained part merged in (a plain model, no adapter left).
+    `quantize` (QLoRA's settings: quant_type, double_quant, compute_dtype) with a model folder on CUDA:
+    transformers quantizes each linear layer to 4 bits as it loads it (BitsAndBytesConfig with a
+    device_map), so the full-precision model never sits on the GPU; the model is marked with
+    `tunelab_quantized`. Elsewhere the model loads as usual and `methods.qlora` quantizes it.
     """
     from transformers import AutoModelForCausalLM
 
@@ -285,6 +290,9 @@ def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu
     device = torch.device(device)
     torch_dtype = pick_dtype(dtype, device)
     src = resolve_model(name)
+    if quantize and device.type == "cuda" and src.kind not in ("tiny", "run"):
+        return _load_quantized(gguf_as_hf_dir(src.path) if src.kind == "gguf" else src.path, torch_dtype, device,
+                               trust_remote_code, quantize)
     if src.kind == "tiny":
         model = build_tiny_model(src.path).to(torch_dtype)
     elif src.kind == "run":
@@ -293,3 +301,21 @@ def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu
         path = gguf_as_hf_dir(src.path) if src.kind == "gguf" else src.path
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code)
     return model.to(device)
+
+
+def _load_quantized(path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool, settings: dict):
+    """A model folder loaded straight into 4-bit linears on `device` (every linear but the output head).
+
+    Embeddings, norms and the head stay in `dtype` (bf16 on a GPU): a documented choice, see docs/speed.md.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=settings["quant_type"],
+                                bnb_4bit_use_double_quant=settings["double_quant"],
+                                bnb_4bit_compute_dtype=dtypes[settings["compute_dtype"]])
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, quantization_config=config,
+                                                 device_map={"": index}, trust_remote_code=trust_remote_code)
+    model.tunelab_quantized = dict(settings)
+    return model

@@ -71,8 +71,9 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
     template = resolve_template(tokenizer, cfg.model.chat_template)
     torch.manual_seed(cfg.train.seed)
-    model = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code)
     method = get_method(cfg.method.name)
+    quantize = method.load_settings(cfg.method) if hasattr(method, "load_settings") else None  # QLoRA: 4-bit at load
+    model = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code, quantize=quantize)
     model = method.apply(model, cfg.method)
     if main:
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from rich.console import Console
 
 from tunelab.config import RunCfg
@@ -18,9 +19,11 @@ from tunelab.config.speed import SpeedCfg
 from tunelab.data.packing import collate_packed, model_inputs
 from tunelab.data.pipeline import collate, epoch_order, prepare_data
 from tunelab.data.streaming import check_streaming, prepare_stream
-from tunelab.engine.loop import fit
+from tunelab.engine.loop import LOSS_COUNT_KEY, fit
 from tunelab.engine.loss import causal_lm_loss_sum, count_targets
-from tunelab.kernels.train import chunked_causal_lm_loss, speed_context
+from tunelab.engine.optim import resolve_name
+from tunelab.kernels.train import chunked_causal_lm_loss, speed_context, with_block_mask
+from tunelab.models import pick_device
 from tunelab.run import add_run_info
 from tunelab.stages.recipe import finish_run, setup_run
 
@@ -32,9 +35,9 @@ def sft_loss(model, batch: dict, label_smoothing: float = 0.0, speed: SpeedCfg |
     final hidden states and lm_head chunk by chunk (tunelab.kernels.train), never holding (B, T, V) logits;
     same value and gradients as the plain path.
     """
-    inputs = model_inputs(batch)  # packed batches carry position_ids instead of a mask
-    count = count_targets(batch["labels"])
-    if speed is not None and speed.chunked_ce:
+    inputs = with_block_mask(model, model_inputs(batch))  # packed: position_ids (+ flex block mask) instead of a mask
+    count = batch.get(LOSS_COUNT_KEY) or count_targets(batch["labels"])  # the loop counts on the host: no sync
+    if speed is not None and speed.wants("chunked_ce", batch["labels"].device.type):
         loss = chunked_causal_lm_loss(model, inputs, batch["labels"], label_smoothing, speed)
         if loss is not None:
             return loss, count
@@ -42,10 +45,56 @@ def sft_loss(model, batch: dict, label_smoothing: float = 0.0, speed: SpeedCfg |
     return causal_lm_loss_sum(out.logits, batch["labels"], label_smoothing), count
 
 
+def packing_by_default(cfg: RunCfg) -> bool:
+    """Turn data.packing on when the user left it unset and the run trains on CUDA with the fast path.
+
+    Packing removes padding (rows of data.max_length, no attention across samples; loss equal to the
+    unpacked batch, tested). `data.packing: false` keeps padded batches; CPU runs are unchanged.
+    Returns whether packing was switched on here.
+    """
+    if "packing" in cfg.data.model_fields_set or cfg.data.streaming or cfg.train.speed.mode == "plain":
+        return False
+    if pick_device(cfg.train.device).type != "cuda":
+        return False
+    cfg.data.packing = True
+    return True
+
+
+def pad_rows_to(batch: dict, width: int, pad_id: int, rows: int | None = None) -> dict:
+    """Pad a packed batch to `rows` x `width` tokens so every step has one shape (compiled layers reuse one graph).
+
+    The padding is its own segment (positions restart at 0) with no labels and attention_mask 0, so the
+    loss, its gradient and the token counts are unchanged; an epoch's short last batch gets empty rows.
+    """
+    b, t = batch["input_ids"].shape
+    rows = max(rows or b, b)
+    if t >= width and rows == b:
+        return batch
+    width = max(width, t)
+    fill = {"input_ids": pad_id, "labels": -100, "attention_mask": 0}
+    out = {}
+    for k, v in batch.items():
+        if k in fill:
+            out[k] = torch.full((rows, width), fill[k], dtype=v.dtype)
+        elif k == "position_ids":
+            out[k] = torch.arange(width, dtype=v.dtype).repeat(rows, 1)
+        else:
+            continue
+        out[k][:b, :t] = v
+        if k == "position_ids":
+            out[k][:b, t:] = torch.arange(width - t, dtype=v.dtype)
+    return {**batch, **out}
+
+
+def _collate_fixed(rows, pad_id: int, width: int, batch_size: int) -> dict:
+    return pad_rows_to(collate_packed(rows, pad_id=pad_id), width, pad_id, batch_size)
+
+
 def run(cfg: RunCfg, progress: bool = True):
     """Train an SFT run end to end and return the run folder path."""
     if cfg.data.streaming:  # read lazily from JSONL (tunelab.data.streaming); checked before loading the model
         check_streaming(cfg)
+    packing_by_default(cfg)
     setup = setup_run(cfg, progress)
     if cfg.data.streaming:
         data = prepare_stream(cfg.data, setup.tokenizer, setup.template, cfg.train.seed)
@@ -66,7 +115,12 @@ def run(cfg: RunCfg, progress: bool = True):
     add_run_info(setup.run_dir, {"tasks": data.stats["tasks"]} if "tasks" in data.stats else {})
     pad_id = setup.tokenizer.pad_token_id
     collate_fn = partial(collate_packed if cfg.data.packing else collate, pad_id=pad_id)
-    with speed_context(setup.model, cfg.train, setup.device):  # fused LoRA is undone before saving
+    fixed = cfg.data.packing and cfg.train.speed.wants("flex_attention", setup.device.type)
+    if fixed:  # one shape per step: compiled layers and the flex block mask never see a new length
+        collate_fn = partial(_collate_fixed, pad_id=pad_id, width=cfg.data.max_length, batch_size=cfg.train.batch_size)
+    optimizer = resolve_name(cfg.optim.name, setup.model, setup.device)
+    with speed_context(setup.model, cfg.train, setup.device, packed=bool(cfg.data.packing), optimizer=optimizer,
+                       say=progress):  # every wrapper is undone before the final save
         val = getattr(data, "val_sets", None) or data.val  # named per task in a multi-task run; streaming has none
         result = fit(setup.model, setup.method, data.train, val, collate_fn,
                      partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),

@@ -1,0 +1,33 @@
+#!/bin/bash
+# One device call of the train-e2e benchmark (docs/speed.md): bash benchmarks/scripts/gpu_train_e2e.sh PHASE TAG
+# Run from a folder holding src/, benchmarks/, tests/ and assets/ (tok/: the SmolLM2 tokenizer saved with
+# save_pretrained; data/: huanhuan.json, alpaca_en_demo.json; peer_lora.py from ../shared/bench), with the
+# wheels the image lacks in ../.whl (pydantic, pydantic-core, annotated-types, typing-inspection, trl, datasets,
+# dill, multiprocess, liger-kernel, bitsandbytes). Rows go to $OUT/e2e.jsonl, logs to $OUT.
+PHASE=$1; TAG=$2
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ../.whl/*.whl || exit 1
+export PYTHONPATH=$PWD/src:/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, peft, trl; print(torch.__version__, transformers.__version__, peft.__version__, trl.__version__)"
+E2E="python3 benchmarks/scripts/train_e2e.py --tok assets/tok --machine $TAG --out $OUT/e2e.jsonl --peer-script assets/peer_lora.py"
+HH=assets/data/huanhuan.json; AL=assets/data/alpaca_en_demo.json
+case $PHASE in
+  a)  # 1.5B, huanhuan, whole 200-step runs: tunelab default and lean against TRL with and without checkpointing
+    timeout 480 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab,trl,trl-gc,tunelab-lean --timeout 200
+    TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 75 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_speed_gpu.py -x 2>&1 | tail -15 | tee $OUT/gpu_tests.txt
+    ;;
+  c)  # memory-lean mode against TRL with gradient checkpointing
+    timeout 330 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab-lean,trl-gc --timeout 180
+    ;;
+  q)  # QLoRA through tunelab train: quantized while loading (load included in the peak)
+    timeout 150 $E2E --shape qwen2.5-1.5b --data $HH --steps 20 --method qlora --runs tunelab --timeout 140
+    ;;
+  b)  # the other peers and shapes
+    timeout 100 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
+      --peer-script assets/peer_lora.py 2>&1 | grep '^{' | tee $OUT/bench.jsonl
+    timeout 150 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs trl-liger --timeout 145
+    timeout 200 $E2E --shape qwen2.5-7b --data $HH --steps 30 --bs 2 --method qlora --runs tunelab --timeout 190
+    ;;
+esac
+(cd /tmp/e2e && tar czf $OUT/logs.tgz *.log); ls /tmp/e2e

@@ -1,0 +1,148 @@
+"""train-e2e: a whole `tunelab train` run against the peers a user would pick instead, in one device call.
+
+    python benchmarks/scripts/train_e2e.py --shape qwen2.5-1.5b --data DATA.json --tok TOKENIZER_DIR \
+        --steps 200 --runs tunelab,tunelab-lean,trl,trl-gc,trl-liger,hf+peft,hf+peft-gc --machine TAG --out ROWS.jsonl
+
+Builds a model folder once (random weights of the shape's real config, bf16, saved with the real tokenizer;
+throughput does not depend on the weights), then runs every configuration as its own command on the same
+data, LoRA r16 (alpha 32, dropout 0.05, all linears), `--bs` packed rows of `--seq` tokens per step and
+`--steps` steps, without evaluation or mid-run checkpoints. Each row: `wall_s` (the whole command:
+imports, tokenizing and packing, loading, training, saving), `steady_tok_s` (real tokens per second after
+step 1), `first_step_s`, `peak_gib` (torch.cuda.max_memory_allocated of the process: load included).
+HF+PEFT rows come from ../shared/bench/peer_lora.py (per step, random full rows; no wall time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_model(shape: str, tok: str, out: Path) -> None:
+    if (out / "config.json").is_file():
+        return
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    sys.path.insert(0, str(HERE.parents[1] / "src"))
+    from tunelab.bench.shapes import build_config
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(build_config(shape), dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    for f in Path(tok).iterdir():
+        shutil.copy(f, out / f.name)
+    del model
+    torch.cuda.empty_cache()
+
+
+def run(cmd: list[str], log: Path, timeout: float) -> tuple[float, int]:
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+    return time.perf_counter() - t, rc
+
+
+def tunelab_row(name: str, a, model: Path, work: Path) -> dict:
+    out = work / f"run-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = {"model": {"name": str(model)},
+           "data": {"train": a.data, "max_length": a.seq, "val_size": 0.0},
+           "method": {"name": a.method, "r": 16, "alpha": 32, "dropout": 0.05},
+           "train": {"max_steps": a.steps, "batch_size": a.bs, "lr": 2e-4, "log_every": 10,
+                     "speed": {"mode": "lean" if name.endswith("lean") else "fast"}},
+           "output_dir": str(out)}
+    path = work / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    wall, rc = run([sys.executable, "-m", "tunelab", "train", str(path)], work / f"{name}.log", a.timeout)
+    row = {"rc": rc, "wall_s": round(wall, 1)}
+    if rc == 0:
+        s = json.loads((out / "summary.json").read_text())
+        mem = [m.get("mem_gib", 0) for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+        row.update(steady_tok_s=round(s["steady_tokens_per_s"]), first_step_s=s["first_step_s"],
+                   peak_gib=round(max(mem), 2), tokens_seen=s["tokens"], loss_tokens=s["loss_tokens"],
+                   train_loss=s["train_loss"], train_s=s["train_s"])
+    speed_line = [ln for ln in (work / f"{name}.log").read_text().splitlines() if ln.startswith("speed:")]
+    row["speed_line"] = speed_line[0] if speed_line else None
+    return row
+
+
+def trl_row(name: str, a, model: Path, work: Path) -> dict:
+    res = work / f"{name}.result"
+    res.unlink(missing_ok=True)
+    cmd = [sys.executable, str(HERE / "peer_trl.py"), "--model", str(model), "--data", a.data, "--steps",
+           str(a.steps), "--bs", str(a.bs), "--seq", str(a.seq), "--out", str(res)]
+    cmd += ["--gc"] if "gc" in name else []
+    cmd += ["--liger"] if "liger" in name else []
+    cmd += ["--qlora"] if a.method == "qlora" else []
+    wall, rc = run(cmd, work / f"{name}.log", a.timeout)
+    row = {"rc": rc, "wall_s": round(wall, 1)}
+    if rc == 0 and res.is_file():
+        row.update(json.loads(res.read_text()))
+    return row
+
+
+def peft_row(name: str, a, model: Path, work: Path) -> dict:
+    cmd = [sys.executable, a.peer_script, "--shape", a.shape, "--bs", str(a.bs), "--seq", str(a.seq)]
+    cmd += ["--gc"] if "gc" in name else []
+    wall, rc = run(cmd, work / f"{name}.log", a.timeout)
+    row = {"rc": rc, "per_step_only": True}
+    lines = [ln for ln in (work / f"{name}.log").read_text().splitlines() if ln.startswith("{")]
+    if rc == 0 and lines:
+        p = json.loads(lines[-1])
+        row.update(steady_tok_s=p["tok_s"], peak_gib=p["peak_gib"], data="random full rows")
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="qwen2.5-1.5b")
+    ap.add_argument("--method", default="lora", choices=["lora", "qlora"])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--tok", required=True)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--bs", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--runs", default="tunelab,trl,trl-gc")
+    ap.add_argument("--machine", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="/tmp/e2e")
+    ap.add_argument("--timeout", type=float, default=400)
+    ap.add_argument("--peer-script", default="../shared/bench/peer_lora.py")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / f"model-{a.shape}"
+    make_model(a.shape, a.tok, model)
+    import torch
+
+    gpu = torch.cuda.get_device_name()
+    for name in a.runs.split(","):
+        tool = "tunelab" if name.startswith("tunelab") else "hf+peft" if name.startswith("hf+peft") else "trl"
+        fn = {"tunelab": tunelab_row, "trl": trl_row, "hf+peft": peft_row}[tool]
+        config = name.removeprefix(tool).lstrip("-") or "default"
+        row = {"bench": "train-e2e", "tool": tool, "config": config, "method": a.method, "shape": a.shape,
+               "data": Path(a.data).name, "steps": a.steps, "rows_x_seq": f"{a.bs}x{a.seq}",
+               **fn(name, a, model, work), "machine": a.machine, "gpu": gpu,
+               "date": time.strftime("%Y-%m-%d")}
+        print(json.dumps(row), flush=True)
+        with open(a.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if row.get("rc"):
+            print(Path(work / f"{name}.log").read_text()[-3000:], file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
