@@ -15,13 +15,14 @@ from types import ModuleType
 
 import torch
 
+from tunelab.runfolder import RunFolder
 from tunelab.utils.io import atomic_dir
 
 STATE_FILE = "trainer_state.json"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+    return RunFolder(run_dir).checkpoint_dir(step)
 
 
 def rng_state() -> dict:
@@ -56,10 +57,7 @@ def save_checkpoint(run_dir: Path, step: int, model, method: ModuleType, optimiz
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+    return [p for p in RunFolder(run_dir).checkpoint_dirs() if (p / STATE_FILE).is_file()]
 
 
 def load_checkpoint(path: Path, model, method: ModuleType, optimizer, scheduler) -> dict:

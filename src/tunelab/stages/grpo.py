@@ -286,7 +286,8 @@ def run(cfg, progress: bool = True):
         f"rewards {', '.join(gcfg.rewards)}")
     step = GrpoStep(gcfg, rewards, tok, tpl, reference, setup.run_dir / "completions.jsonl")
     result = fit(setup.model, setup.method, train, val, partial(collate_prompts, pad_id=tok.pad_token_id), step,
-                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress)
+                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress,
+                 optim=cfg.optim)
     stats = {"format": "prompts", "train_samples": len(train), "val_samples": len(val),
              "rewards": list(gcfg.rewards), "group_size": gcfg.group_size}
     return finish_run(setup, result.summary, stats)

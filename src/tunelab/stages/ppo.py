@@ -264,7 +264,8 @@ def run(cfg, progress: bool = True):
     say(progress, f"ppo: {len(train)} train / {len(val)} validation prompts; reward model {pcfg.reward_model}")
     step = PpoStep(pcfg, scorer, reference, tok, tpl, setup.run_dir / "completions.jsonl")
     result = fit(setup.model, setup.method, train, val, partial(collate_prompts, pad_id=tok.pad_token_id), step,
-                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress)
+                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress,
+                 optim=cfg.optim)
     stats = {"format": "prompts", "train_samples": len(train), "val_samples": len(val),
              "reward_model": pcfg.reward_model}
     return finish_run(setup, result.summary, stats)

@@ -216,7 +216,9 @@ def train_round(cfg, setup, data: RoundData, r: int, kept: list[tuple[int, int]]
     round_dir = setup.run_dir / "rounds" / f"round-{r}"  # its own checkpoints: steps restart every round
     result = fit(setup.model, setup.method, train, data.val, data.collate_fn, step, cfg.train, round_dir,
                  setup.device, [RoundTracker(t, r, offset) for t in setup.trackers], epoch_order,
-                 progress=progress, optim=cfg.optim)
+                 progress=progress, optim=cfg.optim, reference_data=lambda path: make_samples(
+                     load_classification(path), data.labels, ccfg.mode, setup.tokenizer, setup.template,
+                     cfg.data.max_length))
     if distributed.current().is_main:  # early stopping's scratch copy (rank 0 wrote it), already loaded
         shutil.rmtree(round_dir / "best", ignore_errors=True)
     return result

@@ -33,7 +33,7 @@ from tunelab.stages.grpo import (
     prompt_samples,
     sample_completions,
 )
-from tunelab.stages.recipe import finish_run, load_split, say, setup_run
+from tunelab.stages.recipe import chat_reference_data, finish_run, load_split, say, setup_run
 from tunelab.stages.rewards import load_reward, reward_name, score
 from tunelab.stages.sft import sft_loss
 from tunelab.utils.io import atomic_write_jsonl
@@ -105,7 +105,8 @@ def run_rejection(cfg, progress: bool = True):
     result = fit(setup.model, setup.method, train, val, partial(collate, pad_id=tok.pad_token_id),
                  partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
                  cfg.train, setup.run_dir,
-                 setup.device, setup.trackers, epoch_order, progress=progress)
+                 setup.device, setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
+                 reference_data=chat_reference_data(cfg, setup))
     stats = {"format": "selftrain", "prompts": len(train_convs), "samples": len(rows), "train_samples": len(train),
              "val_samples": len(val), "mean_reward": sum(r["reward"] for r in rows) / len(rows)}
     return finish_run(setup, result.summary, stats)
