@@ -16,6 +16,11 @@ through `RunFolder`, so the layout is defined once:
     report.html            the HTML evidence report                     report_path
     ewc.safetensors        EWC's Fisher and reference weights           (methods/ewc.py)
 
+Files some stages add (paths here, contents written by the stage): rejected.jsonl (data.skip_invalid),
+completions.jsonl (grpo/ppo samples), selftrain_samples.jsonl + selftrain_data.jsonl (selftrain),
+pseudo_labels.jsonl + selftrain_rounds.jsonl + rounds/round-R/ (pseudo-label rounds). Trackers keep
+their own sub-folders (tensorboard, swanlab, mlflow) and overfitting.json.
+
 It also answers "can this run be the base of another run?" (`RunFolder.as_base`): a finished
 run whose stage writes text. It sits just above config/ and utils/ and imports nothing else from
 tunelab, so every layer above can use it.
@@ -49,6 +54,13 @@ PREDICTIONS_SUFFIX = ".predictions.jsonl"
 REPORT_FILE = "report.html"
 EXPORT_DIR = "export"
 EWC_STATE_FILE = "ewc.safetensors"
+REJECTED_FILE = "rejected.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"
+SELFTRAIN_SAMPLES_FILE = "selftrain_samples.jsonl"
+SELFTRAIN_DATA_FILE = "selftrain_data.jsonl"
+PSEUDO_LABELS_FILE = "pseudo_labels.jsonl"
+SELFTRAIN_ROUNDS_FILE = "selftrain_rounds.jsonl"
+ROUNDS_DIR = "rounds"
 
 RUN_FILES = (CONFIG_FILE, RUN_INFO_FILE)
 """What every tunelab run folder holds from its first step; a folder with both is treated as a run."""
@@ -170,6 +182,38 @@ class RunFolder:
     def export_dir(self, fmt: str) -> Path:
         """Default target of `Run.export(fmt)`."""
         return self.path / EXPORT_DIR / fmt
+
+    @property
+    def rejected_path(self) -> Path:
+        return self.path / REJECTED_FILE
+
+    @property
+    def completions_path(self) -> Path:
+        return self.path / COMPLETIONS_FILE
+
+    @property
+    def selftrain_samples_path(self) -> Path:
+        return self.path / SELFTRAIN_SAMPLES_FILE
+
+    @property
+    def selftrain_data_path(self) -> Path:
+        return self.path / SELFTRAIN_DATA_FILE
+
+    @property
+    def pseudo_labels_path(self) -> Path:
+        return self.path / PSEUDO_LABELS_FILE
+
+    @property
+    def selftrain_rounds_path(self) -> Path:
+        return self.path / SELFTRAIN_ROUNDS_FILE
+
+    def round_dir(self, r: int) -> Path:
+        """rounds/round-R: one pseudo-label round's own checkpoints (its steps restart at 0)."""
+        return self.path / ROUNDS_DIR / f"round-{r}"
+
+    @property
+    def ewc_state_path(self) -> Path:
+        return self.path / EWC_STATE_FILE
 
     def weights_path(self, method: str) -> Path:
         """Where `method` keeps the trained part (it may not exist yet)."""

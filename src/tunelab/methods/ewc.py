@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunelab.runfolder import EWC_STATE_FILE
+from tunelab.runfolder import EWC_STATE_FILE, RunFolder
 
 STATE_FILE = EWC_STATE_FILE
 
@@ -81,7 +81,7 @@ def build_ewc(cfg, model, run_dir: Path, train_samples: Sequence, collate_fn, lo
     the samples are the stage's, kept so existing callers keep working.
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    path = Path(run_dir) / STATE_FILE
+    path = RunFolder(run_dir).ewc_state_path
     if path.is_file():
         state = load_file(str(path), device=str(device))
         fisher = {n: state[f"fisher.{n}"] for n in params}
