@@ -19,11 +19,11 @@ from types import ModuleType
 
 import torch
 
+from tunelab.config.optim import OptimCfg
 from tunelab.config.schema import TrainCfg
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tunelab.engine.dcp import load_any_checkpoint, save_any_checkpoint
-from tunelab.config.optim import OptimCfg
 from tunelab.engine.optim import (
     build_optimizer,
     build_regulariser,
