@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.runfolder import RunBase, RunFolder, RunNotFound
+from tunelab.runfolder import RunBase, RunFileError, RunFolder, RunNotFound
 from tunelab.utils.io import atomic_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -101,7 +101,7 @@ def read_run_base(path: str | Path) -> RunBase:
     """What a finished run folder needs to be loaded as a base model (tunelab.runfolder), or ModelNotFound."""
     try:
         return RunFolder(path).as_base()
-    except RunNotFound as e:
+    except (RunNotFound, RunFileError) as e:  # unfinished, not a language model, or an unreadable file
         raise ModelNotFound(str(e)) from None
 
 
