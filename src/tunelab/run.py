@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
+from tunelab.config import RunCfg
+from tunelab.runfolder import RunFolder, RunNotFound
 
-from tunelab.config import RunCfg, build_config
-
-
-class RunNotFound(ValueError):
-    """The path is not a complete tunelab run folder; the message says what is missing."""
+__all__ = ["Run", "RunNotFound", "add_run_info"]
 
 
 class Run:
-    """A trained run folder: config, template, tokenizer, weights, metrics and summary."""
+    """A trained run folder: config, template, tokenizer, weights, metrics and summary.
+
+    The files themselves are read through `self.folder` (tunelab.runfolder.RunFolder); Run adds what
+    needs the model code: loading, chatting, evaluating and exporting.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not (self.path / "config.yaml").is_file():
-            raise RunNotFound(f"{self.path}: not a tunelab run folder (no config.yaml); "
-                              "pass the output_dir of a `tunelab train` run")
-        self.config: RunCfg = build_config(yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8")),
-                                           str(self.path / "config.yaml"))
+        self.folder = RunFolder(self.path).require_config()
+        self.config: RunCfg = self.folder.read_config()
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -31,49 +28,37 @@ class Run:
     @property
     def chat_template(self) -> str:
         """The exact template training used."""
-        return (self.path / "chat_template.jinja").read_text(encoding="utf-8")
+        return self.folder.read_template()
 
     @property
     def summary(self) -> dict:
-        p = self.path / "summary.json"
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        return self.folder.read_summary() or {}
 
     @property
     def info(self) -> dict:
-        p = self.path / "run.json"
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        return self.folder.read_info() or {}
 
     @property
     def base_model_name(self) -> str:
         """The model this run trained on top of: model.name, or, for a run-based model named relative to
         another working folder, the absolute run path kept in run.json's base_chain."""
-        from tunelab.models.loader import run_base_name
-
-        return run_base_name(self.path, self.config.model.name)
+        return self.folder.base_name(self.config.model.name)
 
     def metrics(self) -> list[dict]:
         """Every line of metrics.jsonl."""
-        p = self.path / "metrics.jsonl"
-        if not p.is_file():
-            return []
-        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return self.folder.read_metrics()
 
     def weights_dir(self) -> Path:
-        from tunelab.methods import get_method
-
-        d = self.path / get_method(self.config.method.name).WEIGHTS_DIR
+        """The trained part's folder (adapter/ or model/), or RunNotFound when training has not finished."""
+        d = self.folder.weights_path(self.config.method.name)
         if not d.is_dir():
             raise RunNotFound(f"{self.path}: no trained weights ({d.name}/ is missing); did training finish? "
-                              f"Continue it with `tunelab train {self.path}/config.yaml train.resume=auto`")
+                              f"Continue it with `tunelab train {self.folder.config_path} train.resume=auto`")
         return d
 
     def load_tokenizer(self):
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(self.path / "tokenizer"))
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        return tok
+        """The tokenizer the run trained with."""
+        return self.folder.load_tokenizer()
 
     def load_model(self, device: str = "auto", merged: bool = False):
         """(model, tokenizer, chat_template) as trained; `merged` folds adapters into the weights."""
@@ -116,7 +101,7 @@ class Run:
         from tunelab.models import load_model
 
         check_export(fmt, options)  # a wrong format or option fails before the model is loaded
-        target = Path(out) if out else self.path / "export" / fmt
+        target = Path(out) if out else self.folder.export_dir(fmt)
         try:
             model, tok, template = self.load_model(device="cpu", merged=True)
         except NotMergeable as e:
@@ -129,13 +114,14 @@ class Run:
     def _export_bundle(self, target: Path, why: str, load_model, get_method, do_export) -> Path:
         import shutil
 
+        from tunelab.runfolder import ADAPTER_DIR
         from tunelab.utils.io import atomic_dir
 
         base = load_model(self.base_model_name, self.config.model.dtype, "cpu", self.config.model.trust_remote_code)
         tok, template = self.load_tokenizer(), self.chat_template
         with atomic_dir(target) as tmp:
             do_export(base, tok, template, "merged", tmp / "base")
-            shutil.copytree(self.weights_dir(), tmp / "adapter")
+            shutil.copytree(self.weights_dir(), tmp / ADAPTER_DIR)
             (tmp / "README.md").write_text(
                 f"# {self.path.name}: base model + {self.config.method.name} adapter\n\n{why}\n\n"
                 "- `base/` is the base model (safetensors, tokenizer, chat_template.jinja).\n"
@@ -150,9 +136,6 @@ class Run:
 def add_run_info(run_dir: str | Path, fields: dict) -> None:
     """Add `fields` to a run's run.json (written by the first process only), e.g. its tasks or base chain."""
     from tunelab.engine import distributed
-    from tunelab.utils.io import atomic_write_json
 
-    path = Path(run_dir) / "run.json"
-    if not fields or not distributed.current().is_main or not path.is_file():
-        return
-    atomic_write_json(path, {**json.loads(path.read_text(encoding="utf-8")), **fields})
+    if fields and distributed.current().is_main:
+        RunFolder(run_dir).update_info(fields)

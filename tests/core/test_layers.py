@@ -7,10 +7,10 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tunelab"
 
 # higher number = higher layer; a module may import only its own layer or lower ones
 LAYERS = {
-    "utils": 0, "config": 1, "tracking": 1,
-    "models": 2, "data": 2, "methods": 2, "kernels": 2, "engine": 3,
-    "stages": 4, "eval": 4, "infer": 4, "export": 4, "run": 4, "bench": 4,
-    "api": 5, "estimate": 5, "demo": 6, "cli": 7, "studio": 7,
+    "utils": 0, "config": 1, "tracking": 1, "runfolder": 2,
+    "models": 3, "data": 3, "methods": 3, "kernels": 3, "engine": 4,
+    "stages": 5, "eval": 5, "infer": 5, "export": 5, "run": 5, "bench": 5,
+    "api": 6, "estimate": 6, "demo": 7, "cli": 8, "studio": 8,
 }
 
 

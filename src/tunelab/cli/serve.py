@@ -76,13 +76,15 @@ def spec_from_run(path: Path):
     """A served model for a run folder: its base, its adapter (or full weights) and its own template."""
     from tunelab.infer.engine import ModelSpec
     from tunelab.run import Run
+    from tunelab.runfolder import MODEL_DIR
 
     run = Run(path)
     weights = run.weights_dir()
     name = run.path.name
-    if weights.name == "model":
-        return ModelSpec(name, str(weights), None, run.chat_template, str(run.path / "tokenizer"))
-    return ModelSpec(name, run.base_model_name, str(weights), run.chat_template, str(run.path / "tokenizer"))
+    tokenizer = str(run.folder.tokenizer_dir)
+    if weights.name == MODEL_DIR:  # full weights: a model of its own, no base underneath
+        return ModelSpec(name, str(weights), None, run.chat_template, tokenizer)
+    return ModelSpec(name, run.base_model_name, str(weights), run.chat_template, tokenizer)
 
 
 @app.command("serve")

@@ -336,7 +336,9 @@ def _check_and_count(cfg: DataCfg, train: list[Tokenized], val: list[Tokenized],
 
 def _write_rejects(data: PreparedData, run_dir: str | Path | None) -> None:
     if data.rejects and run_dir is not None:
-        path = Path(run_dir) / "rejected.jsonl"
+        from tunelab.runfolder import RunFolder
+
+        path = RunFolder(run_dir).rejected_path
         atomic_write_jsonl(path, data.rejects)
         data.stats["rejected_file"] = str(path)
 

@@ -21,6 +21,7 @@ from types import ModuleType
 
 import torch
 
+from tunelab.runfolder import RunFolder
 from tunelab.utils.io import atomic_dir, save_torch
 
 STATE_FILE = "trainer_state.json"
@@ -34,7 +35,7 @@ class CheckpointError(FileNotFoundError):
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+    return RunFolder(run_dir).checkpoint_dir(step)
 
 
 def rng_state() -> dict:
@@ -124,10 +125,7 @@ def verify_checkpoint(path: Path) -> str | None:
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints of a run that were completely written, oldest first (not verified; see latest_valid_checkpoint)."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+    return [p for p in RunFolder(run_dir).checkpoint_dirs() if (p / STATE_FILE).is_file()]
 
 
 def latest_valid_checkpoint(run_dir: Path) -> Path | None:

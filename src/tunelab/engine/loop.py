@@ -19,6 +19,7 @@ from types import ModuleType
 
 import torch
 
+from tunelab.config.optim import OptimCfg
 from tunelab.config.schema import TrainCfg
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import check_checkpoint, latest_valid_checkpoint, load_checkpoint, save_checkpoint
@@ -27,9 +28,9 @@ from tunelab.engine.optim import (
     build_optimizer,
     build_regulariser,
     build_scheduler,
-    resolve_optim,
 )
 from tunelab.kernels.lora import unwrapped
+from tunelab.runfolder import RunFolder
 from tunelab.tracking.progress import TrainProgress
 
 # loss_fn(model, batch) -> (summed loss tensor, number of target tokens in the batch), optionally with a third
@@ -249,12 +250,15 @@ def _diverged(loss: float, step: int, run_dir: Path) -> "TrainingDiverged":
 def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequence | Mapping[str, Sequence],
         collate_fn, loss_fn: LossFn,
         cfg: TrainCfg, run_dir: Path, device: torch.device, trackers: list, order_fn,
-        progress: bool = True, optim=None, train_stream=None) -> FitResult:
+        progress: bool = True, optim: OptimCfg | None = None, train_stream=None,
+        reference_data: Callable[[str], Sequence] | None = None) -> FitResult:
     """Train `model` (already prepared by `method.apply`) and leave the final/best weights in it.
 
     `val_samples` is one validation list, or named sets (a multi-task run's tasks): then each set's loss is
     logged as eval_loss/<name> beside the overall eval_loss, which early stopping and best_step follow.
-    `optim` is the run's OptimCfg (optimizer, per-group rates, EWC); None = the run folder's stored one.
+    `optim` is the run's OptimCfg (optimizer, per-group rates, EWC), passed from the stage's config in memory
+    (never re-read from the run folder); None = the defaults. `reference_data(path)` turns a data file into this
+    stage's own samples (for optim.ewc.data), so a regulariser sees the same kind of batches as training.
     `train_stream(batch_size, pos)`, when given, replaces `train_samples` (data.streaming): it yields
     (micro_index, samples) from the position in `pos` and keeps its data position in `pos["stream"]`.
     """
@@ -269,9 +273,10 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     n_train = len(train_samples) if train_stream is None else 0  # a stream has no length: max_steps is set
     total_steps = total_steps_for(distributed.global_batch_cfg(cfg), n_train)
     micro_per_epoch = math.ceil(n_train / global_batch)
-    optim = resolve_optim(optim, run_dir)
+    optim = optim or OptimCfg()
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device, optim)
-    regulariser = build_regulariser(optim, model, run_dir, train_samples, collate_fn, loss_fn, device, cfg.seed)
+    regulariser = build_regulariser(optim, model, run_dir, train_samples, collate_fn, loss_fn, device, cfg.seed,
+                                    reference_data)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
@@ -295,7 +300,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
         step = saved.pop("step")
         pos.update(saved)
         if par.is_main:
-            _trim_metrics(run_dir / "metrics.jsonl", step)
+            _trim_metrics(RunFolder(run_dir).metrics_path, step)
 
     bar = TrainProgress(total_steps, start_step=step, enabled=progress and par.is_main)
     if resume_from is not None:
@@ -435,7 +440,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                     pos.update(best_eval=last_eval, best_step=step, bad_evals=0)
                     if cfg.early_stopping_patience:
                         with unwrapped(model):
-                            distributed.save_weights(model, method, run_dir / "best")  # atomic, rank 0
+                            distributed.save_weights(model, method, RunFolder(run_dir).best_dir)  # atomic, rank 0
                 else:
                     pos["bad_evals"] += 1
                     if cfg.early_stopping_patience and pos["bad_evals"] >= cfg.early_stopping_patience:
@@ -456,9 +461,9 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                 break
     bar.close()
     distributed.barrier()
-    if cfg.early_stopping_patience and (run_dir / "best").is_dir() and pos["best_step"] != step:
+    if cfg.early_stopping_patience and RunFolder(run_dir).best_dir.is_dir() and pos["best_step"] != step:
         with unwrapped(model):
-            method.load_state(model, run_dir / "best")
+            method.load_state(model, RunFolder(run_dir).best_dir)
     elapsed = time.perf_counter() - t_start
     train_s = max(pos["train_s"], 1e-9)  # training time only: evaluation and checkpoint writing excluded
     steady_tokens, steady_s = (pos["tokens"] - pos["steady_from"][0], pos["train_s"] - pos["steady_from"][1]) \

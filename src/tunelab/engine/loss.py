@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from tunelab.data.templates import IGNORE_INDEX  # -100: the one label value of a position that is not a target
+
+__all__ = ["IGNORE_INDEX", "causal_lm_loss_sum", "count_targets"]
 
 
 def count_targets(labels: torch.Tensor) -> int:

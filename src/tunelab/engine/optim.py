@@ -9,7 +9,7 @@ the method's own (`tunelab.methods.set_lr_scale`, e.g. LoRA+), layer-wise decay
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -151,27 +151,17 @@ def resolve_name(name: str, model, device: torch.device) -> str:
     return "paged_adamw_8bit" if quantized and device.type == "cuda" else "adamw"
 
 
-def resolve_optim(optim: OptimCfg | None, run_dir: Path) -> OptimCfg:
-    """The stage's optim section, else the one stored in the run folder's config.yaml, else defaults."""
-    if optim is not None:
-        return optim
-    path = Path(run_dir) / "config.yaml"
-    if path.is_file():
-        import yaml
+def build_regulariser(optim: OptimCfg, model, run_dir: Path, train_samples, collate_fn, loss_fn, device, seed: int,
+                      reference_data: Callable[[str], Sequence] | None = None):
+    """An object with .penalty() -> scalar tensor added to each step's loss, or None (only EWC so far).
 
-        stored = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("optim")
-        if stored:
-            return OptimCfg.model_validate(stored)
-    return OptimCfg()
-
-
-def build_regulariser(optim: OptimCfg, model, run_dir: Path, train_samples, collate_fn, loss_fn, device, seed: int):
-    """An object with .penalty() -> scalar tensor added to each step's loss, or None (only EWC so far)."""
+    `reference_data(path)` is the stage's own loader (its samples for a data file), used for optim.ewc.data.
+    """
     if optim.ewc is None or optim.ewc.lambda_ == 0:
         return None
     from tunelab.methods.ewc import build_ewc
 
-    return build_ewc(optim.ewc, model, run_dir, train_samples, collate_fn, loss_fn, device, seed)
+    return build_ewc(optim.ewc, model, run_dir, train_samples, collate_fn, loss_fn, device, seed, reference_data)
 
 
 def lr_lambda(kind: str, total_steps: int, warmup_steps: int):

@@ -25,7 +25,8 @@ from tunelab.eval.labels import classification_eval
 from tunelab.eval.mc import score_mc
 from tunelab.eval.metrics import GENERATION_METRICS, generation_metrics
 from tunelab.infer.generate import generate
-from tunelab.utils.io import atomic_write_json, atomic_write_jsonl, stamped_path
+from tunelab.runfolder import RunFolder
+from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
 
 DEFAULT_METRICS = ("exact_match", "contains")
 # metrics that need the model itself (not only its answers): name -> fn(model, tok, template, prompts, refs, preds,
@@ -205,8 +206,8 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
         rows = pair_rows(rows, other_rows)
         stem += f"-vs-{_slug(name)}"
     gc.collect()
-    out = stamped_path(Path(run.path) / "eval", stem)
-    atomic_write_jsonl(out.with_suffix(".predictions.jsonl"), rows)
+    out = RunFolder(run.path).eval_path(stem)
+    atomic_write_jsonl(RunFolder.predictions_path(out), rows)
     atomic_write_json(out, record)
     returned: dict[str, Any] = {**results, "saved": str(out)}
     if compare:

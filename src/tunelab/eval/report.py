@@ -16,15 +16,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tunelab.data.io import read_records
+from tunelab.data.io import DataError
 from tunelab.eval.overfit import Mark, detect_overfitting
+from tunelab.runfolder import (
+    CONFIG_FILE,
+    EVAL_DIR,
+    MARKERS,
+    METRICS_FILE,
+    RUN_INFO_FILE,
+    SUMMARY_FILE,
+    RunFileError,
+    RunFolder,
+    read_json_object,
+    read_jsonl,
+)
 from tunelab.utils.io import atomic_write_text
 
 TEMPLATES = Path(__file__).parent / "templates"
 N_SAMPLES = 5  # predictions shown per eval file
-RUN_MARKERS = ("config.yaml", "run.json", "metrics.jsonl", "summary.json")
+RUN_MARKERS = MARKERS
 RUN_COLUMNS = ("name", "base_model", "method", "steps", "train_loss", "eval_loss", "created")
 
 
@@ -32,32 +42,20 @@ class ReportError(ValueError):
     """The folder is not a run folder or one of its files is unreadable; the message names it."""
 
 
-def _load_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+def _read(read, *args, error: type[ValueError] = ReportError):
+    """A run-folder read (tunelab.runfolder); its RunFileError becomes `error` (the message names the file).
 
-
-def _load_yaml(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+    JSON/YAML files report a ReportError; JSONL rows a DataError, as every other record file does.
+    """
     try:
-        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ReportError(f"{path}: not valid YAML ({e})") from None
-    return obj if isinstance(obj, dict) else {}
+        return read(*args)
+    except RunFileError as e:
+        raise error(str(e)) from None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of `<run>/metrics.jsonl` ([] when absent); a bad line raises naming file:line."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [r.data for r in read_records(path)] if path.is_file() else []
+    return _read(RunFolder(run_dir).read_metrics, error=DataError)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -138,12 +136,12 @@ def _task_keys(rows: list[dict]) -> list[str]:
 def _evals(run_dir: Path) -> list[dict[str, Any]]:
     """Each eval/<name>.json with its scalar metrics and the first predictions, oldest first."""
     out = []
-    for path in sorted((run_dir / "eval").glob("*.json")):
-        obj = _load_json(path) or {}
+    for path in RunFolder(run_dir).eval_results():
+        obj = _read(read_json_object, path) or {}
         metrics = _flatten(obj.get("metrics", {}))
         notes = {k: metrics.pop(k) for k in [k for k in metrics if k == "note" or k.endswith("/note")]}
-        preds_path = path.with_suffix(".predictions.jsonl")
-        samples = [r.data for r in read_records(preds_path)[:N_SAMPLES]] if preds_path.is_file() else []
+        preds_path = RunFolder.predictions_path(path)
+        samples = _read(read_jsonl, preds_path, error=DataError)[:N_SAMPLES]
         out.append({"name": path.stem, "data": obj.get("data"), "n": obj.get("n"),
                     "settings": _flatten(obj.get("settings", {})), "metrics": metrics, "samples": samples,
                     "predictions_file": preds_path.name if preds_path.is_file() else None,
@@ -175,22 +173,23 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such run folder")
-    if not any((run_dir / m).is_file() for m in RUN_MARKERS):
+    folder = RunFolder(run_dir)
+    if not folder.has_marker():
         raise ReportError(f"{run_dir}: not a run folder (none of {', '.join(RUN_MARKERS)}); "
                           "pass the folder `tunelab train` wrote, e.g. runs/<name>")
-    config, run_info = _load_yaml(run_dir / "config.yaml"), _load_json(run_dir / "run.json")
-    summary, rows = _load_json(run_dir / "summary.json"), read_metrics(run_dir)
+    config, run_info = _read(folder.read_config_dict), _read(folder.read_info)
+    summary, rows = _read(folder.read_summary), read_metrics(run_dir)
     marks = detect_overfitting(rows)
     plots = _plots(rows, marks)
-    evals = _evals(run_dir) if (run_dir / "eval").is_dir() else []
+    evals = _evals(run_dir) if folder.eval_dir.is_dir() else []
     missing = [f"{name}: {why}" for name, present, why in (
-        ("config.yaml", config is not None, "no config summary"),
-        ("run.json", run_info is not None, "base model, parameter counts and creation time unknown"),
-        ("metrics.jsonl", bool(rows), "no training curves"),
-        ("summary.json", summary is not None, "the run may still be running or was interrupted"),
+        (CONFIG_FILE, config is not None, "no config summary"),
+        (RUN_INFO_FILE, run_info is not None, "base model, parameter counts and creation time unknown"),
+        (METRICS_FILE, bool(rows), "no training curves"),
+        (SUMMARY_FILE, summary is not None, "the run may still be running or was interrupted"),
         ("validation loss", "loss" in plots and any("eval_loss" in r for r in rows),
-         "no eval rows in metrics.jsonl (set train.eval_every and data.eval or data.val_size)"),
-        ("eval/", bool(evals),
+         f"no eval rows in {METRICS_FILE} (set train.eval_every and data.eval or data.val_size)"),
+        (f"{EVAL_DIR}/", bool(evals),
          "no evaluation results; run `tunelab eval RUN_DIR --data FILE [--compare base]` to add them"),
     ) if not present]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
@@ -199,14 +198,14 @@ def write_report(run_dir: str | Path) -> Path:
         name=run_dir.resolve().name, config=_flatten(config or {}), run_info=run_info or {},
         summary=summary or {}, plots=plots, marks=marks, evals=evals, missing=missing,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
-    return atomic_write_text(run_dir / "report.html", html)
+    return atomic_write_text(folder.report_path, html)
 
 
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     """One row of `tunelab runs`: summary.json first, then run.json/config.yaml, then metrics.jsonl."""
-    run_dir = Path(run_dir)
-    config = _load_yaml(run_dir / "config.yaml") or {}
-    info, summary = _load_json(run_dir / "run.json") or {}, _load_json(run_dir / "summary.json") or {}
+    run_dir, folder = Path(run_dir), RunFolder(run_dir)
+    config = _read(folder.read_config_dict) or {}
+    info, summary = _read(folder.read_info) or {}, _read(folder.read_summary) or {}
     rows = read_metrics(run_dir) if not summary else []
     train, evals = _series(rows, "loss"), _series(rows, "eval_loss")
     steps = [r["step"] for r in rows if isinstance(r.get("step"), int)]
@@ -230,8 +229,7 @@ def list_runs(root: str | Path, sort: str = "created", desc: bool = False) -> li
         raise ReportError(f"{root}: no such folder")
     if sort not in RUN_COLUMNS:
         raise ReportError(f"cannot sort by {sort!r}; choose from {', '.join(RUN_COLUMNS)}")
-    runs = [summarize_run(d) for d in sorted(root.iterdir())
-            if d.is_dir() and any((d / m).is_file() for m in RUN_MARKERS)]
+    runs = [summarize_run(d) for d in sorted(root.iterdir()) if d.is_dir() and RunFolder(d).has_marker()]
     present = [r for r in runs if r[sort] is not None]
     absent = [r for r in runs if r[sort] is None]
     # numbers compare as numbers, anything else as text

@@ -24,7 +24,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from tunelab.data.templates import IGNORE_INDEX  # the one definition (data layer), so masks agree everywhere
 
 
 def _ce_chunk(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, label_smoothing: float,

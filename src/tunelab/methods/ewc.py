@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-STATE_FILE = "ewc.safetensors"
+from tunelab.runfolder import EWC_STATE_FILE, RunFolder
+
+STATE_FILE = EWC_STATE_FILE
 
 
 class EWC:
@@ -54,39 +56,38 @@ def diagonal_fisher(model, samples: Sequence, collate_fn, loss_fn: Callable, dev
     return fisher
 
 
-def reference_samples(cfg, run_dir: Path, train_samples: Sequence, seed: int) -> Sequence:
-    """cfg.samples samples of cfg.data (tokenized with the run's stored tokenizer and template), or of the train set."""
+def reference_samples(cfg, train_samples: Sequence, reference_data: Callable[[str], Sequence] | None = None
+                      ) -> Sequence:
+    """cfg.samples samples of the reference data: cfg.data read by the stage's own loader, or the train set.
+
+    The samples come from the stage (its tokenizer, template, max_length and sample type), so the Fisher is
+    computed on the same kind of batches the stage trains on: pairs for a preference stage, chats for SFT.
+    """
     if cfg.data is None:
         return list(train_samples)[:cfg.samples]
-    import yaml
-    from transformers import AutoTokenizer
+    if reference_data is None:
+        from tunelab.config import ConfigError
 
-    from tunelab.config.data import DataCfg
-    from tunelab.data.pipeline import prepare_data
-
-    run_dir = Path(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    template = (run_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    stored = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    max_length = (stored.get("data") or {}).get("max_length", 1024)
-    data = prepare_data(DataCfg(train=cfg.data, val_size=0.0, max_samples=cfg.samples, max_length=max_length),
-                        tokenizer, template, seed)
-    return data.train
+        raise ConfigError([f"optim.ewc.data: this stage cannot read reference data ({cfg.data}); leave it null "
+                           "to estimate the Fisher on the training data"])
+    return list(reference_data(cfg.data))[:cfg.samples]
 
 
 def build_ewc(cfg, model, run_dir: Path, train_samples: Sequence, collate_fn, loss_fn: Callable, device,
-              seed: int = 0) -> EWC:
-    """The EWC penalty for this run: reuse <run>/ewc.safetensors when resuming, else estimate and store it."""
+              seed: int = 0, reference_data: Callable[[str], Sequence] | None = None) -> EWC:
+    """The EWC penalty for this run: reuse <run>/ewc.safetensors when resuming, else estimate and store it.
+
+    `reference_data(path)` is the stage's loader for cfg.data (see reference_samples); `seed` is unused since
+    the samples are the stage's, kept so existing callers keep working.
+    """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    path = Path(run_dir) / STATE_FILE
+    path = RunFolder(run_dir).ewc_state_path
     if path.is_file():
         state = load_file(str(path), device=str(device))
         fisher = {n: state[f"fisher.{n}"] for n in params}
         reference = {n: state[f"reference.{n}"] for n in params}
     else:
-        samples = reference_samples(cfg, run_dir, train_samples, seed)
+        samples = reference_samples(cfg, train_samples, reference_data)
         fisher = diagonal_fisher(model, samples, collate_fn, loss_fn, device)
         reference = {n: p.detach().clone() for n, p in params.items()}
         Path(run_dir).mkdir(parents=True, exist_ok=True)

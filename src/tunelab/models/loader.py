@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tunelab.runfolder import RunBase, RunFileError, RunFolder, RunNotFound
 from tunelab.utils.io import atomic_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,7 +71,7 @@ def resolve_model(name: str) -> ModelSource:
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource("gguf", str(path.resolve()))
     if path.is_dir():
-        if is_run_folder(path):
+        if RunFolder(path).is_run():
             return ModelSource("run", str(path.resolve()))
         if (path / "config.json").is_file():
             return ModelSource("hf_dir", str(path.resolve()))
@@ -98,64 +99,12 @@ def resolve_model(name: str) -> ModelSource:
     )
 
 
-RUN_FILES = ("config.yaml", "run.json")
-"""What every tunelab run folder holds from its first step; a folder with both is treated as a run."""
-NOT_LANGUAGE_MODELS = ("classify", "reward")
-"""Stages whose result scores text instead of writing it: not a base for another run."""
-
-
-def is_run_folder(path: str | Path) -> bool:
-    """Whether a folder is a tunelab run (config.yaml + run.json), rather than an HF model folder."""
-    path = Path(path)
-    return all((path / f).is_file() for f in RUN_FILES) and not (path / "config.json").is_file()
-
-
-@dataclass(frozen=True)
-class RunBase:
-    """A finished run used as a base: its folder, its own base model name, method, stage and weights folder."""
-
-    path: Path
-    base_name: str
-    method: str
-    stage: str
-    weights: Path
-
-
 def read_run_base(path: str | Path) -> RunBase:
-    """What a finished run folder needs to be loaded as a base model, or ModelNotFound saying what is missing."""
-    import yaml
-
-    from tunelab.methods import get_method
-
-    path = Path(path).resolve()
-    raw = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    model, method, stage = raw.get("model") or {}, raw.get("method") or {}, raw.get("stage", "sft")
-    if not model.get("name") or not method.get("name"):
-        raise ModelNotFound(f"{path}/config.yaml: no model.name or method.name; not a config written by tunelab train")
-    if stage in NOT_LANGUAGE_MODELS:
-        raise ModelNotFound(f"{path}: a {stage} run scores text and cannot be the base of another run; use an sft, "
-                            "pretrain or preference run (or its base model) as model.name")
-    weights = path / get_method(method["name"]).WEIGHTS_DIR
-    if not (path / "summary.json").is_file() or not weights.is_dir():
-        raise ModelNotFound(f"{path}: a run folder, but not a finished run (no summary.json or {weights.name}/); "
-                            f"finish it with `tunelab train {path}/config.yaml train.resume=auto`, or point "
-                            "model.name at a finished run")
-    return RunBase(path, run_base_name(path, model["name"]), method["name"], stage, weights)
-
-
-def run_base_name(run_dir: str | Path, name: str) -> str:
-    """A run's model.name, made loadable from any working folder.
-
-    A base that is itself a run was named relative to where training ran; the run's run.json keeps
-    its absolute path in base_chain, used when the relative name does not resolve from here.
-    """
-    import json
-
-    info = Path(run_dir) / "run.json"
-    chain = json.loads(info.read_text(encoding="utf-8")).get("base_chain") if info.is_file() else None
-    if chain and not Path(name).expanduser().exists() and Path(chain[0]["run"]).is_dir():
-        return chain[0]["run"]
-    return name
+    """What a finished run folder needs to be loaded as a base model (tunelab.runfolder), or ModelNotFound."""
+    try:
+        return RunFolder(path).as_base()
+    except (RunNotFound, RunFileError) as e:  # unfinished, not a language model, or an unreadable file
+        raise ModelNotFound(str(e)) from None
 
 
 def base_chain(name: str) -> list[dict]:
@@ -262,10 +211,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         return tiny_tokenizer()
     if src.kind == "run":  # the tokenizer the run trained with; its chat_template.jinja comes along
         read_run_base(src.path)  # refuses an unfinished run before anything else loads
-        tok = AutoTokenizer.from_pretrained(str(Path(src.path) / "tokenizer"))
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        return tok
+        return RunFolder(src.path).load_tokenizer()
     path = gguf_as_hf_dir(src.path) if src.kind == "gguf" else src.path
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:

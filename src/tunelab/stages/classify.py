@@ -41,7 +41,8 @@ from tunelab.stages.recipe import (
     setup_run,
 )
 from tunelab.stages.tokens import encode, tokenize_answer
-from tunelab.utils.io import atomic_write_json, atomic_write_jsonl, stamped_path
+from tunelab.runfolder import RunFolder
+from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
 
 
 @dataclass
@@ -154,11 +155,11 @@ def write_eval(run_dir, data: str, examples: list[ClassExample], labels: list[st
     preds = [labels[i] for i in probs.argmax(-1).tolist()]
     truth = [ex.label for ex in examples]
     metrics = classification_metrics(truth, preds, labels, probs.tolist())
-    out = stamped_path(run_dir / "eval", settings["split"])
+    out = RunFolder(run_dir).eval_path(settings["split"])
     rows = [{"prompt": ex.text if ex.text is not None else ex.prompt[-1]["content"], "reference": ex.label,
              "prediction": p, "probs": dict(zip(labels, [round(x, 6) for x in row]))}
             for ex, p, row in zip(examples, preds, probs.tolist())]
-    atomic_write_jsonl(out.with_suffix(".predictions.jsonl"), rows)
+    atomic_write_jsonl(RunFolder.predictions_path(out), rows)
     atomic_write_json(out, {"data": data, "metrics": metrics, "settings": settings, "n": len(examples)})
     return metrics
 
@@ -192,7 +193,8 @@ def run(cfg, progress: bool = True):
         f"validation examples from {cfg.data.train}")
     result = fit(setup.model, setup.method, train, val, collate_fn, partial(classify_step, scorer=scorer,
                  weights=weights), cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order,
-                 progress=progress)
+                 progress=progress, optim=cfg.optim, reference_data=lambda path: make_samples(
+                     load_classification(path), labels, ccfg.mode, tok, tpl, cfg.data.max_length))
     summary = dict(result.summary)
     if val:
         probs = predict(setup.model, val, collate_fn, scorer, cfg.train.batch_size, setup.device)

@@ -17,7 +17,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from tunelab.engine.loss import IGNORE_INDEX  # -100: label value of a position that is not a target
+from tunelab.data.templates import IGNORE_INDEX  # -100: label value of a position that is not a target
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

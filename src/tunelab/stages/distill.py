@@ -108,12 +108,11 @@ def distill_loss(
 
 def load_teacher(name: str, dtype: str, device, trust_remote_code: bool = False) -> torch.nn.Module:
     """The frozen teacher: a tunelab run folder (trained model, adapters merged) or any model name load_model takes."""
-    from pathlib import Path
-
     from tunelab.models import load_model
     from tunelab.run import Run
+    from tunelab.runfolder import RunFolder
 
-    if (Path(name) / "config.yaml").is_file():
+    if RunFolder(name).has_config():
         model, _, _ = Run(name).load_model(device=str(device), merged=True)
     else:
         model = load_model(name, dtype, device, trust_remote_code)
@@ -147,7 +146,7 @@ def run(cfg, progress: bool = True):
 
     from tunelab.data.pipeline import collate, epoch_order, prepare_data
     from tunelab.engine.loop import fit
-    from tunelab.stages.recipe import finish_run, say, setup_run
+    from tunelab.stages.recipe import chat_reference_data, finish_run, say, setup_run
 
     if cfg.distill is None:
         raise ValueError("stage distill needs a distill: section with a teacher, e.g. distill: {teacher: smollm2-135m}")
@@ -161,5 +160,6 @@ def run(cfg, progress: bool = True):
     step = partial(distill_step, teacher=teacher, temperature=dcfg.temperature, alpha=dcfg.alpha,
                    divergence=dcfg.divergence, jsd_beta=dcfg.jsd_beta)
     result = fit(setup.model, setup.method, data.train, data.val, partial(collate, pad_id=setup.tokenizer.pad_token_id),
-                 step, cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress)
+                 step, cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress,
+                 optim=cfg.optim, reference_data=chat_reference_data(cfg, setup))
     return finish_run(setup, result.summary, {**data.stats, "teacher": dcfg.teacher})

@@ -284,9 +284,12 @@ def run(cfg, progress: bool = True):
     reference = Reference(setup.model) if gcfg.beta > 0 else None
     say(progress, f"grpo: {len(train)} train / {len(val)} validation prompts, {gcfg.group_size} completions each; "
         f"rewards {', '.join(gcfg.rewards)}")
-    step = GrpoStep(gcfg, rewards, tok, tpl, reference, setup.run_dir / "completions.jsonl")
+    from tunelab.runfolder import RunFolder
+
+    step = GrpoStep(gcfg, rewards, tok, tpl, reference, RunFolder(setup.run_dir).completions_path)
     result = fit(setup.model, setup.method, train, val, partial(collate_prompts, pad_id=tok.pad_token_id), step,
-                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress)
+                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress,
+                 optim=cfg.optim)
     stats = {"format": "prompts", "train_samples": len(train), "val_samples": len(val),
              "rewards": list(gcfg.rewards), "group_size": gcfg.group_size}
     return finish_run(setup, result.summary, stats)

@@ -230,6 +230,7 @@ def run(cfg, progress: bool = True):
     from tunelab.data.pipeline import epoch_order, load_conversations
     from tunelab.engine.loop import fit
     from tunelab.run import Run
+    from tunelab.runfolder import RunFolder
     from tunelab.stages.grpo import collate_prompts, prompt_samples
     from tunelab.stages.heads import HeadMethod, load_scorer
     from tunelab.stages.recipe import (
@@ -262,9 +263,10 @@ def run(cfg, progress: bool = True):
     tok, tpl = setup.tokenizer, setup.template
     train, val = prompt_samples(cfg.data, tok, tpl, train_convs), prompt_samples(cfg.data, tok, tpl, val_convs)
     say(progress, f"ppo: {len(train)} train / {len(val)} validation prompts; reward model {pcfg.reward_model}")
-    step = PpoStep(pcfg, scorer, reference, tok, tpl, setup.run_dir / "completions.jsonl")
+    step = PpoStep(pcfg, scorer, reference, tok, tpl, RunFolder(setup.run_dir).completions_path)
     result = fit(setup.model, setup.method, train, val, partial(collate_prompts, pad_id=tok.pad_token_id), step,
-                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress)
+                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress,
+                 optim=cfg.optim)
     stats = {"format": "prompts", "train_samples": len(train), "val_samples": len(val),
              "reward_model": pcfg.reward_model}
     return finish_run(setup, result.summary, stats)

@@ -389,6 +389,22 @@ def precompute_reference(samples: list, collate_fn, reference: Reference, batch_
             s.ref = (ref[j], ref[n + j] if len(ref) > n else 0.0)
 
 
+def reference_samples(cfg, setup, collate_fn, precomputed: Reference | None, path: str) -> list:
+    """A data file read as this stage's own samples (pairs, or KTO examples), for optim.ewc.data; with
+    preference.precompute_ref they carry reference log-probs too, as the training batches do."""
+    tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
+    if cfg.stage == "kto":
+        samples = kto_samples(load_kto(path), tok, tpl, max_len, cfg.preference.kto_kl)
+    else:
+        samples = pair_samples(load_preference(path), tok, tpl, max_len)
+    if precomputed is not None:
+        was_training = setup.model.training
+        setup.model.eval()
+        precompute_reference(samples, collate_fn, precomputed, cfg.train.batch_size, setup.device)
+        setup.model.train(was_training)
+    return samples
+
+
 def run(cfg, progress: bool = True):
     """Train a dpo / orpo / simpo / kto run end to end and return the run folder path."""
     setup = setup_run(cfg, progress)
@@ -407,14 +423,14 @@ def run(cfg, progress: bool = True):
         train_ex, val_ex = load_split(cfg.data, load_preference, cfg.train.seed, stage=cfg.stage)
         train, val = pair_samples(train_ex, tok, tpl, max_len), pair_samples(val_ex, tok, tpl, max_len)
         collate_fn = partial(collate_pairs, pad_id=tok.pad_token_id)
-    reference = None
+    reference = precomputed = None
     if loss_name not in REFERENCE_FREE:
         reference = Reference(setup.model, copy_weights=not pcfg.precompute_ref)
         if pcfg.precompute_ref:
             setup.model.eval()
             for samples in (train, val):
                 precompute_reference(samples, collate_fn, reference, cfg.train.batch_size, setup.device)
-            reference = None  # every batch now carries its reference log-probs
+            precomputed, reference = reference, None  # every batch now carries its reference log-probs
     say(progress, f"{cfg.stage} ({loss_name}, beta={params.beta}): {len(train)} train / {len(val)} validation "
         f"examples from {cfg.data.train}; reference: "
         + ("none" if loss_name in REFERENCE_FREE else "precomputed" if pcfg.precompute_ref
@@ -422,7 +438,8 @@ def run(cfg, progress: bool = True):
     step = (partial(kto_step, params=params, reference=reference) if is_kto
             else partial(pair_step, loss_name=loss_name, params=params, reference=reference))
     result = fit(setup.model, setup.method, train, val, collate_fn, step, cfg.train, setup.run_dir, setup.device,
-                 setup.trackers, epoch_order, progress=progress)
+                 setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
+                 reference_data=partial(reference_samples, cfg, setup, collate_fn, precomputed))
     stats = {"format": "kto" if is_kto else "preference", "train_samples": len(train), "val_samples": len(val),
              "loss": loss_name, "beta": params.beta,
              "truncated": sum(s.seq.truncated if is_kto else s.chosen.truncated or s.rejected.truncated

@@ -28,7 +28,7 @@ from tunelab.data.stage_formats import TextDocument, load_text
 from tunelab.data.templates import Tokenized
 from tunelab.engine.loop import fit
 from tunelab.run import add_run_info
-from tunelab.stages.recipe import finish_run, load_split, say, setup_run
+from tunelab.stages.recipe import chat_reference_data, finish_run, load_split, say, setup_run
 from tunelab.stages.sft import sft_loss
 
 CHAT_KEYS = ("messages", "conversations", "instruction")
@@ -103,5 +103,6 @@ def run(cfg, progress: bool = True):
     result = fit(setup.model, setup.method, train, val_sets or val,
                  partial(collate, pad_id=setup.tokenizer.pad_token_id),
                  partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed), cfg.train,
-                 setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress)
+                 setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
+                 reference_data=chat_reference_data(cfg, setup))
     return finish_run(setup, result.summary, stats)

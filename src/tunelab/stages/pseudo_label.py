@@ -60,6 +60,7 @@ from tunelab.stages.recipe import (
     say,
     setup_run,
 )
+from tunelab.runfolder import RunFolder
 from tunelab.utils.io import atomic_write_jsonl
 
 UNLABELLED_HELP = ('expected one JSON object per line (.jsonl) or a JSON array (.json) of {"text": "..."} or '
@@ -213,12 +214,14 @@ def train_round(cfg, setup, data: RoundData, r: int, kept: list[tuple[int, int]]
     examples = data.train_ex + [with_label(data.pool[i].example, data.labels[c], data.pattern) for i, c in kept]
     train = make_samples(examples, data.labels, ccfg.mode, setup.tokenizer, setup.template, cfg.data.max_length)
     step = partial(classify_step, scorer=data.scorer, weights=class_weights(ccfg.class_weights, data.labels, examples))
-    round_dir = setup.run_dir / "rounds" / f"round-{r}"  # its own checkpoints: steps restart every round
+    round_dir = RunFolder(setup.run_dir).round_dir(r)  # its own checkpoints: steps restart every round
     result = fit(setup.model, setup.method, train, data.val, data.collate_fn, step, cfg.train, round_dir,
                  setup.device, [RoundTracker(t, r, offset) for t in setup.trackers], epoch_order,
-                 progress=progress, optim=cfg.optim)
+                 progress=progress, optim=cfg.optim, reference_data=lambda path: make_samples(
+                     load_classification(path), data.labels, ccfg.mode, setup.tokenizer, setup.template,
+                     cfg.data.max_length))
     if distributed.current().is_main:  # early stopping's scratch copy (rank 0 wrote it), already loaded
-        shutil.rmtree(round_dir / "best", ignore_errors=True)
+        shutil.rmtree(RunFolder(round_dir).best_dir, ignore_errors=True)
     return result
 
 
@@ -262,7 +265,7 @@ def run(cfg, progress: bool = True):
             chosen = [(i, pred[i]) for i in selection(probs, scfg.threshold, scfg.balance)]
             rows = pool_rows(data.pool, data.labels, probs, [i for i, _ in chosen])
             if main:
-                atomic_write_jsonl(setup.run_dir / "pseudo_labels.jsonl", rows)
+                atomic_write_jsonl(RunFolder(setup.run_dir).pseudo_labels_path, rows)
             if chosen == kept:  # the same training data from the same start would train the same model
                 stop = "converged"
                 say(progress, f"round {r}: the pseudo-labels kept are those of round {r - 1}; stopping")
@@ -278,7 +281,7 @@ def run(cfg, progress: bool = True):
                         "steps": result.step, "train_loss": result.summary["train_loss"],
                         "eval_loss": result.summary["eval_loss"], **pseudo_stats(rows), **metrics})
         if main:
-            atomic_write_jsonl(setup.run_dir / "selftrain_rounds.jsonl", history)
+            atomic_write_jsonl(RunFolder(setup.run_dir).selftrain_rounds_path, history)
         shown = (f"; validation accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}"
                  if metrics else "")
         say(progress, f"round {r}: {history[-1]['train_examples']} training examples ({len(kept)} pseudo-labelled)"

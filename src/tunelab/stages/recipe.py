@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -12,15 +12,15 @@ from types import ModuleType
 import torch
 
 from tunelab import __version__
-from tunelab.config import RunCfg, dump_config
+from tunelab.config import RunCfg
 from tunelab.data.templates import resolve_template
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.methods import count_parameters, get_method
 from tunelab.models import load_model, load_tokenizer, pick_device
 from tunelab.models.loader import base_chain
+from tunelab.runfolder import RunFolder
 from tunelab.tracking import ALWAYS_ON, make_tracker
-from tunelab.utils.io import atomic_dir, atomic_write_json, atomic_write_text
 from tunelab.utils.threads import apply_threads
 
 
@@ -46,7 +46,7 @@ def check_output_dir(cfg: RunCfg) -> Path:
     """Refuse to silently overwrite a finished run or to restart over checkpoints without resume."""
     run_dir = Path(cfg.output_dir)
     if cfg.train.resume == "never":
-        if (run_dir / "summary.json").is_file():
+        if RunFolder(run_dir).is_finished():
             raise RunFolderError(f"output_dir: {run_dir} already holds a finished run; choose another output_dir "
                                  "(e.g. output_dir=runs/my-run-2) or delete it")
         if list_checkpoints(run_dir):
@@ -75,12 +75,11 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     quantize = method.load_settings(cfg.method) if hasattr(method, "load_settings") else None  # QLoRA: 4-bit at load
     model = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code, quantize=quantize)
     model = method.apply(model, cfg.method)
+    folder = RunFolder(run_dir)
     if main:
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        atomic_write_text(run_dir / "chat_template.jinja", template)
-        with atomic_dir(run_dir / "tokenizer") as tmp:
-            tokenizer.save_pretrained(tmp)
-            (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
+        folder.write_config(cfg)
+        folder.write_template(template)
+        folder.write_tokenizer(tokenizer, template)
     trainable, total = count_parameters(model)
     meta = {"tunelab_version": __version__, "base_model": cfg.model.name, "method": cfg.method.name,
             "stage": cfg.stage, "trainable_params": trainable, "total_params": total,
@@ -91,7 +90,7 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     if chain := base_chain(cfg.model.name):  # a run folder as the base: record what this run stands on
         meta.update(base_chain=chain, root_model=chain[-1]["base_model"])
     if main:
-        atomic_write_json(run_dir / "run.json", meta)
+        folder.write_info(meta)
     if progress and main:
         from rich.console import Console
 
@@ -107,13 +106,13 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
 
 def finish_run(setup: RunSetup, summary: dict, data_stats: dict) -> Path:
     """Write the trained weights, summary.json and close trackers; remove the early-stopping scratch copy."""
-    run_dir = setup.run_dir
+    run_dir, folder = setup.run_dir, RunFolder(setup.run_dir)
     distributed.save_weights(setup.model, setup.method, run_dir / setup.method.WEIGHTS_DIR)  # atomic, rank 0
     if not distributed.current().is_main:  # rank 0 writes the rest; the others wait for it and leave
         distributed.shutdown()
         return run_dir
-    shutil.rmtree(run_dir / "best", ignore_errors=True)
-    atomic_write_json(run_dir / "summary.json", {**summary, "data": data_stats})
+    shutil.rmtree(folder.best_dir, ignore_errors=True)
+    folder.write_summary({**summary, "data": data_stats})
     for t in setup.trackers:
         t.finish()
     if setup.cfg.train.report:
@@ -124,8 +123,21 @@ def finish_run(setup: RunSetup, summary: dict, data_stats: dict) -> Path:
     return run_dir
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def chat_reference_data(cfg: RunCfg, setup: RunSetup) -> Callable[[str], list]:
+    """A loader of SFT samples from one data file, tokenized as this run's training data is (same tokenizer,
+    template, max_length and packing, all from memory): the reference data of optim.ewc for stages that train
+    on chat samples (sft, pretrain, distill, selftrain)."""
+    from tunelab.config.data import DataCfg
+    from tunelab.data.pipeline import prepare_data
+
+    def load(path: str) -> list:
+        n = cfg.optim.ewc.samples if cfg.optim.ewc else None
+        data_cfg = cfg.data.model_copy(update={
+            "train": path, "eval": None, "val_size": 0.0, "max_samples": n, "streaming": False, "val_records": 0,
+            "format": DataCfg.model_fields["format"].default})
+        return prepare_data(data_cfg, setup.tokenizer, setup.template, cfg.train.seed).train
+
+    return load
 
 
 def load_split(data_cfg, load, seed: int, stage: str = "this") -> tuple[list, list]:
@@ -164,19 +176,13 @@ def say(progress: bool, message: str) -> None:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """Every line of a run's metrics.jsonl (the loop's own log)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return RunFolder(run_dir).read_metrics()
 
 
 def recount_parameters(setup: RunSetup) -> None:
     """Update run.json's parameter counts after a stage wrapped the model (e.g. added a scoring head)."""
-    path = setup.run_dir / "run.json"
     if not distributed.current().is_main:  # only rank 0 writes the run folder
         return
-    meta = read_json(path)
     trainable, total = count_parameters(setup.model)
-    meta.update(trainable_params=trainable, total_params=total,
-                trainable_pct=round(100 * trainable / max(total, 1), 4))
-    atomic_write_json(path, meta)
+    RunFolder(setup.run_dir).update_info(dict(trainable_params=trainable, total_params=total,
+                                              trainable_pct=round(100 * trainable / max(total, 1), 4)))

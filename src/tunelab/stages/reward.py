@@ -99,7 +99,8 @@ def run(cfg, progress: bool = True):
     say(progress, f"reward model: {len(train)} train / {len(val)} validation pairs from {cfg.data.train}")
     result = fit(setup.model, setup.method, train, val, partial(collate_pairs, pad_id=tok.pad_token_id),
                  partial(reward_step, center_coef=cfg.reward.center_coef), cfg.train, setup.run_dir, setup.device,
-                 setup.trackers, epoch_order, progress=progress)
+                 setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
+                 reference_data=lambda path: pair_samples(load_preference(path), tok, tpl, max_len))
     evals = [m for m in read_metrics(setup.run_dir) if "eval_accuracy" in m]
     summary = {**result.summary, "eval_accuracy": evals[-1]["eval_accuracy"] if evals else None}
     stats = {"format": "preference", "train_samples": len(train), "val_samples": len(val),

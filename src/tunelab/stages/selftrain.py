@@ -33,9 +33,10 @@ from tunelab.stages.grpo import (
     prompt_samples,
     sample_completions,
 )
-from tunelab.stages.recipe import finish_run, load_split, say, setup_run
+from tunelab.stages.recipe import chat_reference_data, finish_run, load_split, say, setup_run
 from tunelab.stages.rewards import load_reward, reward_name, score
 from tunelab.stages.sft import sft_loss
+from tunelab.runfolder import RunFolder
 from tunelab.utils.io import atomic_write_jsonl
 
 
@@ -88,16 +89,17 @@ def run_rejection(cfg, progress: bool = True):
     rewards = {reward_name(spec): load_reward(spec, scfg.format_regex, scfg.length_target) for spec in scfg.rewards}
     rows = sample_and_judge(setup.model, prompt_samples(cfg.data, tok, tpl, train_convs), scfg, rewards, tok, tpl,
                             cfg.train.batch_size, setup.device)
-    atomic_write_jsonl(setup.run_dir / "selftrain_samples.jsonl", rows)
+    folder = RunFolder(setup.run_dir)
+    atomic_write_jsonl(folder.selftrain_samples_path, rows)
     kept = [r for r in rows if r["kept"] and r["completion"]]
     if not kept:
         best = max(r["reward"] for r in rows)
         raise DataError(f"selftrain: none of {len(rows)} samples reached selftrain.min_reward={scfg.min_reward} "
                         f"(best {best:.3f}); lower min_reward, sample more (samples_per_prompt) or start from a "
-                        f"stronger model. Samples: {setup.run_dir / 'selftrain_samples.jsonl'}")
+                        f"stronger model. Samples: {folder.selftrain_samples_path}")
     data = [{"messages": [*r["prompt"], {"role": "assistant", "content": r["completion"]}], "reward": r["reward"]}
             for r in kept]
-    atomic_write_jsonl(setup.run_dir / "selftrain_data.jsonl", data)
+    atomic_write_jsonl(folder.selftrain_data_path, data)
     train = [tokenize_conversation(tok, tpl, Conversation(d["messages"]), max_len) for d in data]
     val = [tokenize_conversation(tok, tpl, c, max_len) for c in val_convs]
     say(progress, f"selftrain: kept {len(kept)} of {len(rows)} samples ({len(train_convs)} prompts x "
@@ -105,7 +107,8 @@ def run_rejection(cfg, progress: bool = True):
     result = fit(setup.model, setup.method, train, val, partial(collate, pad_id=tok.pad_token_id),
                  partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
                  cfg.train, setup.run_dir,
-                 setup.device, setup.trackers, epoch_order, progress=progress)
+                 setup.device, setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
+                 reference_data=chat_reference_data(cfg, setup))
     stats = {"format": "selftrain", "prompts": len(train_convs), "samples": len(rows), "train_samples": len(train),
              "val_samples": len(val), "mean_reward": sum(r["reward"] for r in rows) / len(rows)}
     return finish_run(setup, result.summary, stats)

@@ -25,7 +25,7 @@ from tunelab.engine.optim import resolve_name
 from tunelab.kernels.train import chunked_causal_lm_loss, speed_context, with_block_mask
 from tunelab.models import pick_device
 from tunelab.run import add_run_info
-from tunelab.stages.recipe import finish_run, setup_run
+from tunelab.stages.recipe import chat_reference_data, finish_run, setup_run
 
 
 def sft_loss(model, batch: dict, label_smoothing: float = 0.0, speed: SpeedCfg | None = None):
@@ -126,6 +126,7 @@ def run(cfg: RunCfg, progress: bool = True):
                      partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
                      cfg.train, setup.run_dir,
                      setup.device, setup.trackers, epoch_order, progress=progress,
-                     train_stream=getattr(data, "stream", None))
+                     train_stream=getattr(data, "stream", None), optim=cfg.optim,
+                     reference_data=chat_reference_data(cfg, setup))
     return finish_run(setup, result.summary, data.stats)
 

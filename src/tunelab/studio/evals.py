@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tunelab.runfolder import RunFolder
 from tunelab.studio.paths import Settings, StudioError, inside
 
 DEFAULT_METRICS = ("exact_match", "contains")
@@ -202,8 +203,7 @@ def read_eval(path: Path) -> dict[str, Any]:
 
 def run_evals(run_dir: Path) -> list[dict[str, Any]]:
     """Every eval result of a run, oldest first (unreadable files are listed with an `error`)."""
-    folder = run_dir / "eval"
-    files = sorted(folder.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name)) if folder.is_dir() else []
+    files = sorted(RunFolder(run_dir).eval_results(), key=lambda p: (p.stat().st_mtime, p.name))
     return [read_eval(p) for p in files]
 
 
@@ -228,15 +228,12 @@ def compare_evals(a_dir: Path, b_dir: Path) -> dict[str, Any]:
 
 def result_of(run_dir: Path, since: float | None) -> str | None:
     """The newest eval/*.json written at or after `since` (an eval job's own result), or None."""
-    folder = run_dir / "eval"
-    if not folder.is_dir():
-        return None
-    new = [p for p in folder.glob("*.json") if since is None or p.stat().st_mtime >= since - 1]
+    new = [p for p in RunFolder(run_dir).eval_results() if since is None or p.stat().st_mtime >= since - 1]
     return max(new, key=lambda p: p.stat().st_mtime).name if new else None
 
 
 def require_weights(run_dir: Path) -> None:
     """An eval needs trained weights; refuse a run that has none yet."""
-    if not any((run_dir / d).is_dir() for d in ("adapter", "model")):
+    if not RunFolder(run_dir).has_weights():
         raise StudioError(f"run {run_dir.name!r} has no trained weights yet (no adapter/ or model/); "
                        "wait for its training job to finish")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from tunelab.runfolder import RunFolder
 from tunelab.studio import evals
 from tunelab.studio.paths import TOKEN_ENV, NotFound, Settings, StudioError
 from tunelab.studio.store import ACTIVE, FINISHED, JobStore
@@ -38,7 +39,7 @@ def train_command(config_path: Path) -> list[str]:
 
 def last_checkpoint(run_dir: Path) -> str | None:
     """The newest `checkpoints/step-*` folder of a run, or None."""
-    steps = sorted((run_dir / "checkpoints").glob("step-*")) if (run_dir / "checkpoints").is_dir() else []
+    steps = RunFolder(run_dir).checkpoint_dirs()
     return str(steps[-1]) if steps else None
 
 
@@ -142,13 +143,12 @@ class JobRunner:
 
     def _finish_orphan(self, job: dict) -> None:
         run_dir = Path(job["run_dir"])
-        summary = run_dir / "summary.json"
         ckpt = last_checkpoint(run_dir) if job["kind"] == "train" else None
         if job["kind"] == "eval":
             self.store.update(job["id"], status="interrupted" if job["status"] == "running" else "cancelled",
                               finished=time.time(), pid=None, message="worker ended while the studio was away; "
                               "resume queues the evaluation again")
-        elif summary.is_file() and job["status"] != "cancelling":
+        elif RunFolder(run_dir).is_finished() and job["status"] != "cancelling":
             self.store.update(job["id"], status="completed", finished=time.time(), pid=None,
                               message="finished while the studio was away")
         else:

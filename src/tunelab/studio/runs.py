@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tunelab.runfolder import RunFolder
 from tunelab.studio.paths import NotFound, Settings, StudioError, inside, safe_name
 
 ALIASES = ("smollm2-135m",)
@@ -17,7 +18,7 @@ EXPORT_FORMATS = ("merged", "gguf", "ollama")
 def run_path(settings: Settings, name: str) -> Path:
     """The run folder `runs/<name>` (refusing names that leave runs/)."""
     p = inside(settings.runs / name, [settings.runs], "run")
-    if p.parent != settings.runs or not (p / "config.yaml").is_file():
+    if p.parent != settings.runs or not RunFolder(p).has_config():
         raise NotFound(f"no run {name!r} under {settings.runs}")
     return p
 
@@ -28,8 +29,8 @@ def list_run_rows(settings: Settings) -> list[dict]:
 
     rows = list_runs(settings.runs, sort="created", desc=True)
     for r in rows:
-        r["has_weights"] = any((settings.runs / r["name"] / d).is_dir() for d in ("adapter", "model"))
-        r["has_summary"] = (settings.runs / r["name"] / "summary.json").is_file()
+        folder = RunFolder(settings.runs / r["name"])
+        r["has_weights"], r["has_summary"] = folder.has_weights(), folder.is_finished()
     return rows
 
 
