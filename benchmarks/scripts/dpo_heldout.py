@@ -68,11 +68,23 @@ def pair_logps(model, samples: list, pad_id: int, batch_size: int) -> tuple[torc
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def score(run_dir: Path, data: Path, max_length: int | None, batch_size: int) -> dict:
+def load_tuned(run: Run, checkpoint: Path | None):
+    """(model, tokenizer, template): the finished run, or the LoRA weights of one of its step checkpoints."""
+    if checkpoint is None:
+        return run.load_model(device="cpu")
+    from peft import PeftModel
+
+    from tunelab.models import load_model
+
+    base = load_model(run.base_model_name(), device="cpu")
+    return PeftModel.from_pretrained(base, str(checkpoint / "weights")), run.load_tokenizer(), run.chat_template()
+
+
+def score(run_dir: Path, data: Path, max_length: int | None, batch_size: int, checkpoint: Path | None = None) -> dict:
     """Held-out preference of the base model and of the tuned run (module doc); saved next to the run."""
     torch.manual_seed(0)
     run = Run(run_dir)
-    model, tok, tpl = run.load_model(device="cpu")
+    model, tok, tpl = load_tuned(run, checkpoint)
     model.eval()
     max_length = max_length or run.config.data.max_length
     samples = pair_samples(load_preference(str(data)), tok, tpl, max_length)
@@ -80,13 +92,14 @@ def score(run_dir: Path, data: Path, max_length: int | None, batch_size: int) ->
         base_c, base_r = pair_logps(model, samples, tok.pad_token_id, batch_size)
     tuned_c, tuned_r = pair_logps(model, samples, tok.pad_token_id, batch_size)
     share = lambda a, b: round(float((a > b).float().mean()), 4)  # noqa: E731
-    result = {"run": str(run_dir), "data": str(data), "pairs": len(samples), "max_length": max_length,
+    result = {"run": str(run_dir), "checkpoint": None if checkpoint is None else str(checkpoint), "data": str(data), "pairs": len(samples), "max_length": max_length,
               "prefers_chosen_base": share(base_c, base_r), "prefers_chosen_tuned": share(tuned_c, tuned_r),
               "implicit_reward_accuracy": share(tuned_c - base_c, tuned_r - base_r),
               "mean_margin_base": round(float((base_c - base_r).mean()), 3),
               "mean_margin_tuned": round(float((tuned_c - tuned_r).mean()), 3)}
     print(json.dumps(result))
-    atomic_write_json(run_dir / "eval" / f"heldout-preference-{data.stem}.json", result)
+    tag = f"-{checkpoint.name}" if checkpoint is not None else ""
+    atomic_write_json(run_dir / "eval" / f"heldout-preference-{data.stem}{tag}.json", result)
     return result
 
 
@@ -104,11 +117,12 @@ def main() -> None:
     sc.add_argument("--data", type=Path, required=True)
     sc.add_argument("--max-length", type=int, default=None)
     sc.add_argument("--batch-size", type=int, default=4)
+    sc.add_argument("--checkpoint", type=Path, default=None, help="score this step checkpoint of the run instead")
     args = ap.parse_args()
     if args.cmd == "split":
         split(args.path, args.out, args.heldout, args.seed)
     else:
-        score(args.run, args.data, args.max_length, args.batch_size)
+        score(args.run, args.data, args.max_length, args.batch_size, args.checkpoint)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Each measurement runs in a fresh Python process (peak RSS only grows within a pr
 - ``load``: the process after loading the model and attaching LoRA, no training (the floor);
 - ``dpo``: ``tunelab.train`` for 2 DPO steps of 4 pairs (the reference forward in every step, LoRA r 16 on all
   linear layers), every pair cut to 192 tokens, with ``train.speed.chunked_ce`` on (log-probs from hidden
-  states chunk by chunk) or off (log-softmax of the full logits, the path before the chunked one existed).
+  states chunk by chunk) or off (log-softmax of the full logits, the path before the chunked one existed);
+  ``dpo-chunked-checkpointing`` adds ``train.gradient_checkpointing`` (activations recomputed in backward).
 
 Usage (from the repository root; add ``--src DIR`` to measure another checkout's sources)::
 
@@ -49,7 +50,8 @@ def child(variant: str, data: str, out_dir: str) -> dict:
             "data": {"train": data, "max_samples": 8, "val_size": 0, "max_length": 192},
             "method": {"name": "lora", "r": 16, "alpha": 32}, "preference": {"loss": "sigmoid", "beta": 0.1},
             "train": {"max_steps": 2, "batch_size": 4, "grad_accum": 1, "lr": 2e-4, "seed": 0, "report": False,
-                      "speed": {"chunked_ce": variant == "dpo-chunked"}}}, progress=False)
+                      "gradient_checkpointing": variant.endswith("-checkpointing"),
+                      "speed": {"chunked_ce": variant.startswith("dpo-chunked")}}}, progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"variant": variant, "peak_rss_gib": round(peak / GIB, 3), "seconds": round(time.time() - t0, 1)}
 
@@ -59,7 +61,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="dpo_en_demo.json (ShareGPT preference pairs)")
     ap.add_argument("--out", type=Path, default=None, help="append one JSON line per variant here")
     ap.add_argument("--src", default=None, help="sources to measure (PYTHONPATH of the child processes)")
-    ap.add_argument("--variants", default="load,dpo-full-logits,dpo-chunked")
+    ap.add_argument("--variants", default="load,dpo-full-logits,dpo-chunked,dpo-chunked-checkpointing")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
