@@ -157,7 +157,7 @@ def test_fudan_head_classifier_scores_the_validation_set(fudan: Path, monkeypatc
 
 def test_the_worked_examples_page_names_only_files_that_exist() -> None:
     doc = (REPO / "docs" / "worked-examples.md").read_text(encoding="utf-8")
-    named = set(re.findall(r"(?:examples|tests/stages/fixtures|scripts)/[\w./-]+\.(?:yaml|txt|json|py)", doc))
+    named = set(re.findall(r"(?:examples|tests/stages/fixtures|(?:benchmarks/)?scripts)/[\w./-]+\.(?:yaml|txt|json|py)", doc))
     assert {"examples/fudan_sft.yaml", "examples/fudan_classify_head.yaml", "examples/huanhuan_sft.yaml",
             "tests/stages/fixtures/huanhuan_script.txt"} <= named
     assert [n for n in sorted(named) if not (REPO / n).is_file()] == []
