@@ -22,8 +22,8 @@ SMALL = ["model.name=tiny-llama", "data.max_samples=4", "data.max_length=32", "d
 EXTRA = {"distill_lora": ["distill.teacher=tiny-qwen2"],  # the example's teacher is a run made by sft_lora.yaml
          # threshold 1.0: no pseudo-label is kept, so the run is one labelled round (one metrics line)
          "selftrain_lora": ["selftrain.threshold=1.0"]}
-# the worked examples train on a prepared subset (scripts/stage_evidence.py fudan); the full file works the same
-FUDAN = ("fudan_sft", "fudan_classify_head")
+# the worked examples read ../shared/data (or a prepared subset of it); here the shared folder is named directly
+FUDAN = ("fudan_sft", "fudan_classify_head", "fudan_classify_head_freeze")
 
 
 def test_there_is_an_example_for_every_stage() -> None:
@@ -44,13 +44,18 @@ def test_example_runs_one_step_through_the_cli(name: str, tmp_path: Path, shared
         EXTRA["ppo_lora"] = [f"ppo.reward_model={tmp_path / 'rm'}"]
     if name in FUDAN:
         EXTRA[name] = [f"data.train={shared_data / 'fudan_news_train.jsonl'}"]
+    if name == "dpo_real_pairs":  # its training file is a split of the demo pairs (benchmarks/scripts/dpo_heldout.py)
+        EXTRA[name] = [f"data.train={shared_data / 'llamafactory_demo' / 'dpo_en_demo.json'}"]
     result = CliRunner().invoke(app, ["train", str(EXAMPLES[name]), *SMALL, *EXTRA.get(name, []), f"output_dir={out}",
                                         "--quiet"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and math.isfinite(lines[0]["loss"])
     info = json.loads((out / "run.json").read_text())
-    assert info["stage"] == load_config(EXAMPLES[name]).stage and (out / "adapter" / "adapter_config.json").is_file()
+    weights = "model" if load_config(EXAMPLES[name]).method.name == "freeze" else "adapter"
+    assert info["stage"] == load_config(EXAMPLES[name]).stage and (out / weights).is_dir()
+    if weights == "adapter":
+        assert (out / "adapter" / "adapter_config.json").is_file()
 
 
 def test_config_stage_names_and_the_registry_agree() -> None:

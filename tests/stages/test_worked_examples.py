@@ -106,8 +106,11 @@ def fudan(tmp_path: Path, shared_data: Path) -> Path:
 def test_fudan_examples_are_the_documented_setups() -> None:
     sft, head = (load_config(REPO / "examples" / f"fudan_{n}.yaml") for n in ("sft", "classify_head"))
     assert sft.stage == "sft" and head.stage == "classify" and head.classify.mode == "head"
-    assert sft.data.train == head.data.train == "runs/fudan/fudan_train.jsonl"
-    assert sft.data.eval == head.data.eval == "runs/fudan/fudan_val.jsonl"
+    assert sft.data.train == "runs/fudan/fudan_train.jsonl" and sft.data.eval == "runs/fudan/fudan_val.jsonl"
+    # the head classifier reads the full files: all 320 validation records are scored
+    assert head.data.train == "../shared/data/fudan_news_train.jsonl"
+    assert head.data.eval == "../shared/data/fudan_news_val.jsonl"
+    assert (head.classify.pooling, head.classify.head_input) == ("mean", "text")
     assert head.classify.labels is None  # the sorted labels of the data, so ROC AUC can be computed
 
 
@@ -140,6 +143,7 @@ def test_fudan_instruction_tuning_then_eval_against_base(fudan: Path, monkeypatc
 def test_fudan_head_classifier_scores_the_validation_set(fudan: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(fudan)
     _cli("train", REPO / "examples" / "fudan_classify_head.yaml", *TINY, "data.max_length=160",
+         "data.train=runs/fudan/fudan_train.jsonl", "data.eval=runs/fudan/fudan_val.jsonl",
          "train.max_steps=1", "train.batch_size=4", "train.eval_every=null")
     run = Run(fudan / "runs/fudan-head")
     saved = next((run.path / "eval").glob("validation-*.json"))
@@ -153,7 +157,7 @@ def test_fudan_head_classifier_scores_the_validation_set(fudan: Path, monkeypatc
 
 def test_the_worked_examples_page_names_only_files_that_exist() -> None:
     doc = (REPO / "docs" / "worked-examples.md").read_text(encoding="utf-8")
-    named = set(re.findall(r"(?:examples|tests/stages/fixtures|scripts)/[\w./-]+\.(?:yaml|txt|json|py)", doc))
+    named = set(re.findall(r"(?:examples|tests/stages/fixtures|(?:benchmarks/)?scripts)/[\w./-]+\.(?:yaml|txt|json|py)", doc))
     assert {"examples/fudan_sft.yaml", "examples/fudan_classify_head.yaml", "examples/huanhuan_sft.yaml",
             "tests/stages/fixtures/huanhuan_script.txt"} <= named
     assert [n for n in sorted(named) if not (REPO / n).is_file()] == []

@@ -64,6 +64,13 @@ class ClassifyCfg(Section):
         "label by the model's probability of writing it as the answer (restricted to the label set).")
     labels: list[str] | None = Field(
         None, description="The classes in order; null = the sorted distinct labels of the training data.")
+    pooling: Literal["last", "mean"] = Field(
+        "last", description="mode head: the vector the head reads, the last real token's hidden state (last) or "
+        "the mean over the real tokens (mean; often better for a base model that was not tuned to summarise "
+        "into its last token).")
+    head_input: Literal["chat", "text"] = Field(
+        "chat", description="mode head, messages data: chat = the prompt rendered with the chat template (system "
+        "prompt included); text = the last user turn as raw text, so all of data.max_length goes to the document.")
     class_weights: Literal["none", "balanced"] | list[float] = Field(
         "none", description="Cross-entropy class weights: none, balanced (n / (k * count) per class, for "
         "imbalanced data) or one number per label.")

@@ -1,9 +1,10 @@
 """Sequence classification on a decoder, two ways (``classify.mode``).
 
-``head``: a linear head on the hidden state of the last real token (``tunelab.stages.heads.ScoreModel``),
-    trained with the configured method (LoRA or full) and saved with the run as ``head.safetensors``.
-    Raw ``text`` is tokenized as is (keeping its start when too long); a ``messages`` prompt is rendered with
-    the chat template up to the assistant header (keeping its end, where the question and header are).
+``head``: a linear head on the hidden state of the last real token, or on the mean of the real tokens'
+    states (``classify.pooling``; ``tunelab.stages.heads.ScoreModel``), trained with the configured method
+    (LoRA or full) and saved with the run as ``head.safetensors``. Raw ``text`` is tokenized as is (keeping its
+    start when too long); a ``messages`` prompt is rendered with the chat template up to the assistant header,
+    a too-long one shortened inside its longest message (``fit_prompt``).
 ``label_tokens``: no new weights. Each label is scored by the log-probability of the model writing it as the
     answer, ``log p(answer(label) | prompt)``, and the scores are normalized over the label set only
     (a softmax over the K labels). ``answer(label)`` follows the data's own answer pattern: a record whose
@@ -64,13 +65,44 @@ def class_weights(setting, labels: list[str], train: list[ClassExample]) -> Tens
     return torch.tensor([n / (k * counts[lab]) if counts[lab] else 0.0 for lab in labels], dtype=torch.float32)
 
 
-def head_input(ex: ClassExample, tokenizer, template: str, max_length: int) -> Tokenized:
-    """The head's input: raw text (start kept) or the rendered prompt up to the assistant header (end kept)."""
-    if ex.text is not None:
-        ids = tokenizer(ex.text, add_special_tokens=True)["input_ids"][:max_length]
+def head_input(ex: ClassExample, tokenizer, template: str, max_length: int, as_text: bool = False) -> Tokenized:
+    """The head's input: raw text (start kept) or the rendered prompt up to the assistant header (`fit_prompt`).
+
+    ``as_text`` reads a ``messages`` prompt's last user turn as raw text instead (``classify.head_input: text``):
+    no system prompt, no template, so all of ``max_length`` goes to the document.
+    """
+    text = ex.text if ex.text is not None or not as_text else \
+        next(m["content"] for m in reversed(ex.prompt) if m["role"] == "user")
+    if text is not None:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
     else:
-        ids = encode(tokenizer, render(tokenizer, template, ex.prompt, add_generation_prompt=True))[-max_length:]
+        ids = fit_prompt(tokenizer, template, ex.prompt, max_length)
     return Tokenized(ids, [IGNORE_INDEX] * len(ids), truncated=False)
+
+
+def fit_prompt(tokenizer, template: str, messages: list[dict], max_length: int) -> list[int]:
+    """The prompt rendered up to the assistant header in at most ``max_length`` tokens.
+
+    A prompt that is too long is shortened inside its longest message (the document to classify): that
+    message keeps its start (a news title and lead, an e-mail's subject) and its last few tokens (the question
+    that often follows the document), so the system prompt, the question and the assistant header survive.
+    Cutting the rendered prompt's start instead would drop the system prompt and the document's beginning,
+    the most informative part of most texts. Prompts whose other messages alone exceed the budget keep their end.
+    """
+    ids = encode(tokenizer, render(tokenizer, template, messages, add_generation_prompt=True))
+    longest = max(range(len(messages)), key=lambda i: len(messages[i]["content"]))
+    content = tokenizer(messages[longest]["content"], add_special_tokens=False)["input_ids"]
+    keep = len(content) - (len(ids) - max_length)
+    for _ in range(4):  # re-tokenizing the cut text can move the count by a token or two
+        if len(ids) <= max_length or keep <= 0:
+            break
+        tail = min(24, keep // 4)
+        cut = tokenizer.decode(content[:keep - tail]) + tokenizer.decode(content[len(content) - tail:]) if tail \
+            else tokenizer.decode(content[:keep])
+        shorter = [*messages[:longest], {**messages[longest], "content": cut}, *messages[longest + 1:]]
+        ids = encode(tokenizer, render(tokenizer, template, shorter, add_generation_prompt=True))
+        keep -= max(1, len(ids) - max_length)
+    return ids[-max_length:]
 
 
 def label_answers(ex: ClassExample, labels: list[str]) -> list[str]:
@@ -88,7 +120,7 @@ def label_inputs(ex: ClassExample, labels: list[str], tokenizer, template: str, 
 
 
 def make_samples(examples: list[ClassExample], labels: list[str], mode: str, tokenizer, template: str,
-                 max_length: int) -> list[ClassSample]:
+                 max_length: int, as_text: bool = False) -> list[ClassSample]:
     """Tokenize examples for the chosen mode; an unknown label names the record."""
     index = {lab: i for i, lab in enumerate(labels)}
     out = []
@@ -96,7 +128,7 @@ def make_samples(examples: list[ClassExample], labels: list[str], mode: str, tok
         if ex.label not in index:
             raise DataError(f"{ex.where}: label {ex.label!r} is not one of classify.labels {labels}; "
                             "add it there (or leave classify.labels null to use every label in the data)")
-        seqs = ([head_input(ex, tokenizer, template, max_length)] if mode == "head"
+        seqs = ([head_input(ex, tokenizer, template, max_length, as_text)] if mode == "head"
                 else label_inputs(ex, labels, tokenizer, template, max_length))
         out.append(ClassSample(seqs, index[ex.label]))
     return out
@@ -181,10 +213,11 @@ def run(cfg, progress: bool = True):
                         f"{labels}; give one per label")
     weights = class_weights(ccfg.class_weights, labels, train_ex)
     tok, tpl = setup.tokenizer, setup.template
-    train = make_samples(train_ex, labels, ccfg.mode, tok, tpl, cfg.data.max_length)
-    val = make_samples(val_ex, labels, ccfg.mode, tok, tpl, cfg.data.max_length)
+    as_text = ccfg.head_input == "text"
+    train = make_samples(train_ex, labels, ccfg.mode, tok, tpl, cfg.data.max_length, as_text)
+    val = make_samples(val_ex, labels, ccfg.mode, tok, tpl, cfg.data.max_length, as_text)
     if ccfg.mode == "head":
-        setup.model = ScoreModel(setup.model, len(labels), labels, seed=cfg.train.seed)
+        setup.model = ScoreModel(setup.model, len(labels), labels, seed=cfg.train.seed, pooling=ccfg.pooling)
         setup.method = HeadMethod(setup.method)
         recount_parameters(setup)
     scorer = SCORERS[ccfg.mode]

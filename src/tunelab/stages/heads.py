@@ -1,7 +1,9 @@
 """A scoring head on the decoder: the model of the reward and classify stages.
 
 `ScoreModel` runs the causal LM's decoder (adapters included, no vocabulary projection) and applies a linear
-head to the hidden state of each sequence's last real token: ``(B, T) -> (B, num_labels)``. The method
+head to one vector per sequence: the hidden state of its last real token (``pooling="last"``, as Hugging Face's
+``*ForSequenceClassification``) or the mean over its real tokens (``pooling="mean"``): ``(B, T) -> (B, num_labels)``.
+The head counts as the model's output layer (``get_output_embeddings``), so ``optim.head_lr_scale`` applies to it. The method
 (LoRA, full, ...) trains the decoder as usual and the head always trains. `HeadMethod` wraps the method so
 checkpoints and the final weights carry the head: the run's `adapter/` (or `model/`) folder holds the
 method's own files plus `head.safetensors` and `head.json`, and `load_scorer(run)` rebuilds the scorer.
@@ -29,11 +31,29 @@ def decoder_of(lm: torch.nn.Module) -> torch.nn.Module:
     return body
 
 
-class ScoreModel(torch.nn.Module):
-    """A causal LM's decoder with a linear head on the last real token."""
+POOLINGS = ("last", "mean")
 
-    def __init__(self, lm: torch.nn.Module, num_labels: int, labels: list[str] | None = None, seed: int = 0):
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per right-padded row: ``(B, T, H), (B, T) -> (B, H)`` (last real token, or mean of real tokens)."""
+    if pooling == "last":
+        last = attention_mask.sum(1) - 1  # (B,) index of each row's last real token
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+
+
+class ScoreModel(torch.nn.Module):
+    """A causal LM's decoder with a linear head on the last real token (or the mean of the real tokens)."""
+
+    def __init__(self, lm: torch.nn.Module, num_labels: int, labels: list[str] | None = None, seed: int = 0,
+                 pooling: str = "last"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        self.pooling = pooling
         self.lm = lm
         hidden = lm.config.hidden_size
         self.head = torch.nn.Linear(hidden, num_labels, bias=False)
@@ -47,9 +67,12 @@ class ScoreModel(torch.nn.Module):
         """Scores ``(B, num_labels)`` from right-padded ``(B, T)`` inputs."""
         hidden = decoder_of(self.lm)(input_ids=input_ids, attention_mask=attention_mask,
                                      use_cache=False).last_hidden_state  # (B, T, H)
-        last = attention_mask.sum(1) - 1  # (B,) index of each row's last real token
-        picked = hidden[torch.arange(hidden.size(0), device=hidden.device), last]  # (B, H)
+        picked = pool(hidden, attention_mask, self.pooling)  # (B, H)
         return self.head(picked.to(self.head.weight.dtype))
+
+    def get_output_embeddings(self) -> torch.nn.Linear:
+        """The scoring head: the output layer whose learning rate ``optim.head_lr_scale`` multiplies."""
+        return self.head
 
     def gradient_checkpointing_enable(self, **kw) -> None:
         self.lm.gradient_checkpointing_enable(**kw)
@@ -65,7 +88,8 @@ class HeadMethod:
     def save(self, model: ScoreModel, out_dir: Path) -> None:
         self.method.save(model.lm, out_dir)
         save_file({"weight": model.head.weight.detach().cpu().contiguous()}, str(Path(out_dir) / HEAD_FILE))
-        meta = {"num_labels": model.head.out_features, "hidden_size": model.head.in_features, "labels": model.labels}
+        meta = {"num_labels": model.head.out_features, "hidden_size": model.head.in_features, "labels": model.labels,
+                "pooling": model.pooling}
         (Path(out_dir) / HEAD_META).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
 
     def load_state(self, model: ScoreModel, out_dir: Path) -> None:
@@ -84,6 +108,6 @@ def load_scorer(run, device: str = "cpu") -> ScoreModel:
     lm, _, _ = run.load_model(device=device)
     weights = run.weights_dir()
     meta = json.loads((weights / HEAD_META).read_text(encoding="utf-8"))
-    model = ScoreModel(lm, meta["num_labels"], meta["labels"])
+    model = ScoreModel(lm, meta["num_labels"], meta["labels"], pooling=meta.get("pooling", "last"))
     load_head(model, weights)
     return model.eval()

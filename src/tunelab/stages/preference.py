@@ -25,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tunelab.config.speed import SpeedCfg
 from tunelab.data.pipeline import collate, epoch_order
 from tunelab.data.stage_formats import load_kto, load_preference
 from tunelab.data.templates import Tokenized
 from tunelab.engine.loop import LOSS_COUNT_KEY, fit
+from tunelab.kernels.linear_logps import linear_sequence_logps
+from tunelab.kernels.train import lm_parts, note_once
 from tunelab.stages.common import check_same_shape, pick, sequence_logps, target_counts
 from tunelab.stages.recipe import finish_run, load_split, say, setup_run
 from tunelab.stages.reference import Reference
@@ -338,37 +341,61 @@ def collate_kto(samples: list[KtoSample], pad_id: int) -> dict:
     return batch
 
 
-def _logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed answer log-probs ``(N,)`` and answer token counts ``(N,)``."""
-    return sequence_logps(logits, labels), target_counts(labels)
+def answer_logps(model, batch: dict, speed: SpeedCfg | None = None) -> Tensor:
+    """Summed answer log-probs ``(N,)`` of a padded batch (``input_ids``, ``attention_mask``, ``labels``).
+
+    With ``train.speed.chunked_ce`` on (the default) they come from the final hidden states and the lm_head
+    chunk by chunk (`tunelab.kernels.linear_logps`), so the ``(N, T, V)`` logits, their float32 copy and their
+    gradient are never held; the same numbers as ``sequence_logps(model(...).logits, labels)``. Models the
+    chunked path does not support (prompt tuning, a wrapped lm_head, scaled logits) use the full logits.
+    """
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]
+    speed = speed or SpeedCfg()
+    chunked = speed.wants("chunked_ce", batch["input_ids"].device.type)  # false, or mode plain: full logits
+    parts = lm_parts(model) if chunked else "train.speed.chunked_ce is off"
+    if isinstance(parts, str):
+        if chunked:
+            note_once(f"train.speed.chunked_ce: {parts}; preference log-probs use the full logits")
+        return sequence_logps(model(**inputs, use_cache=False).logits, batch["labels"])
+    decoder, head = parts
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state  # (N, T, H)
+    return linear_sequence_logps(hidden, head.weight, batch["labels"], head.bias, chunk_size=speed.ce_chunk)
 
 
-def reference_logps(reference: Reference | None, batch: dict) -> Tensor | None:
+def _logps(model, batch: dict, speed: SpeedCfg | None) -> tuple[Tensor, Tensor]:
+    """Summed answer log-probs ``(N,)`` and answer token counts ``(N,)`` of a batch under ``model``."""
+    return answer_logps(model, batch, speed), target_counts(batch["labels"])
+
+
+def reference_logps(reference: Reference | None, batch: dict, speed: SpeedCfg | None = None) -> Tensor | None:
     """Reference log-probs of every row: precomputed in the batch, else one no-grad reference forward."""
     if "ref_logps" in batch:
         return batch["ref_logps"].float()
     if reference is None:
         return None
-    return sequence_logps(reference.logits(batch), batch["labels"]).float()  # (N,)
+    with reference.active() as model:
+        return answer_logps(model, batch, speed).float()  # (N,)
 
 
-def pair_step(model, batch: dict, loss_name: str, params: PreferenceParams, reference: Reference | None):
+def pair_step(model, batch: dict, loss_name: str, params: PreferenceParams, reference: Reference | None,
+              speed: SpeedCfg | None = None):
     """(loss x pairs, pairs, metrics) for a batch from ``collate_pairs``; the loss is a mean over pairs."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logps, counts = _logps(out.logits, batch["labels"])  # (2B,) each
+    logps, counts = _logps(model, batch, speed)  # (2B,) each
     n = batch[LOSS_COUNT_KEY]
-    ref = None if loss_name in REFERENCE_FREE else reference_logps(reference, batch)
+    ref = None if loss_name in REFERENCE_FREE else reference_logps(reference, batch, speed)
     loss, metrics = preference_loss(loss_name, PreferenceLogps(
         chosen=logps[:n], rejected=logps[n:], chosen_tokens=counts[:n], rejected_tokens=counts[n:],
         ref_chosen=None if ref is None else ref[:n], ref_rejected=None if ref is None else ref[n:]), params)
     return loss * n, n, metrics
 
 
-def kto_step(model, batch: dict, params: PreferenceParams, reference: Reference | None):
+def kto_step(model, batch: dict, params: PreferenceParams, reference: Reference | None,
+             speed: SpeedCfg | None = None):
     """(loss x examples, examples, metrics) for a batch from ``collate_kto``."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logps, _ = _logps(out.logits, batch["labels"])  # (B,) or (2B,) with the KL rows
-    ref = reference_logps(reference, batch)
+    logps = answer_logps(model, batch, speed)  # (B,) or (2B,) with the KL rows
+    ref = reference_logps(reference, batch, speed)
     n, good = batch[LOSS_COUNT_KEY], batch["desirable"]
     with_kl = logps.numel() > n
     loss, metrics = kto_loss(PreferenceLogps(
@@ -378,12 +405,13 @@ def kto_step(model, batch: dict, params: PreferenceParams, reference: Reference 
 
 
 @torch.no_grad()
-def precompute_reference(samples: list, collate_fn, reference: Reference, batch_size: int, device) -> None:
+def precompute_reference(samples: list, collate_fn, reference: Reference, batch_size: int, device,
+                         speed: SpeedCfg | None = None) -> None:
     """Fill each sample's ``ref`` with reference log-probs in one pass, so training skips the reference forward."""
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in collate_fn(chunk).items()}
-        ref = reference_logps(reference, batch).cpu().tolist()
+        ref = reference_logps(reference, batch, speed).cpu().tolist()
         n = len(chunk)
         for j, s in enumerate(chunk):
             s.ref = (ref[j], ref[n + j] if len(ref) > n else 0.0)
@@ -429,14 +457,15 @@ def run(cfg, progress: bool = True):
         if pcfg.precompute_ref:
             setup.model.eval()
             for samples in (train, val):
-                precompute_reference(samples, collate_fn, reference, cfg.train.batch_size, setup.device)
+                precompute_reference(samples, collate_fn, reference, cfg.train.batch_size, setup.device,
+                                     cfg.train.speed)
             precomputed, reference = reference, None  # every batch now carries its reference log-probs
     say(progress, f"{cfg.stage} ({loss_name}, beta={params.beta}): {len(train)} train / {len(val)} validation "
         f"examples from {cfg.data.train}; reference: "
         + ("none" if loss_name in REFERENCE_FREE else "precomputed" if pcfg.precompute_ref
            else "adapters off" if reference.shares_weights else "frozen copy"))
-    step = (partial(kto_step, params=params, reference=reference) if is_kto
-            else partial(pair_step, loss_name=loss_name, params=params, reference=reference))
+    step = (partial(kto_step, params=params, reference=reference, speed=cfg.train.speed) if is_kto
+            else partial(pair_step, loss_name=loss_name, params=params, reference=reference, speed=cfg.train.speed))
     result = fit(setup.model, setup.method, train, val, collate_fn, step, cfg.train, setup.run_dir, setup.device,
                  setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
                  reference_data=partial(reference_samples, cfg, setup, collate_fn, precomputed))
