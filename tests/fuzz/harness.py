@@ -75,11 +75,15 @@ def _fs_problems(case: Case, before: dict, after: dict, refused: bool, allowed: 
     """Files written outside the allowed places (nothing when refused, beyond `allowed`), and leftovers."""
     problems = []
     changed = _changed(before, after)
-    outside = [p for p in changed if not any(p == a or p.startswith(a.rstrip("/") + "/") for a in allowed)]
-    if refused:  # a refused input writes nothing (a run folder of a failed start is only allowed its log)
-        outside = [p for p in outside if not (p.startswith(f"{WORK}/{RUN_DIR}/") and p.endswith((".log", "run.json")))]
+    run = f"{WORK}/{RUN_DIR}/"
+    outside = [p for p in changed if not p.startswith(run)
+               and not any(p == a or p.startswith(a.rstrip("/") + "/") for a in allowed)]
     if outside:
         problems.append(f"wrote outside the run folder: {', '.join(outside[:4])}")
+    # a refused input leaves no run behind: a run folder holding more than a log is a half-written run
+    partial = [p for p in changed if p.startswith(run) and not p.endswith(".log")] if refused else []
+    if partial:
+        problems.append(f"left a partial run folder: {', '.join(partial[:4])}")
     temps = [p for p in after if TEMP_NAME.search(os.path.basename(p)) and p not in before]
     if temps:
         problems.append(f"left half-written files: {', '.join(temps[:4])}")

@@ -36,3 +36,23 @@ def test_cases_are_seeded_and_plenty() -> None:
     assert sum(map(len, ids.values())) >= 1000, {fam: len(v) for fam, v in ids.items()}
     contents = [c.files for c in generate("data")]
     assert contents == [c.files for c in generate("data")]
+
+
+def test_harness_catches_each_broken_promise(tmp_path) -> None:
+    """The checks can fail: an accepted input, a message without the key, and a stray file are each reported."""
+    from .cases import BASE_FILES, Case
+    from .harness import _fs_problems, run_cli
+
+    accepted = run_cli(Case("meta", "valid", dict(BASE_FILES), ["config", "show", "cfg.yaml"]), tmp_path, 0)
+    assert accepted.problems == ["accepted bad input (exit 0)"]
+    refused = run_cli(Case("meta", "bad-lr", dict(BASE_FILES), ["config", "show", "cfg.yaml", "train.lr=-1"],
+                           names=("train.lr",)), tmp_path, 1)
+    assert refused.ok, refused.line()
+    unnamed = run_cli(Case("meta", "bad-lr", dict(BASE_FILES), ["config", "show", "cfg.yaml", "train.lr=-1"],
+                           names=("data.train",)), tmp_path, 2)
+    assert unnamed.problems == ["message names none of ['data.train']"]
+    case = Case("meta", "fs")
+    problems = _fs_problems(case, {"work/a": (1, 1)}, {"work/a": (1, 1), "outside/x": (1, 2), "work/runs/fuzz/m.tmp": (1, 3)},
+                            True, ("work/runs/fuzz",))
+    assert problems == ["wrote outside the run folder: outside/x", "left a partial run folder: work/runs/fuzz/m.tmp",
+                        "left half-written files: work/runs/fuzz/m.tmp"]
