@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def main() -> int:
     from .cases import FAMILIES, SCALE, SEED, generate
-    from .runner import report, run_family
+    from .runner import problem_kinds, report, run_family
 
     ap = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="*", help=f"Families to run (default all): {', '.join(FAMILIES)}.")
@@ -41,6 +41,8 @@ def main() -> int:
         outcomes = run_family(fam, cases)
         bad = sum(not o.ok for o in outcomes)
         print(f"{fam:<10} {len(cases):>6} {must:>9} {bad:>8} {time.monotonic() - t:>8.1f}", flush=True)
+        if bad:
+            print("    " + ", ".join(f"{k}: {n}" for k, n in problem_kinds(outcomes).items()), flush=True)
         if args.verbose and bad:
             print(report(fam, outcomes), flush=True)
         for o in sorted(outcomes, key=lambda o: -o.seconds)[:args.slowest]:

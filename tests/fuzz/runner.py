@@ -79,3 +79,18 @@ def report(family: str, outcomes: list[Outcome]) -> str:
     bad = [o for o in outcomes if not o.ok]
     head = f"{family}: {len(outcomes)} cases, {len(bad)} failing"
     return "\n".join([head, *("  " + o.line() for o in bad)])
+
+
+def problem_kinds(outcomes: list[Outcome]) -> dict[str, int]:
+    """Failing cases grouped by what went wrong ('uncaught UnicodeDecodeError', 'accepted bad input', ...)."""
+    import re
+    from collections import Counter
+
+    kinds: Counter = Counter()
+    for o in outcomes:
+        for p in o.problems:
+            kind = re.sub(r"^(uncaught \w+).*", r"\1", p)
+            kind = re.sub(r"^(accepted bad input|server error \d+|wrote outside the run folder|left a partial run "
+                          r"folder|left half-written files|message names none of|hang|no 'error:' line).*", r"\1", kind)
+            kinds[kind] += 1
+    return dict(kinds.most_common())
