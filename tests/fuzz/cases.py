@@ -580,8 +580,51 @@ def studio_cases(rng: random.Random) -> list[Case]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------------- run commands
+def command_cases(rng: random.Random) -> list[Case]:
+    """Commands that read a run folder ({RUN}: a real one-step tiny-llama LoRA run): export, generate, chat."""
+    out = []
+
+    def add(name, argv, must_fail=True, names=(), files=None, allowed=()):
+        out.append(Case("commands", name, {**BASE_FILES, **(files or {})}, argv, must_fail=must_fail, names=names,
+                        allowed_out=allowed))
+
+    for fmt in ("zip", "GGUF ", "", "../../outside/x", "merged\x00", "exe"):
+        add(f"export:--format={fmt!r}", ["export", "{RUN}", "--format", fmt], names=("format",))
+    add("export:quant", ["export", "{RUN}", "--format", "gguf", "--quant", "q9_9"], names=("q9_9", "quant"))
+    add("export:option-for-other-format", ["export", "{RUN}", "--format", "merged", "--quant", "q8_0"],
+        names=("quant",))
+    add("export:no-run", ["export", "nope", "--format", "merged"], names=("nope",))
+    add("export:run-is-file", ["export", "train.json", "--format", "merged"], names=("train.json",))
+    add("chat:no-run", ["chat", "nope", "--prompt", "hi"], names=("nope",))
+    add("chat:run-is-config", ["chat", "cfg.yaml", "--prompt", "hi"], names=("cfg.yaml",))
+    good = encode(ALPACA[:2], "jsonl")
+    gen = ["generate", "{RUN}", "--data", "p.jsonl", "--out", "preds.jsonl", "--max-new-tokens", "2"]
+    for opt, value in (("--max-new-tokens", "-1"), ("--batch-size", "0"), ("--temperature", "nan"),
+                       ("--temperature", "inf"), ("--top-p", "2"), ("--top-p", "nan"), ("--limit", "-1"),
+                       ("--seed", "99999999999999999999999")):
+        add(f"generate:{opt}={value}", gen + [opt, value], names=(opt, opt.strip("-").replace("-", "_")),
+            files={f"{WORK}/p.jsonl": good})
+    bad = {"invalid-utf8": (insert_invalid_utf8(good, rng, at=len(good) // 2), True),
+           "binary": (bytes(rng.randrange(256) for _ in range(300)), True), "empty": (b"", True),
+           "deep": (deep(50_000).encode(), True), "syntax": (good.replace(b"}", b"}}", 1), True),
+           "missing-field": (encode([{"instruction": "x"}], "jsonl"), False),
+           "surrogate": (good.replace(b"What", b"\\ud800What"), False),
+           "utf16": (good.decode().encode("utf-16"), False)}
+    for name, (content, fail) in bad.items():
+        for ext in ("jsonl", "json", "csv", "parquet") if name in ("binary", "empty") else ("jsonl",):
+            fname = f"p.{ext}"
+            add(f"generate:data-{name}.{ext}", ["generate", "{RUN}", "--data", fname, "--out", "preds.jsonl",
+                                                "--max-new-tokens", "2"], fail, (fname,), {f"{WORK}/{fname}": content},
+                allowed=("preds.jsonl",))
+    add("generate:data-missing", gen, names=("p.jsonl",))
+    add("generate:out-is-dir", ["generate", "{RUN}", "--data", "p.jsonl", "--out", ".", "--max-new-tokens", "2"],
+        names=("--out", "."), files={f"{WORK}/p.jsonl": good})
+    return out
+
+
 FAMILIES = {"config": config_cases, "overrides": override_cases, "data": data_cases, "server": server_cases,
-            "studio": studio_cases}
+            "studio": studio_cases, "commands": command_cases}
 
 
 def generate(family: str, seed: int = SEED) -> list[Case]:

@@ -162,26 +162,29 @@ def check_message(case: Case, text: str) -> list[str]:
     return problems
 
 
-def run_cli(case: Case, root: Path, index: int) -> Outcome:
+def run_cli(case: Case, root: Path, index: int, run_dir: Path | None = None) -> Outcome:
+    """Run one CLI case in a fresh sandbox under `root`; `run_dir` is the run folder `{RUN}` in argv stands for."""
     t = time.monotonic()
-    out = _run_cli(case, root, index)
+    out = _run_cli(case, root, index, run_dir)
     out.seconds = time.monotonic() - t
     return out
 
 
-def _run_cli(case: Case, root: Path, index: int) -> Outcome:
+def _run_cli(case: Case, root: Path, index: int, run_dir: Path | None = None) -> Outcome:
     from typer.testing import CliRunner
 
     from tunelab.cli import app
 
     box = make_sandbox(root, case, index)
     before = _snapshot(box)
+    run_before = _snapshot(run_dir) if run_dir else {}
+    argv = [a.replace("{RUN}", str(run_dir)) for a in case.argv or []]
     cwd = os.getcwd()
     os.chdir(box / WORK)
     runner = CliRunner()
     try:
         with _deadline(CASE_TIMEOUT_S):
-            result = runner.invoke(app, case.argv, catch_exceptions=True)
+            result = runner.invoke(app, argv, catch_exceptions=True)
     except TimeoutError as e:
         os.chdir(cwd)
         return Outcome(case, [f"hang: {e}"])
@@ -206,6 +209,8 @@ def _run_cli(case: Case, root: Path, index: int) -> Outcome:
         out.problems += check_message(case, text)
     allowed = (f"{WORK}/{RUN_DIR}",) + tuple(f"{WORK}/{a}" for a in case.allowed_out)
     out.problems += _fs_problems(case, before, _snapshot(box), refused, allowed)
+    if run_dir and refused and _changed(run_before, _snapshot(run_dir)):
+        out.problems.append(f"changed the run folder it read: {', '.join(_changed(run_before, _snapshot(run_dir))[:4])}")
     shutil.rmtree(box, ignore_errors=True)
     return out
 

@@ -67,8 +67,26 @@ def run_studio_family(cases: list[Case]) -> list[Outcome]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def run_command_family(cases: list[Case]) -> list[Outcome]:
+    """CLI cases over one real run folder: a one-step LoRA run of tiny-llama, trained here (a few seconds)."""
+    import tunelab
+
+    root = new_root()
+    try:
+        data = root / "_run" / "train.json"
+        data.parent.mkdir()
+        data.write_text(json.dumps(ALPACA), encoding="utf-8")
+        cfg = {"model": {"name": "tiny-llama"}, "data": {"train": str(data), "max_length": 64, "val_size": 0},
+               "method": {"name": "lora", "r": 4}, "train": {"max_steps": 1, "batch_size": 2, "report": False},
+               "output_dir": str(root / "_run" / "run")}
+        run = tunelab.train(cfg, progress=False)
+        return [run_cli(case, root, i, run.path) for i, case in enumerate(cases)]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 RUNNERS = {"config": run_cli_family, "overrides": run_cli_family, "data": run_cli_family,
-           "server": run_server_family, "studio": run_studio_family}
+           "server": run_server_family, "studio": run_studio_family, "commands": run_command_family}
 
 
 def run_family(family: str, cases: list[Case] | None = None) -> list[Outcome]:
