@@ -52,10 +52,12 @@ def n_random(base: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- valid seeds
-ALPACA = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a + b}"} for a in range(3) for b in range(3)]
+ALPACA = [{"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a + b}"}
+          for a in range(3) for b in range(3)]
 RECORDS: dict[str, list[dict]] = {
     "alpaca": ALPACA,
-    "sharegpt": [{"conversations": [{"from": "human", "value": r["instruction"]}, {"from": "gpt", "value": r["output"]}]}
+    "sharegpt": [{"conversations": [{"from": "human", "value": r["instruction"]},
+                                    {"from": "gpt", "value": r["output"]}]}
                  for r in ALPACA],
     "messages": [{"messages": [{"role": "user", "content": r["instruction"]},
                                {"role": "assistant", "content": r["output"]}]} for r in ALPACA],
@@ -118,7 +120,8 @@ def insert_invalid_utf8(data: bytes, rng: random.Random, at: int | None = None) 
 
 
 def latin1(text: str) -> bytes:
-    return ("# café résumé\n" + text if text.lstrip()[:1] not in "[{" else text.replace("plus", "plüs")).encode("latin-1")
+    """A YAML text with an accented comment, encoded as Latin-1 (so not UTF-8)."""
+    return ("# café résumé\n" + text).encode("latin-1")
 
 
 def deep(n: int, kind: str = "list") -> str:
@@ -141,9 +144,12 @@ BAD_VALUES: list[tuple[str, str, bool]] = [
     ("train.device", "tpu", True), ("train.report_to", "[slack]", True), ("train.grad_accum", "1e30", True),
     ("data.max_length", "4", True), ("data.max_length", "1e30", True), ("data.max_length", ".inf", True),
     ("data.val_size", "1.0", True), ("data.val_size", ".nan", True), ("data.train", "[]", True),
-    ("data.train", "42", True), ("data.train", "[{wieght: 1}]", True), ("data.train", "[{path: a.json, weight: .nan}]", True),
-    ("data.train", "[{path: a.json, weight: .inf}]", True), ("data.format", "csvish", True), ("data.max_samples", "0", True),
-    ("data.columns", "[a, b]", True), ("method.name", "magic", True), ("method.r", "0", True), ("method.r", "1e30", True),
+    ("data.train", "42", True), ("data.train", "[{wieght: 1}]", True),
+    ("data.train", "[{path: a.json, weight: .nan}]", True),
+    ("data.train", "[{path: a.json, weight: .inf}]", True), ("data.format", "csvish", True),
+    ("data.max_samples", "0", True),
+    ("data.columns", "[a, b]", True), ("method.name", "magic", True), ("method.r", "0", True),
+    ("method.r", "1e30", True),
     ("method.alpha", ".nan", True), ("method.dropout", ".nan", True), ("method", "lora", True),
     ("model.name", "[1]", True), ("model.dtype", "float8", True), ("model.trust_remote_code", "maybe", True),
     ("stage", "magic", True), ("stage", "[sft]", True), ("optim.name", "sgd-ish", True), ("train", "5", True),
@@ -151,7 +157,8 @@ BAD_VALUES: list[tuple[str, str, bool]] = [
     ("grpo.reward_weights", "[.nan]", True), ("grpo.temperature", ".inf", True), ("distill.temperature", ".nan", True),
     ("preference.beta", ".nan", True), ("preference.beta", ".inf", True),
 ]
-UNKNOWN_KEYS = [("train.lerning_rate", "1e-4", "train.lerning_rate"), ("train.learning_rate", "1e-4", "train.learning_rate"),
+UNKNOWN_KEYS = [("train.lerning_rate", "1e-4", "train.lerning_rate"),
+                ("train.learning_rate", "1e-4", "train.learning_rate"),
                 ("data.trian", "x.json", "data.trian"), ("modell.name", "tiny-llama", "modell"),
                 ("train.epochs_", "1", "train.epochs_"), ("method.rank", "8", "method.rank"),
                 ("num_train_epochs", "3", "num_train_epochs"), ("train.lr.value", "1", "train.lr")]
@@ -202,7 +209,8 @@ def config_cases(rng: random.Random) -> list[Case]:
         add(f"yaml-tag:{tag[:24]}", (base + f"evil: {tag}\n").encode(), True, ("cfg.yaml", "evil"), train=True)
     # (each duplicate keeps max_steps: 1, so a program that wrongly accepts it trains one step, not a full run)
     for dup in ("train:\n  max_steps: 1\n  lr: 1.0e-4\n", f"output_dir: {RUN_DIR}\n", "model: {name: tiny-llama}\n"):
-        add(f"duplicate-key:{dup.split(':')[0]}", (base + dup).encode(), True, ("cfg.yaml",), needs_line=True, train=True)
+        add(f"duplicate-key:{dup.split(':')[0]}", (base + dup).encode(), True, ("cfg.yaml",), needs_line=True,
+            train=True)
     add("duplicate-inner-key", base.replace("  lr: 1.0e-3\n", "  lr: 1.0e-3\n  lr: 5.0e-3\n").encode(), True,
         ("cfg.yaml",), needs_line=True)
     for n in (1000, 5000, 20000):
@@ -247,14 +255,16 @@ OVERRIDES: list[tuple[str, tuple[str, ...], bool]] = [
     ("train.lr=1\x00", ("train.lr",), True), ("train.lr=!!python/object:os.system x", ("train.lr",), True),
     ("train.lr=!!python/object/apply:os.system ['touch pwned']", ("train.lr",), True),
     ("train.lr=!!python/name:os.system", ("train.lr",), True), ("train.lr=%YAML 1.1", ("train.lr",), True),
-    ("train.lr=a: b: c", ("train.lr",), True), ("train.lr=- [", ("train.lr",), True), ("train.lr=|", ("train.lr",), True),
+    ("train.lr=a: b: c", ("train.lr",), True), ("train.lr=- [", ("train.lr",), True),
+    ("train.lr=|", ("train.lr",), True),
     ("train.lr='", ("train.lr",), True), ('train.lr="', ("train.lr",), True), ("train.lr=@", ("train.lr",), True),
     ("train.lr=`", ("train.lr",), True), ("train.lr=\t", ("train.lr",), True),
     ("train.lr=[" * 3000, ("train.lr",), True), ("train.lr=" + "[" * 3000 + "]" * 3000, ("train.lr",), True),
     ("train.lr=" + "{a: " * 3000 + "1" + "}" * 3000, ("train.lr",), True),
     ("train.epochs=.inf", ("train.epochs",), True), ("train.epochs=.nan", ("train.epochs",), True),
     ("train.seed=1e30", ("train.seed",), True), ("train.seed=18446744073709551616", ("train.seed",), True),
-    ("train.lr=1e400", ("train.lr",), True), ("train.lr=.nan", ("train.lr",), True), ("train.lr=-.inf", ("train.lr",), True),
+    ("train.lr=1e400", ("train.lr",), True), ("train.lr=.nan", ("train.lr",), True),
+    ("train.lr=-.inf", ("train.lr",), True),
     ("train.max_steps=1e400", ("train.max_steps",), True), ("data.max_length=.inf", ("data.max_length",), True),
     ("train.lr", ("train.lr",), True), ("=1", ("=1", "override"), True), ("train..lr=1", ("train..lr",), True),
     (".lr=1", (".lr",), True), ("train.=1", ("train.",), True), (" =1", ("override",), True),
@@ -263,7 +273,8 @@ OVERRIDES: list[tuple[str, tuple[str, ...], bool]] = [
     ("train.lerning_rate=1", ("train.lerning_rate",), True), ("nonsense.key=1", ("nonsense",), True),
     ("train.lr=\ud800", ("train.lr",), True), ("output_dir=runs/\ud800", ("output_dir",), False),
     ("method.name=\x00", ("method.name", "method"), True), ("stage=sft\x00", ("stage",), True),
-    ("train.batch_size=1e30", ("train.batch_size",), True), ("train.scheduler=!!binary aGk=", ("train.scheduler",), True),
+    ("train.batch_size=1e30", ("train.batch_size",), True),
+    ("train.scheduler=!!binary aGk=", ("train.scheduler",), True),
 ]
 YAML_NOISE = "[]{}:,*&!|>'\"%@`#-? \t\x00\\"
 
@@ -340,8 +351,11 @@ def data_cases(rng: random.Random) -> list[Case]:
             good = encode(RECORDS[fmt], ext)
             if ext != "parquet":
                 add("invalid-utf8", fmt, fname, insert_invalid_utf8(good, rng, at=len(good) // 2), True)
-                add("latin1", fmt, fname, encode([{**r, **({TEXT_FIELD[fmt]: "café"} if isinstance(r.get(TEXT_FIELD[fmt]), str) else {})}
-                                                   for r in RECORDS[fmt]], ext).decode().encode("latin-1", "replace"),
+                # "café" in every string text field, written as Latin-1 (0xe9 is never valid UTF-8 there); the
+                # sharegpt/messages fields are lists, so those files stay ASCII and may be read
+                key = TEXT_FIELD[fmt]
+                accented = [{**r, key: "café"} if isinstance(r.get(key), str) else r for r in RECORDS[fmt]]
+                add("latin1", fmt, fname, encode(accented, ext).decode().encode("latin-1"),
                     fmt not in ("sharegpt", "messages"))
                 add("utf16", fmt, fname, good.decode().encode("utf-16"), False)
                 add("byte-flip", fmt, fname, flip_byte(good, rng), False)
@@ -356,19 +370,21 @@ def data_cases(rng: random.Random) -> list[Case]:
             add("missing-field", fmt, fname, encode([{k: v for k, v in r.items() if k != TEXT_FIELD[fmt]}
                                                      for r in RECORDS[fmt]], ext), True)
             if ext in ("json", "jsonl"):
-                add("deep-nesting", fmt, fname, (deep(50_000) if ext == "json" else deep(50_000, "map") + "\n").encode(),
+                nested = deep(50_000) if ext == "json" else deep(50_000, "map") + "\n"
+                add("deep-nesting", fmt, fname, nested.encode(),
                     True)
-                add("deep-field", fmt, fname, encode(RECORDS[fmt][:2], ext).replace(b'"What', b'"What') .rstrip(b"\n]")
+                add("deep-field", fmt, fname, encode(RECORDS[fmt][:2], ext).rstrip(b"\n]")
                     + (b", " if ext == "json" else b"\n") + ('{"%s": %s}' % (TEXT_FIELD[fmt], deep(20_000))).encode()
                     + (b"]" if ext == "json" else b"\n"), True)
                 add("not-records", fmt, fname, b'"a string"' if ext == "json" else b"[1, 2]\n[3]\n", True)
                 add("nan-literal", fmt, fname, good.replace(b'"I do not know."', b"NaN").replace(b"true", b"NaN")
                     .replace(b'"3"', b"Infinity"), fmt in ("alpaca", "preference", "kto"))
-                add("huge-record", fmt, fname, encode(RECORDS[fmt] + [{**RECORDS[fmt][0], TEXT_FIELD[fmt]: "x" * 3_000_000}]
-                                                      if fmt in ("alpaca", "text", "preference", "kto", "classification")
-                                                      else RECORDS[fmt], ext), False, via="convert" if fmt in
+                huge = [{**RECORDS[fmt][0], TEXT_FIELD[fmt]: "x" * 3_000_000}] if fmt in (
+                    "alpaca", "text", "preference", "kto", "classification") else []
+                add("huge-record", fmt, fname, encode(RECORDS[fmt] + huge, ext), False, via="convert" if fmt in
                     ("alpaca", "sharegpt", "messages") else None)
-                add("syntax-error", fmt, fname, good.replace(b"}", b"}}", 1) if ext == "jsonl" else good.replace(b",", b",,", 3),
+                broken = good.replace(b"}", b"}}", 1) if ext == "jsonl" else good.replace(b",", b",,", 3)
+                add("syntax-error", fmt, fname, broken,
                     True, needs_line=True)
             if ext == "parquet":
                 # JSON named .parquet: reading it by its content is as fine as refusing it by its name
@@ -472,7 +488,8 @@ PATH_FIELDS: list[tuple[str, dict]] = [
     ("grpo.rewards", {"stage": "grpo", "grpo": {"rewards": ["{P}"]}}),
     ("train.resume", {"train": {"resume": "{P}"}}),
 ]
-OUTSIDE_PATHS = ["/etc/passwd", "../../{OUT}/x.json", "{OUTABS}/x.json", "~/x.json", "/", "..", "datasets/../../{OUT}/x.json",
+OUTSIDE_PATHS = ["/etc/passwd", "../../{OUT}/x.json", "{OUTABS}/x.json", "~/x.json", "/", "..",
+                 "datasets/../../{OUT}/x.json",
                  "runs/../../{OUT}/r", "file:///etc/passwd", "\\\\server\\share\\x.json", "/dev/zero",
                  "datasets/ok.json\x00.txt"]
 CODE_REFS = ["{OUTABS}/evil.py:reward", "evil.py:reward", "os:system", "subprocess:call", "/tmp/evil.py:reward",
@@ -505,25 +522,27 @@ def studio_cases(rng: random.Random) -> list[Case]:
         for v in values:
             cfg = json.loads(json.dumps(base))
             for sect, val in _subst(frag, v).items():
-                cfg[sect] = {**cfg.get(sect, {}), **val} if isinstance(val, dict) and isinstance(cfg.get(sect), dict) else val
+                merge = isinstance(val, dict) and isinstance(cfg.get(sect), dict)
+                cfg[sect] = {**cfg[sect], **val} if merge else val
             endpoint = rng.choice(["/api/config/validate", "/api/jobs", "/api/estimate"])
             add(f"path:{key}={v[:30]!r}[{endpoint.rsplit('/', 1)[-1]}]", endpoint, {"name": "fz", "config": cfg},
                 names=(key.split("[")[0],))
     # the flat form values the page sends
     for key in ("data.train", "data.eval", "model.name", "model.chat_template", "train.resume"):
         for v in ("/etc/passwd", "../../{OUT}/x.json"):
-            add(f"form:{key}={v!r}", "/api/config/validate", {"name": "fz", "values": {**{"data.train": "datasets/ok.json",
-                "model.name": "tiny-llama"}, key: v}}, names=(key,))
+            values = {"data.train": "datasets/ok.json", "model.name": "tiny-llama", key: v}
+            add(f"form:{key}={v!r}", "/api/config/validate", {"name": "fz", "values": values}, names=(key,))
     for v in ("../x", "a/../../b", "/etc", "\x00", "." * 300, ""):
-        add(f"job-name:{v[:10]!r}", "/api/config/validate", {"name": v, "config": base}, must_fail=False, names=("name",))
+        add(f"job-name:{v[:10]!r}", "/api/config/validate", {"name": v, "config": base}, must_fail=False,
+            names=("name",))
     for key, value in (("train.lr", float("nan")), ("train.lr", float("inf")), ("train.epochs", float("inf")),
                        ("train.seed", 10**30), ("train.batch_size", 10**30), ("data.max_length", 10**40)):
         sect, k = key.split(".")
         cfg = json.loads(json.dumps(base))
         cfg.setdefault(sect, {})[k] = value
         add(f"number:{key}={value}", "/api/config/validate", {"name": "fz", "config": cfg}, names=(key,))
-    add("config:deep", "/api/config/validate", None, upload=("raw", b'{"name": "fz", "config": ' + deep(100_000, "map").encode()
-                                                           + b"}"), names=("config", "deep", "body"))
+    raw = b'{"name": "fz", "config": ' + deep(100_000, "map").encode() + b"}"
+    add("config:deep", "/api/config/validate", None, upload=("raw", raw), names=("config", "deep", "body"))
     add("config:not-json", "/api/jobs", None, upload=("raw", b"{nope"), names=("JSON", "json", "body"))
 
     # uploads
@@ -532,21 +551,25 @@ def studio_cases(rng: random.Random) -> list[Case]:
     add("upload:bad-byte-past-64k", "/api/datasets", upload=("big.jsonl", big[:70_000] + b"\xff" + big[70_000:]),
         names=("big.jsonl",))
     add("upload:bad-byte-early", "/api/datasets", upload=("early.jsonl", b"\xff" + good), names=("early.jsonl",))
-    add("upload:latin1", "/api/datasets", upload=("l1.json", json.dumps(ALPACA).replace("plus", "plüs").encode("latin-1")),
+    l1 = json.dumps(ALPACA).replace("plus", "plüs").encode("latin-1")
+    add("upload:latin1", "/api/datasets", upload=("l1.json", l1),
         names=("l1.json",))
     add("upload:utf16", "/api/datasets", upload=("u16.json", json.dumps(ALPACA).encode("utf-16")), must_fail=False,
         names=("u16.json",))
     add("upload:deep", "/api/datasets", upload=("deep.json", deep(100_000).encode()), names=("deep.json",))
     add("upload:deep-map-jsonl", "/api/datasets", upload=("deepm.jsonl", deep(100_000, "map").encode()),
         names=("deepm.jsonl",))
-    add("upload:fake-parquet", "/api/datasets", upload=("fake.parquet", json.dumps(ALPACA).encode()), names=("fake.parquet",))
-    add("upload:parquet-magic", "/api/datasets", upload=("m.parquet", b"PAR1" + bytes(100) + b"PAR1"), names=("m.parquet",))
+    add("upload:fake-parquet", "/api/datasets", upload=("fake.parquet", json.dumps(ALPACA).encode()),
+        names=("fake.parquet",))
+    add("upload:parquet-magic", "/api/datasets", upload=("m.parquet", b"PAR1" + bytes(100) + b"PAR1"),
+        names=("m.parquet",))
     add("upload:truncated-parquet", "/api/datasets", upload=("t.parquet", encode(ALPACA, "parquet")[:-40]),
         names=("t.parquet",))
     add("upload:empty", "/api/datasets", upload=("e.json", b""), names=("e.json",))
     add("upload:binary", "/api/datasets", upload=("b.jsonl", bytes(rng.randrange(256) for _ in range(4096))),
         names=("b.jsonl",))
-    add("upload:surrogate", "/api/datasets", upload=("s.json", json.dumps(ALPACA).replace("What", "\\ud800What").encode()),
+    lone = json.dumps(ALPACA).replace("What", "\\ud800What").encode()
+    add("upload:surrogate", "/api/datasets", upload=("s.json", lone),
         names=("s.json",))
     add("upload:exe-suffix", "/api/datasets", upload=("x.py", b"import os\n"), names=("x.py", ".py"))
     add("upload:traversal-name", "/api/datasets", upload=("../../outside/t.json", json.dumps(ALPACA).encode()),
@@ -565,7 +588,8 @@ def studio_cases(rng: random.Random) -> list[Case]:
             upload=(f"v{i}.{ext}", insert_invalid_utf8(encode(ALPACA * 3, ext), rng)), names=(f"v{i}.{ext}",))
     # dataset names in URLs
     for name in ("..%2F..%2Foutside%2Fx.json", "%2Fetc%2Fpasswd", "ok.json%00", "..", "nope.json"):
-        add(f"inspect:{name}", f"/api/datasets/{name}/inspect", method="GET", names=("dataset", "name", "not found", "no "))
+        add(f"inspect:{name}", f"/api/datasets/{name}/inspect", method="GET",
+            names=("dataset", "name", "not found", "no "))
         add(f"delete:{name}", f"/api/datasets/{name}", method="DELETE", names=("dataset", "name", "not found", "no "))
     add("inspect:model-outside", "/api/datasets/ok.json/inspect", method="GET", query={"model": "/etc"},
         names=("model",))

@@ -210,7 +210,8 @@ def _run_cli(case: Case, root: Path, index: int, run_dir: Path | None = None) ->
     allowed = (f"{WORK}/{RUN_DIR}",) + tuple(f"{WORK}/{a}" for a in case.allowed_out)
     out.problems += _fs_problems(case, before, _snapshot(box), refused, allowed)
     if run_dir and refused and _changed(run_before, _snapshot(run_dir)):
-        out.problems.append(f"changed the run folder it read: {', '.join(_changed(run_before, _snapshot(run_dir))[:4])}")
+        changed = _changed(run_before, _snapshot(run_dir))
+        out.problems.append(f"changed the run folder it read: {', '.join(changed[:4])}")
     shutil.rmtree(box, ignore_errors=True)
     return out
 

@@ -52,7 +52,7 @@ def test_harness_catches_each_broken_promise(tmp_path) -> None:
                            names=("data.train",)), tmp_path, 2)
     assert unnamed.problems == ["message names none of ['data.train']"]
     case = Case("meta", "fs")
-    problems = _fs_problems(case, {"work/a": (1, 1)}, {"work/a": (1, 1), "outside/x": (1, 2), "work/runs/fuzz/m.tmp": (1, 3)},
-                            True, ("work/runs/fuzz",))
+    after = {"work/a": (1, 1), "outside/x": (1, 2), "work/runs/fuzz/m.tmp": (1, 3)}
+    problems = _fs_problems(case, {"work/a": (1, 1)}, after, True, ("work/runs/fuzz",))
     assert problems == ["wrote outside the run folder: outside/x", "left a partial run folder: work/runs/fuzz/m.tmp",
                         "left half-written files: work/runs/fuzz/m.tmp"]
