@@ -38,5 +38,8 @@ def train(cfg: RunCfg | dict | str | Path, overrides: list[str] | None = None, p
         from tunelab.config.loader import apply_overrides
 
         cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
+    from tunelab.data.pipeline import check_data_files
+
+    check_data_files(cfg.data)  # unreadable or empty data fails here, not after the model has loaded
     stage = importlib.import_module(STAGES[cfg.stage])
     return Run(stage.run(cfg, progress=progress))

@@ -70,13 +70,13 @@ def model_config(name: str):
     """The transformers config of a model name, read from config files only (never weights)."""
     from transformers import AutoConfig, LlamaConfig
 
-    from tunelab.models import TINY_MODELS, ModelNotFound, resolve_model
+    from tunelab.models import MODEL_ALIASES, TINY_MODELS, ModelNotFound, resolve_model
     from tunelab.models.loader import cache_root, smollm2_gguf_path
     from tunelab.models.tiny import tiny_config
 
     if name in TINY_MODELS:
         return tiny_config(name)
-    if name in ("smollm2-135m", "smollm2-135m-instruct"):
+    if name in MODEL_ALIASES:
         try:  # gguf_as_hf_dir's folders are named <gguf stem>-<hash>
             stem = smollm2_gguf_path().stem
         except ModelNotFound:

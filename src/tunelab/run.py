@@ -110,10 +110,12 @@ class Run:
         bottleneck adapters) exports as `merged` to a bundle: the base model plus the adapter
         folder and a README saying how to load them; other formats then raise NotMergeable.
         """
+        from tunelab.export import check_export
         from tunelab.export import export as do_export
         from tunelab.methods import NotMergeable, get_method
         from tunelab.models import load_model
 
+        check_export(fmt, options)  # a wrong format or option fails before the model is loaded
         target = Path(out) if out else self.path / "export" / fmt
         try:
             model, tok, template = self.load_model(device="cpu", merged=True)

@@ -61,7 +61,7 @@ def test_yaml_and_overrides(tmp_path):
 def test_bad_yaml_names_the_line(tmp_path):
     cfg_file = tmp_path / "bad.yaml"
     cfg_file.write_text("data:\n  train: a.json\n  eval: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML at line \d"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d: not valid YAML: expected"):
         load_config(cfg_file)
 
 

@@ -3,6 +3,7 @@
 import os
 import signal
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +98,142 @@ def test_interrupt_then_resume_equals_uninterrupted(samples, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
     assert res2.summary["train_loss"] == pytest.approx(res.summary["train_loss"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def straight_and_interrupted(samples, tmp_path_factory):
+    """An uninterrupted 10-step run, and one with checkpoints at steps 2 and 4 that SIGINT stopped at step 5."""
+    root = tmp_path_factory.mktemp("verify")
+    straight = lora_model(dropout=0.1)
+    run_fit(straight, samples, root / "straight")
+    calls = {"n": 0}
+
+    def interrupting_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+        return sft_loss(model, batch)
+
+    with pytest.raises(TrainingInterrupted):
+        run_fit(lora_model(dropout=0.1), samples, root / "cut", loss_fn=interrupting_loss, save_every=2)
+    return lora_state(straight), root / "cut"
+
+
+def _checkpoint_files(run: Path) -> list[str]:
+    latest = run / "checkpoints" / "step-000005"
+    return sorted(p.relative_to(latest).as_posix() for p in latest.rglob("*") if p.is_file())
+
+
+def test_checkpoint_manifest_lists_every_file_with_size_and_hash(straight_and_interrupted):
+    import hashlib
+    import json
+
+    _, run = straight_and_interrupted
+    latest = run / "checkpoints" / "step-000005"
+    files = json.loads((latest / "manifest.json").read_text())["files"]
+    assert sorted(files) == [f for f in _checkpoint_files(run) if f != "manifest.json"]
+    assert {"optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"} <= set(files)
+    assert any(f.startswith("weights/") and f.endswith(".safetensors") for f in files)
+    for name, want in files.items():
+        data = (latest / name).read_bytes()
+        assert want == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(samples, straight_and_interrupted, tmp_path,
+                                                                    caplog, damage):
+    """Each file of the newest checkpoint damaged in turn: resume=auto warns once, naming it, and resumes from
+    step 4 to the same weights as the uninterrupted run."""
+    import shutil
+
+    expected, cut = straight_and_interrupted
+    names = _checkpoint_files(cut)
+    if damage == "flip":
+        names = [n for n in names if n.endswith((".pt", ".safetensors"))][:2]
+    for name in names:
+        run = tmp_path / f"{damage}-{name.replace('/', '_')}"
+        shutil.copytree(cut, run)
+        bad = run / "checkpoints" / "step-000005" / name
+        data = bad.read_bytes()
+        if damage == "truncate":
+            bad.write_bytes(data[:len(data) // 2])
+        else:  # same size, one byte changed: only the hash can tell
+            bad.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        caplog.clear()
+        resumed = lora_model(dropout=0.1, seed=123)
+        with caplog.at_level("WARNING", logger="tunelab.checkpoint"):
+            assert run_fit(resumed, samples, run, resume="auto", save_every=2).step == 10
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1 and "step-000005" in warnings[0] and name in warnings[0], warnings
+        got = lora_state(resumed)
+        for k in expected:
+            torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-6, msg=f"{damage} {name}: {k}")
+
+
+def test_temp_folders_of_saves_cut_short_are_removed_by_the_next_save(samples, straight_and_interrupted, tmp_path):
+    import shutil
+
+    _, cut = straight_and_interrupted
+    shutil.copytree(cut, tmp_path / "r")
+    stale = tmp_path / "r" / "checkpoints" / ".step-000006.x1y2z3.tmp"  # what kill -9 mid-save leaves
+    (stale / "weights").mkdir(parents=True)
+    run_fit(lora_model(dropout=0.1), samples, tmp_path / "r", resume="auto", save_every=2)
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == [
+        "step-000005", "step-000006", "step-000008"]
+
+
+def test_checkpoints_without_manifest_still_resume(samples, straight_and_interrupted, tmp_path):
+    import shutil
+
+    expected, cut = straight_and_interrupted
+    shutil.copytree(cut, tmp_path / "old")
+    for ckpt in (tmp_path / "old" / "checkpoints").iterdir():
+        (ckpt / "manifest.json").unlink()
+    resumed = lora_model(dropout=0.1, seed=123)
+    assert run_fit(resumed, samples, tmp_path / "old", resume="auto").step == 10
+    got = lora_state(resumed)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-6)
+
+
+def test_an_explicitly_chosen_damaged_checkpoint_is_a_clear_error(samples, straight_and_interrupted, tmp_path):
+    import shutil
+
+    from tunelab.engine.checkpoint import CheckpointError
+
+    _, cut = straight_and_interrupted
+    shutil.copytree(cut, tmp_path / "r")
+    latest = tmp_path / "r" / "checkpoints" / "step-000005"
+    (latest / "optimizer.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"step-000005 is damaged \(optimizer.pt: 0 bytes, expected"):
+        run_fit(lora_model(), samples, tmp_path / "r", resume=str(latest))
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_ones_and_leaves_no_partial(samples, tmp_path,
+                                                                                       monkeypatch):
+    import errno
+
+    from tunelab.utils.io import DiskFullError
+
+    real_save = torch.save
+    state = {"saves": 0}
+
+    def filling_save(obj, f, *a, **k):  # the 2nd checkpoint's optimizer.pt finds the disk full mid-write
+        state["saves"] += 1
+        if state["saves"] == 4:
+            f.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", filling_save)
+    with pytest.raises(DiskFullError) as e:
+        run_fit(lora_model(), samples, tmp_path / "r", save_every=2)
+    monkeypatch.undo()
+    assert str(e.value) == f"no space left on device at {tmp_path / 'r' / 'checkpoints' / 'step-000004'}"
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step-000002"]  # no temp folder
+    from tunelab.engine.checkpoint import verify_checkpoint
+
+    assert verify_checkpoint(tmp_path / "r" / "checkpoints" / "step-000002") is None
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(samples, tmp_path):

@@ -78,3 +78,80 @@ def test_tokenizer_without_template_falls_back_to_chatml(tiny_tokenizer):
     tok = copy.deepcopy(tiny_tokenizer)
     tok.chat_template = None
     assert resolve_template(tok, None) == NAMED_TEMPLATES["chatml"]
+
+
+# ---- assistant_spans in linear time: the windowed spans equal the full prefix renders ----
+
+LOOKS_BACK = ("{% for message in messages %}{{ 'Round ' ~ loop.index ~ ' ' ~ message['role'] ~ ': ' ~ "
+              "message['content'] ~ '\n' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ 'Round ' ~ (messages | length + 1) ~ ' assistant: ' }}{% endif %}")
+ALTERNATION = ("{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+               "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}"
+               "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] | trim + ' [/INST]' }}"
+               "{% else %}{{ ' ' + message['content'] | trim + eos_token }}{% endif %}{% endfor %}")
+
+
+def _conversations() -> dict[str, Conversation]:
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"  turn {i} " + "word " * (i % 3) + " "}
+             for i in range(9)]
+    return {
+        "single": Conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]),
+        "system first": Conversation([{"role": "system", "content": "be brief"}, *turns]),
+        "user first": Conversation(turns),
+        "assistant first": Conversation([{"role": "assistant", "content": "welcome"}, *turns[:4]]),
+        "empty answer": Conversation([{"role": "user", "content": "q"}, {"role": "assistant", "content": ""},
+                                      {"role": "user", "content": "again"}, {"role": "assistant", "content": "a"}]),
+        "tools": Conversation(
+            [{"role": "user", "content": "weather?"},
+             {"role": "assistant", "content": "", "tool_calls": [{"name": "get", "arguments": {"city": "Oslo"}}]},
+             {"role": "tool", "content": "rain"}, {"role": "assistant", "content": "It rains."},
+             {"role": "user", "content": "thanks"}, {"role": "assistant", "content": "bye"}],
+            tools='[{"name": "get", "parameters": {"type": "object"}}]'),
+    }
+
+
+@pytest.mark.parametrize("name", [*NAMED_TEMPLATES, "own", "looks-back", "alternation"])
+def test_assistant_spans_equal_the_full_prefix_renders(tiny_tokenizer, name):
+    from tunelab.data.templates import _prefix_spans, assistant_spans, render, template_messages
+
+    template = {"own": resolve_template(tiny_tokenizer, None), "looks-back": LOOKS_BACK,
+                "alternation": ALTERNATION}.get(name) or NAMED_TEMPLATES[name]
+    checked = 0
+    for label, conv in _conversations().items():
+        msgs, tools = template_messages(conv, template)
+        try:
+            reference = _prefix_spans(tiny_tokenizer, template, msgs, tools,
+                                      render(tiny_tokenizer, template, msgs, tools=tools), conv)
+        except Exception:  # noqa: BLE001 - e.g. the alternation template rejects a system turn
+            continue
+        text, spans = assistant_spans(tiny_tokenizer, template, conv)
+        assert spans == reference, (name, label)
+        assert [text[a:b] for a, b in spans] and len(spans) == sum(m["role"] == "assistant" for m in msgs)
+        checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3", "qwen"])
+def test_a_two_thousand_turn_conversation_takes_the_linear_path(tiny_tokenizer, name):
+    from tunelab.data.templates import _windowed_spans, assistant_spans, template_messages
+
+    template = NAMED_TEMPLATES[name]
+    conv = Conversation([{"role": "system", "content": "sys"}] +
+                        [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"}
+                         for i in range(2000)])
+    text, spans = assistant_spans(tiny_tokenizer, template, conv)
+    assert len(spans) == 1000 and spans[-1][1] == len(text)
+    msgs, tools = template_messages(conv, template)
+    assert _windowed_spans(tiny_tokenizer, template, msgs, tools, text) == spans  # no quadratic fallback
+    # the last turn's span is what appending it to the rest renders (spot check of the full-prefix definition)
+    from tunelab.data.templates import render
+
+    before = render(tiny_tokenizer, template, msgs[:-1], add_generation_prompt=True)
+    assert spans[-1] == (len(before), len(text))
+
+
+def test_a_template_file_in_another_encoding_names_the_file(tiny_tokenizer, tmp_path):
+    f = tmp_path / "t.jinja"
+    f.write_bytes("{{ 'café' }}".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"t\.jinja.*UTF-8"):
+        resolve_template(tiny_tokenizer, str(f))

@@ -84,6 +84,26 @@ def test_bad_input_names_file_and_line(tmp_path, cmd):
     assert res.exit_code == 1 and "missing.json: no such data file" in res.output
 
 
+def test_extract_dialogue_several_scripts_typos_and_no_merge(tmp_path):
+    ep1, ep2 = tmp_path / "ep1.txt", tmp_path / "ep2.txt"
+    ep1.write_text("皇帝：朕乏了。\n甄嬛：臣妾告退。\n甄嬛：皇上保重。\n", encoding="utf-8")
+    ep2.write_text("第1幕\n温实初：小主。\n皇帝；进来吧。\n甄嬛：是。\n太医；脉象平稳。\n", encoding="utf-8")
+    res = _invoke("extract-dialogue", ep1, ep2, "--character", "甄嬛")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "甄嬛.json").read_text(encoding="utf-8")) == [
+        {"instruction": "朕乏了。", "input": "", "output": "臣妾告退。皇上保重。"},
+        {"instruction": "进来吧。", "input": "", "output": "是。太医；脉象平稳。"}]
+    assert f"warning: {ep2}:5: 太医；脉象平稳。: a ';' after an unknown name" in res.output
+    counts = {line.strip("│ ").rsplit("│", 1)[0].strip(): line.rsplit("│", 2)[1].strip()
+              for line in res.output.splitlines() if line.count("│") == 3}
+    assert counts["files"] == "2" and counts["semicolon markers"] == "1" and counts["unknown markers"] == "1"
+    res = _invoke("extract-dialogue", ep1, "--character", "甄嬛", "--no-merge", "-o", tmp_path / "one.jsonl")
+    assert res.exit_code == 0, res.output
+    assert [r.data for r in read_records(tmp_path / "one.jsonl")] == [
+        {"instruction": "朕乏了。", "input": "", "output": "臣妾告退。"},
+        {"instruction": "朕乏了。", "input": "", "output": "皇上保重。"}]
+
+
 def test_extract_dialogue_errors(tmp_path):
     res = _invoke("extract-dialogue", tmp_path / "none.txt", "--character", "A")
     assert res.exit_code == 1 and "none.txt: no such script file" in res.output

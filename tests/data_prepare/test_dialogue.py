@@ -4,7 +4,13 @@ import pytest
 
 from tunelab.data.io import DataError
 from tunelab.data.prepare import extract_dialogue
-from tunelab.data.prepare.dialogue import is_scene_heading, parse_speaker, strip_directions
+from tunelab.data.prepare.dialogue import (
+    extract_dialogue_files,
+    is_scene_heading,
+    parse_semicolon_speaker,
+    parse_speaker,
+    strip_directions,
+)
 
 ZH = """第一集
 
@@ -108,3 +114,72 @@ def test_helpers():
         assert is_scene_heading(heading), heading
     for line in ("甄嬛：第一次见面。", "Actually: no", "Integer: 5", "第一场雪下得很大。"):
         assert not is_scene_heading(line), line
+
+
+# 皇帝；/槿汐; are the colon typed as a semicolon; 太医 never speaks with a colon, so its line stays text
+TYPOS = """第1幕
+槿汐：小主，皇上来了。
+皇帝：朕来看你了。
+甄嬛：臣妾恭迎皇上。
+皇帝；你身子可好些了？
+甄嬛：好多了。
+槿汐;小主，该喝药了。
+甄嬛：放着吧。
+太医；娘娘脉象平稳。
+"""
+
+
+def test_semicolon_markers_of_known_speakers_start_a_new_line():
+    res = extract_dialogue(TYPOS, "甄嬛", source="typo.txt")
+    assert res.kept == [
+        {"instruction": "朕来看你了。", "input": "", "output": "臣妾恭迎皇上。"},
+        {"instruction": "你身子可好些了？", "input": "", "output": "好多了。"},
+        # the unknown 太医；… is kept as text of the open line, and reported
+        {"instruction": "小主，该喝药了。", "input": "", "output": "放着吧。太医；娘娘脉象平稳。"},
+    ]
+    assert res.counts["semicolon_markers"] == 2 and res.counts["unknown_markers"] == 1
+    assert res.warnings == ["typo.txt:9: 太医；娘娘脉象平稳。: a ';' after an unknown name; kept as text. If it is a "
+                            "speaker, write 'NAME：…' (or pass --alias for the character)"]
+    # an alias makes the target's own semicolon marker count even if it never speaks with a colon
+    res = extract_dialogue("甲：你好。\n嬛嬛；好。\n", "甄嬛", aliases=["嬛嬛"])
+    assert res.kept == [{"instruction": "你好。", "input": "", "output": "好。"}] and not res.warnings
+
+
+def test_semicolon_marker_in_english_and_prose_semicolons():
+    script = "HORATIO: Hail to your lordship.\nHAMLET: I am glad to see you well.\nHORATIO; The same, my lord.\n" \
+             "HAMLET: Sir, my good friend; I'll change that name with you.\n"
+    res = extract_dialogue(script, "Hamlet")
+    assert [r["output"] for r in res.kept] == ["I am glad to see you well.",
+                                               "Sir, my good friend; I'll change that name with you."]
+    assert res.kept[1]["instruction"] == "The same, my lord."
+    assert parse_semicolon_speaker("他说了很多很多很多很多的话；然后走了") is None  # too long for a name: prose
+    assert parse_semicolon_speaker("皇帝（怒）；大胆！") == ("皇帝", "大胆！")
+    assert parse_semicolon_speaker("皇帝：大胆；放肆！") is None  # a proper colon marker comes first
+
+
+def test_no_merge_gives_one_record_per_line():
+    script = "第1幕\n槿汐：小主。\n槿汐：该歇息了。\n甄嬛：嗯。\n甄嬛：你也去睡吧。\n槿汐：是。\n甄嬛：等等，\n把灯熄了。\n"
+    merged = extract_dialogue(script, "甄嬛")
+    assert merged.kept == [{"instruction": "小主。该歇息了。", "input": "", "output": "嗯。你也去睡吧。"},
+                           {"instruction": "是。", "input": "", "output": "等等，把灯熄了。"}]
+    single = extract_dialogue(script, "甄嬛", merge=False, history=1)
+    assert single.kept == [
+        {"instruction": "该歇息了。", "input": "", "output": "嗯。", "history": []},
+        {"instruction": "该歇息了。", "input": "", "output": "你也去睡吧。", "history": [["该歇息了。", "嗯。"]]},
+        # a wrapped line (no speaker, right under a speaker line) is still that one line
+        {"instruction": "是。", "input": "", "output": "等等，把灯熄了。", "history": [["该歇息了。", "你也去睡吧。"]]},
+    ]
+    assert single.counts["turns"] == 6 and merged.counts["turns"] == 4
+
+
+def test_several_scripts_share_known_speakers_but_not_context():
+    ep1 = "皇帝：朕乏了。\n甄嬛：臣妾告退。\n"
+    ep2 = "甄嬛：皇上？\n皇帝；进来吧。\n甄嬛：是。\n"  # 皇帝 speaks with a colon only in ep1
+    res = extract_dialogue_files([("ep1.txt", ep1), ("ep2.txt", ep2)], "甄嬛")
+    assert res.kept == [{"instruction": "朕乏了。", "input": "", "output": "臣妾告退。"},
+                        {"instruction": "进来吧。", "input": "", "output": "是。"}]
+    # ep2 opens with the target: no prompt carried over from ep1
+    assert [(r["position"], r["reason"]) for r in res.rejected] == [("ep2.txt:1", "no_prompt")]
+    assert res.counts["files"] == 2 and res.counts["lines"] == 5 and res.counts["semicolon_markers"] == 1
+    with pytest.raises(DataError, match=r"2 scripts: no line spoken by '乙'"):
+        extract_dialogue_files([("a.txt", ep1), ("b.txt", ep2)], "乙")

@@ -122,6 +122,12 @@ def test_resume_a_two_rank_checkpoint_in_one_process(name, ranks_out, samples, t
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 2
     assert (ckpt / "dcp").is_dir() == (name == "fsdp-full")  # FSDP state is sharded (DCP), DDP's replicated
+    manifest = json.loads((ckpt / "manifest.json").read_text())["files"]  # every rank's files, shards included
+    assert {"rng-0.pt", "rng-1.pt", "trainer_state.json"} <= set(manifest)
+    assert any(f.startswith("dcp/") for f in manifest) == (name == "fsdp-full")
+    from tunelab.engine.checkpoint import verify_checkpoint
+
+    assert verify_checkpoint(ckpt) is None
     resumed, result, seen = single_process(method_name, samples, tmp_path / "resumed", resume=str(ckpt))
     assert result.step == 4 and len(seen) == 4  # only steps 3 and 4 ran
     init = trained(make_model(method_name))

@@ -218,6 +218,8 @@ def test_cli_compare_table_and_errors(runs, tmp_path):
                            "--compare", "base", "--human-sheet", str(tmp_path / "s.csv")])
     assert res.exit_code == 0, res.output
     assert "base:tiny-llama" in res.output and "delta" in res.output
+    names = [line.replace("│", " ").split()[0] for line in res.output.splitlines() if line.startswith("│")]
+    assert names == ["exact_match", "contains", "loss", "perplexity", "n"]  # task metrics lead
     loss_line = next(line for line in res.output.splitlines() if line.strip("│ ").startswith("loss"))
     ours, theirs, delta = (float(x) for x in loss_line.replace("│", " ").split()[1:4])
     assert delta == pytest.approx(ours - theirs, abs=2e-4)

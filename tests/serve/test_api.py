@@ -149,6 +149,48 @@ def test_malformed_requests_are_400_in_openai_error_shape(live, body, message):
     assert httpx.get(live.url + "/health").status_code == 200  # still serving
 
 
+CHAT = {"model": "a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+
+
+@pytest.mark.parametrize("path, body, param, message", [
+    ("chat/completions", {**CHAT, "seed": 2**63 + 1}, "seed", "less than or equal to 9223372036854775807"),
+    ("chat/completions", {**CHAT, "seed": 2**64}, "seed", "less than or equal to"),
+    ("chat/completions", {**CHAT, "seed": -(2**63) - 1}, "seed", "greater than or equal to"),
+    ("completions", {"model": "a", "prompt": "", "max_tokens": 2}, "prompt", "must not be empty"),
+    ("completions", {"model": "a", "prompt": [""], "max_tokens": 2}, "prompt", "must not be empty"),
+    ("completions", {"model": "a", "prompt": [], "max_tokens": 2}, "prompt", "must not be empty"),
+    ("completions", {"model": "a", "prompt": [1, 2], "max_tokens": 2}, "prompt.str", "valid string"),
+    ("chat/completions", {**CHAT, "stream_options": "yes"}, "stream_options", "valid dictionary"),
+    ("chat/completions", {**CHAT, "user": {"id": 1}}, "user", "valid string"),
+    ("chat/completions", {**CHAT, "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+    ("chat/completions", {**CHAT, "top_p": 0}, "top_p", "greater than 0"),
+    ("chat/completions", {**CHAT, "messages": "hi"}, "messages", "valid list"),
+    ("chat/completions", {**CHAT, "messages": []}, "messages", "at least 1 item"),
+    ("chat/completions", {**CHAT, "stop": 3}, "stop.str", "valid string"),
+])
+def test_client_mistakes_in_any_field_are_400_not_500(live, path, body, param, message):
+    resp = httpx.post(f"{live.url}/v1/{path}", json=body, headers=AUTH)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert error["param"] == param and message in error["message"]
+
+
+@pytest.mark.parametrize("raw", [b'{"model": "a", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+                                 b"[" * 10_000 + b"]" * 10_000])
+def test_non_finite_numbers_and_deep_nesting_are_400(live, raw):
+    resp = httpx.post(live.url + "/v1/chat/completions", content=raw,
+                      headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_vanishing_temperature_samples_greedily_instead_of_failing(client):
+    tiny = client.chat.completions.create(model="b", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                          temperature=1e-300, seed=3).choices[0].message.content
+    assert tiny == ask(client, "b", "hi").choices[0].message.content
+
+
 def test_unknown_model_is_404_listing_available_models(client):
     with pytest.raises(openai.NotFoundError) as err:
         ask(client, "gpt-5")

@@ -83,7 +83,7 @@ def test_paths_and_code_outside_the_studio_are_refused(client, alpaca_bytes):
         "data.eval": ("/etc/hosts", "data.eval: data file '/etc/hosts' is outside"),
         "model.name": ("/usr/lib", "model.name: model '/usr/lib' is outside"),
         "model.trust_remote_code": (True, "model.trust_remote_code: the studio never runs code"),
-        "grpo.rewards": ("[my_rewards.py:score]", "grpo.rewards: my_rewards.py:score: the studio runs built-in"),
+        "grpo.rewards": ("[my_rewards.py:score]", "grpo.rewards[0]: my_rewards.py:score: the studio runs built-in"),
     }
     for key, (value, message) in cases.items():
         r = client.post("/api/config/validate", json={"name": "x", "values": {**GOOD, key: value}})
@@ -139,3 +139,12 @@ def test_method_without_a_valid_name_points_at_method_name(client, alpaca_bytes)
     r = client.post("/api/config/validate", json={"name": "x", "values": {**GOOD, "method.name": "lorax"}})
     assert r.status_code == 422
     assert list(r.json()["fields"]) == ["method.name"]
+
+
+def test_form_values_get_the_strict_yaml_reader(client, alpaca_bytes):
+    upload(client, "hello.json", alpaca_bytes)
+    r = client.post("/api/config/validate", json={"name": "x", "values": {**GOOD, "train.lr": "{a: 1, a: 2}"}})
+    assert r.status_code == 422 and "duplicate key" in r.json()["problems"][0]
+    deep = "[" * 5000 + "]" * 5000
+    r = client.post("/api/config/validate", json={"name": "x", "values": {**GOOD, "train.lr": deep}})
+    assert r.status_code == 422 and r.json()["problems"][0].startswith("train.lr: not a valid value")

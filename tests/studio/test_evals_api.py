@@ -61,6 +61,28 @@ def test_eval_table_lists_every_result_with_base_deltas(client, settings):
     assert "unreadable" in broken["error"] and "broken-20260101-000002.json" in broken["error"]
 
 
+def test_eval_table_carries_the_notes_of_a_result(client, settings):
+    short = "references are short (median 2 tokens); loss/perplexity reflect the reference wording, not task success"
+    _fake_run(settings, "a", {
+        "labels-20260101-000000.json": _result("datasets/labels.json", {"loss": 2.5, "contains": 0.8}),
+        "tasks-20260101-000001.json": _result(["datasets/qa.json", "datasets/tags.json"], {"qa/loss": 1.0}),
+        "plain-20260101-000002.json": _result("datasets/plain.json", {"loss": 1.0}),
+    })
+    for file, extra in (("labels-20260101-000000.json", {"note": short}),
+                        ("tasks-20260101-000001.json", {"tags/note": short, "qa/note": ""})):
+        path = settings.runs / "a" / "eval" / file
+        obj = json.loads(path.read_text())
+        obj["metrics"].update(extra)
+        mtime = path.stat().st_mtime
+        path.write_text(json.dumps(obj))
+        os.utime(path, (mtime, mtime))
+    labels, tasks, plain = client.get("/api/runs/a/evals").json()
+    assert labels["notes"] == [short]
+    assert [r["metric"] for r in labels["rows"]] == ["loss", "contains"]  # a note is not a metric row
+    assert tasks["notes"] == [f"tags: {short}"]  # per task, named; an empty note says nothing
+    assert plain["notes"] == []
+
+
 def test_compare_lines_up_the_latest_result_of_matching_datasets(client, settings):
     _fake_run(settings, "a", {
         "hello-20260101-000000.json": _result("datasets/hello.json", {"loss": 9.0, "exact_match": 0.0}),

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunelab.cli.common import _fail, _quiet_library_warnings, _user_errors, err
+from tunelab.cli.common import _fail, _quiet_library_warnings, _set_threads, _user_errors, err
 
 # Long contexts fragment CUDA memory: a 7B LoRA step at 128k tokens fails with 5 GiB free in pieces under
 # the default allocator and fits with expandable segments (docs/speed.md). Read at the first CUDA allocation,
@@ -47,6 +47,9 @@ def train(
     """Train a run: config -> data -> model -> method -> loop -> run folder.
 
     Example: tunelab train examples/sft_lora.yaml train.epochs=1 output_dir=runs/quick
+
+    CPU threads: train.threads=N or TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may
+    use, from its CPU affinity and cgroup quota); the count used is printed in the run's first line.
     """
     from tunelab.engine.launch import is_launched_rank, is_main_rank, ranked, run_torchrun
 
@@ -55,6 +58,7 @@ def train(
     _quiet_library_warnings()
     import tunelab
     from tunelab.engine.loop import TrainingDiverged, TrainingInterrupted
+    from tunelab.utils.io import DiskFullError, is_disk_full
 
     try:
         run = tunelab.train(config, overrides or [], progress=not quiet and is_main_rank())
@@ -66,6 +70,10 @@ def train(
         _fail(ranked(e), 1)
     except _user_errors() as e:
         _fail(ranked(e))
+    except OSError as e:  # a full disk under any writer (metrics, report, tracker), not only the atomic ones
+        if not is_disk_full(e):
+            raise
+        _fail(ranked(DiskFullError(e.filename or config)))
     if not is_main_rank():  # rank 0 reports for the whole run
         return
     s = run.summary
@@ -81,11 +89,11 @@ def config_show(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="KEY=VALUE overrides.")] = None,
 ) -> None:
     """Print the resolved config (every default filled in) as YAML."""
-    from tunelab.config import ConfigError, dump_config, load_config
+    from tunelab.config import dump_config, load_config
 
     try:
         typer.echo(dump_config(load_config(config, overrides or [])), nl=False)
-    except ConfigError as e:
+    except _user_errors() as e:
         _fail(e)
 
 
@@ -114,8 +122,10 @@ def chat(
     """Chat with a run (streaming), using the exact chat template it was trained with.
 
     Interactive: type a message, Enter to send; /reset clears the history, /exit (or Ctrl-D) quits.
+    CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
     _quiet_library_warnings()
+    _set_threads()
     from tunelab.infer.generate import stream_chat
     from tunelab.run import Run
 
@@ -171,12 +181,16 @@ def generate(
     """Batch prediction: answer every record of a file with the run's template; writes JSONL atomically.
 
     Example: tunelab generate runs/quick --data test.jsonl --out preds.jsonl --temperature 0.7
+    CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
     _quiet_library_warnings()
+    _set_threads()
+    from tunelab.data.io import read_records
     from tunelab.infer.predict import predict_file
     from tunelab.run import Run
 
     try:
+        read_records(data)  # bad or missing records fail here, before the model is loaded
         model, tok, template = Run(run_dir).load_model()
         n = predict_file(model, tok, template, str(data), out, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, limit=limit,
@@ -223,13 +237,14 @@ def export(
     Example: tunelab export runs/quick --format gguf --quant q8_0
     """
     _quiet_library_warnings()
-    from tunelab.export import ExportError
+    from tunelab.export import ExportError, check_export
     from tunelab.methods import NotMergeable
     from tunelab.run import Run
 
     options = {k: v for k, v in {"quant": quant, "system": system, "model_name": model_name,
                                  "with_past": with_past}.items() if v is not None}
     try:
+        check_export(fmt, options)  # a wrong --format or option fails before the run's model is loaded
         path = Run(run_dir).export(fmt, out, **options)
     except (*_user_errors(), ExportError, NotMergeable) as e:
         _fail(e)

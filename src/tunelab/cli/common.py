@@ -16,17 +16,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunelab.config import ConfigError
     from tunelab.data.io import DataError
     from tunelab.data.templates import TemplateError
+    from tunelab.export.base import ExportError
     from tunelab.models import ModelNotFound
     from tunelab.run import RunNotFound
     from tunelab.stages.recipe import RunFolderError
     from tunelab.tracking import MissingExtra
+    from tunelab.utils.io import DiskFullError
+    from tunelab.utils.userfiles import UserFileError
 
     return (ConfigError, DataError, TemplateError, ModelNotFound, RunNotFound, RunFolderError, FileNotFoundError,
-            MissingExtra)
+            MissingExtra, DiskFullError, UserFileError, ExportError)
 
 
 def _fail(e: BaseException, code: int = 2) -> None:
-    err.print(f"[red bold]error:[/] {escape(str(e))}", highlight=False)
+    err.print(f"[red bold]error:[/] {escape(str(e))}", highlight=False, emoji=False)  # "f.yaml:100:" is no emoji
     raise typer.Exit(code)
 
 
@@ -37,3 +40,14 @@ def _quiet_library_warnings() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def _set_threads() -> int:
+    """Give torch its CPU thread count (tunelab.utils.threads) before a model is loaded; a bad value is one line."""
+    from tunelab.utils.threads import apply_threads
+
+    try:
+        return apply_threads()
+    except ValueError as e:
+        _fail(e)
+        raise  # unreachable: _fail exits

@@ -8,11 +8,13 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunelab.data.io import DataError, read_records, write_records
-from tunelab.data.prepare import augment, clean, dedup, extract_dialogue, split
+from tunelab.data.prepare import augment, clean, dedup, split
 from tunelab.data.prepare.augment import AUGMENTERS
+from tunelab.data.prepare.dialogue import extract_dialogue_files
 from tunelab.utils.io import atomic_write_jsonl
 
 app = typer.Typer(help="Prepare data: clean, deduplicate, split, extract dialogue from scripts, augment.",
@@ -29,7 +31,7 @@ RejectedOpt = Annotated[Optional[Path], typer.Option("--rejected", help="Side fi
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
     raise typer.Exit(1)
 
 
@@ -175,34 +177,47 @@ def _read_script(path: Path, encoding: str | None) -> str:
 
 @app.command("extract-dialogue")
 def extract_dialogue_cmd(
-    script: Annotated[Path, typer.Argument(help="Play/film script, plain text ('名字：台词' or 'NAME: line').",
-                                           show_default=False)],
+    scripts: Annotated[list[Path], typer.Argument(help="Play/film script(s), plain text ('名字：台词' or "
+                                                  "'NAME: line'); several files (e.g. one per episode) make one "
+                                                  "output.", show_default=False)],
     character: Annotated[str, typer.Option("--character", "-c", help="The persona: whose lines become outputs.")],
     alias: Annotated[Optional[list[str]], typer.Option("--alias", "-a", help="Another name of the same "
                                                        "character (repeat for more).")] = None,
     history: Annotated[int, typer.Option(help="Keep up to N earlier exchanges of the scene as history.")] = 0,
     system: Annotated[Optional[str], typer.Option(help="System prompt added to every record.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file. Default: "
-                                                   "<script stem>.<character>.json.")] = None,
+    merge: Annotated[bool, typer.Option("--merge-consecutive/--no-merge", help="Merge consecutive lines of one "
+                                        "speaker into one turn, or keep one record per script line (the layout "
+                                        "of the published Chat-嬛嬛 set).")] = True,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file. Default: <script "
+                                                   "stem>.<character>.json (several scripts: <character>.json "
+                                                   "beside the first).")] = None,
     encoding: Annotated[Optional[str], typer.Option(help="Script encoding. Default: UTF-8, then GB18030.")] = None,
 ) -> None:
-    """Turn a script into Alpaca records for a persona model: the character's lines are outputs.
+    """Turn scripts into Alpaca records for a persona model: the character's lines are outputs.
 
     The line just before each of the character's lines is the instruction.
 
     Stage directions （…） (…) […] 【…】 are dropped; scene headings (第一幕, SCENE 2, 场景：…) reset the context.
+    A semicolon typed for the colon (皇帝；… or KING; …) still marks a speaker known from elsewhere in the
+    scripts; before an unknown name it is kept as text and listed as a warning (unknown markers).
 
     Example:
 
-        tunelab data extract-dialogue script.txt --character 甄嬛 --alias 嬛嬛 --history 2 -o huanhuan.json
+        tunelab data extract-dialogue ep01.txt ep02.txt --character 甄嬛 --alias 嬛嬛 --history 2 -o huanhuan.json
     """
     def body() -> None:
-        res = extract_dialogue(_read_script(script, encoding), character, aliases=alias or [], history=history,
-                               system=system, source=str(script))
-        dst = output or script.with_name(f"{script.stem}.{character}.json")
+        res = extract_dialogue_files([(str(s), _read_script(s, encoding)) for s in scripts], character,
+                                     aliases=alias or [], history=history, system=system, merge=merge)
+        first = scripts[0]
+        dst = output or (first.with_name(f"{first.stem}.{character}.json") if len(scripts) == 1
+                         else first.with_name(f"{character}.json"))
         write_records(dst, res.kept)
         side = atomic_write_jsonl(_side(dst), res.rejected) if res.rejected else None
-        _summary(f"extract-dialogue {script} --character {character}", res.counts,
+        for line in res.warnings[:10]:
+            err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        if len(res.warnings) > 10:
+            err.print(f"[yellow]warning:[/] ... and {len(res.warnings) - 10} more", highlight=False)
+        _summary(f"extract-dialogue {' '.join(map(str, scripts))} --character {character}", res.counts,
                  ["lines", "scenes", "turns", "target_turns", "records", "no_prompt"],
                  {"records": dst, "skipped": side})
     _run(body)
@@ -282,11 +297,14 @@ def inspect_cmd(
     """
     def body() -> None:
         from tunelab.data.inspect import TRAINED_CLOSE, TRAINED_OPEN, inspect_data, write_length_png
+        from tunelab.data.sources import read_any
         from tunelab.data.templates import resolve_template
         from tunelab.models import load_tokenizer
 
+        records = read_any(input)  # an unreadable file fails before the tokenizer is loaded
         tok = load_tokenizer(model)
-        report = inspect_data(input, tok, resolve_template(tok, chat_template), max_length, example_index=example)
+        report = inspect_data(input, tok, resolve_template(tok, chat_template), max_length, example_index=example,
+                              records=records)
         text = report.to_text()
         head, _, sample = text.partition(f"example (trained tokens in {TRAINED_OPEN} {TRAINED_CLOSE}):\n")
         out.print(head, highlight=False, markup=False, soft_wrap=True, end="")

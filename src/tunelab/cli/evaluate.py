@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tunelab.cli.common import _fail, _quiet_library_warnings, _user_errors, err
+from tunelab.cli.common import _fail, _quiet_library_warnings, _set_threads, _user_errors, err
 
 
 def _cell(value: Any, signed: bool = False) -> str:
@@ -20,7 +20,10 @@ def _cell(value: Any, signed: bool = False) -> str:
 
 
 def _table(results: dict, title: str):
-    """metric | value, or metric | this run | other | delta when a comparison was made."""
+    """metric | value, or metric | this run | other | delta when a comparison was made.
+
+    Rows keep the order of the results: task metrics first, then loss and perplexity.
+    """
     from rich.table import Table
 
     scalars = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -56,12 +59,14 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(help="Samples per forward/generate batch.")] = 8,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N records.")] = None,
 ) -> None:
-    """Score a run on --data (loss, perplexity, generation/classification metrics) or on an --mc benchmark.
+    """Score a run on --data (task metrics first, then loss and perplexity) or on an --mc benchmark.
 
     Saved under RUN_DIR/eval/ with per-example predictions. Examples:
     tunelab eval runs/r --data val.jsonl --compare base --human-sheet ab.csv;
     tunelab eval runs/multi --data qa=qa_val.jsonl --data chat=chat_val.jsonl;
     tunelab eval runs/r --mc ceval_val.jsonl --compare runs/other
+
+    CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
     _quiet_library_warnings()
     from tunelab.run import Run
@@ -70,7 +75,14 @@ def eval_cmd(
         _fail(ValueError("pass --data FILE (generate and score answers) or --mc FILE (multiple choice), not both"))
     if human_sheet and not compare:
         _fail(ValueError("--human-sheet pairs two systems' answers: add --compare base (or --compare RUN_DIR)"))
+    _set_threads()
     try:
+        if data:  # unreadable data fails here, before the run's model is loaded
+            from tunelab.data.sources import read_any
+            from tunelab.eval.evaluate import task_files
+
+            for path in task_files(data).values():
+                read_any(path)
         results = Run(run_dir).evaluate(
             data or None, mc=str(mc) if mc else None, mc_scoring=mc_scoring,
             metrics=[m.strip() for m in metrics.split(",") if m.strip()], compare=compare,
@@ -78,6 +90,9 @@ def eval_cmd(
     except (*_user_errors(), KeyError, ValueError) as e:
         _fail(e)
     Console(width=200).print(_table(results, f"{run_dir} on {', '.join(data) if data else mc}"))
+    for key, note in results.items():  # "note", or "<task>/note" with several tasks
+        if key == "note" or key.endswith("/note"):
+            err.print(f"[yellow]note[/]{' (' + key[:-5] + ')' if key != 'note' else ''}: {note}", highlight=False)
     err.print(f"saved {results['saved']}")
     if results.get("human_sheet"):
         err.print(f"rating sheet {results['human_sheet']} (key {results['human_key']}); after rating: "

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from tunelab.utils.userfiles import UserFileError, read_text
+
 app = typer.Typer(help="Serve models over an OpenAI-compatible API, watch them, load-test them.",
                   no_args_is_help=True, add_completion=False)
 
@@ -53,7 +55,10 @@ def parse_model_arg(arg: str):
         path = Path(template)
         if not path.is_file():
             raise typer.BadParameter(f"{arg!r}: template file {path} not found", param_hint="--model")
-        template = path.read_text(encoding="utf-8")
+        try:
+            template = read_text(path)
+        except UserFileError as e:
+            raise typer.BadParameter(f"{arg!r}: {e}", param_hint="--model") from None
     return ModelSpec(name.strip(), base, opts.get("adapter"), template, opts.get("tokenizer"))
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tunelab.config.base import Section
+from tunelab.config.refs import DataPath
 
 RecordFormat = Literal["auto", "alpaca", "sharegpt", "messages"]
 TASK_NAME = re.compile(r"^[\w.-]+$")
@@ -18,7 +19,7 @@ TASK_NAME = re.compile(r"^[\w.-]+$")
 class DataSource(Section):
     """One dataset in a mixture: `data.train: [{path: a.json, weight: 0.8}, {path: general.json, weight: 0.2}]`."""
 
-    path: str = Field(..., description="Data file (.json, .jsonl, .csv, .tsv, .parquet) or a datasets.save_to_disk "
+    path: DataPath = Field(..., description="Data file (.json, .jsonl, .csv, .tsv, .parquet) or a datasets.save_to_disk "
                       "folder.")
     weight: float = Field(1.0, gt=0, description="Share of the training samples drawn from this source, relative "
                           "to the other sources' weights.")
@@ -26,7 +27,7 @@ class DataSource(Section):
     columns: dict[str, str] | None = Field(None, description="Column mapping for this source; null = data.columns.")
     task: str | None = Field(None, description="Task name for per-task metrics (eval_loss/<task>); null = the "
                              "file's stem (qa.jsonl -> qa).")
-    eval: str | None = Field(None, description="Validation file of this task; null = hold out data.val_size of "
+    eval: DataPath | None = Field(None, description="Validation file of this task; null = hold out data.val_size of "
                              "this source (or, when data.eval is set, no validation of its own).")
 
     def task_name(self) -> str:
@@ -35,10 +36,10 @@ class DataSource(Section):
 
 
 class DataCfg(Section):
-    train: str | list[DataSource] = Field(
+    train: DataPath | list[DataSource] = Field(
         ..., min_length=1, description="Training data: one file (JSON array, JSONL, CSV, TSV, Parquet or a datasets.save_to_disk "
         "folder), or a list of {path, weight, format} sources mixed by weight (e.g. 80% task / 20% general replay).")
-    eval: str | None = Field(None, description="Validation file; if null, val_size of train is held out.")
+    eval: DataPath | None = Field(None, description="Validation file; if null, val_size of train is held out.")
     format: RecordFormat = Field(
         "auto", description="Record format; auto detects it from the first record and says what it found."
     )

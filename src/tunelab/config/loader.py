@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunelab.config.schema import RunCfg
+from tunelab.utils.userfiles import UserFileError, load_yaml, read_text
 
 
 class ConfigError(ValueError):
@@ -28,8 +29,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError([f"{text}: an override must look like key.path=value (e.g. train.lr=1e-4)"], "overrides")
     key, _, raw = text.partition("=")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    return key.strip().split("."), value
+    key = key.strip()
+    control = next((c for c in text if ord(c) < 32 and c not in "\t\n\r"), None)
+    if control is not None:
+        raise ConfigError([f"{key}: the override holds the control character U+{ord(control):04X}; remove it"],
+                          "overrides")
+    try:
+        value = load_yaml(raw, key) if raw.strip() else None
+    except UserFileError as e:
+        raise ConfigError([f"{key}: the value {raw!r} is {str(e).partition(': ')[2]}; quote it to pass it as text, "
+                           f"e.g. '{key}=\"{raw}\"'"], "overrides") from None
+    return key.split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -165,12 +175,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         source = str(p)
         if not p.is_file():
             raise ConfigError([f"{p}: no such config file"], source)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark else "somewhere"
-            raise ConfigError([f"{p}: not valid YAML at {where}: {getattr(e, 'problem', e)}"], source) from None
+        try:  # strict UTF-8; a key written twice or nesting past MAX_DEPTH is an error naming the line
+            data = load_yaml(read_text(p), source) or {}
+        except UserFileError as e:
+            raise ConfigError([str(e)], source) from None
+        except OSError as e:
+            raise ConfigError([f"{p}: cannot read the config ({e.strerror})"], source) from None
     data = apply_overrides(data, overrides or [])
     return build_config(data, source)
 
@@ -211,10 +221,14 @@ def type_name(ann: Any) -> str:
     import typing
 
     origin = typing.get_origin(ann)
+    if origin is typing.Annotated:  # a field kind (config.refs) or constraint: name the type it wraps
+        return type_name(typing.get_args(ann)[0])
     if origin is typing.Literal:
         return "|".join(str(a) for a in typing.get_args(ann))
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return " | ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(ann))
     if origin is list:
         return f"list[{type_name(typing.get_args(ann)[0])}]"
+    if origin is tuple:
+        return f"tuple[{', '.join(type_name(a) for a in typing.get_args(ann))}]"
     return getattr(ann, "__name__", str(ann).replace("typing.", ""))

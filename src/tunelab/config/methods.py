@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from tunelab.config.base import Section
+from tunelab.config.refs import ModelRef
 
 Targets = Literal["all-linear", "attention", "mlp"] | list[str]
 
@@ -117,7 +118,7 @@ class PromptCfg(Section):
     init_text: str | None = Field(
         None, description="Initialise the soft prompt from this text's token embeddings; null = random."
     )
-    tokenizer: str | None = Field(
+    tokenizer: ModelRef | None = Field(
         None, description="Model name whose tokenizer encodes init_text; null = the base model's own folder."
     )
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from tunelab.config.base import Section
+from tunelab.config.refs import DataPath
 
 
 class GaloreCfg(Section):
@@ -33,7 +34,7 @@ class EwcCfg(Section):
     """Elastic weight consolidation (Kirkpatrick et al. 2017, arXiv:1612.00796)."""
 
     lambda_: float = Field(1.0, ge=0, description="Penalty weight: lambda/2 * sum F_i (theta_i - theta*_i)^2.")
-    data: str | None = Field(
+    data: DataPath | None = Field(
         None, description="Reference data (the old task) for the diagonal Fisher; null = the training data."
     )
     samples: int = Field(32, gt=0, description="Samples used to estimate the Fisher.")

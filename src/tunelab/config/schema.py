@@ -15,6 +15,7 @@ from tunelab.config.data import DataCfg
 from tunelab.config.methods import FullCfg, LoraCfg, MethodCfg
 from tunelab.config.optim import OptimCfg
 from tunelab.config.parallel import ParallelCfg
+from tunelab.config.refs import CheckpointPath, ModelRef, OutputPath, TemplateRef
 from tunelab.config.speed import SpeedCfg
 from tunelab.config.stages import (
     ClassifyCfg,
@@ -29,7 +30,7 @@ from tunelab.config.stages import (
 
 
 class ModelCfg(Section):
-    name: str = Field(
+    name: ModelRef = Field(
         "smollm2-135m",
         description="Base model: an alias (smollm2-135m, tiny-llama, tiny-qwen2), a local HF folder, "
         "a .gguf file, or a hub id already in the local cache (never downloaded).",
@@ -40,15 +41,19 @@ class ModelCfg(Section):
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model folder. Off unless you trust the source."
     )
-    chat_template: str | None = Field(
+    chat_template: TemplateRef | None = Field(
         None,
         description="Chat template: null = the tokenizer's own, else a named one (chatml, llama3, qwen, "
         "alpaca, vicuna) or a path to a .jinja file. The template used is stored with the run.",
     )
 
 
+MAX_EPOCHS = 10_000
+"""More passes than any fine-tune needs; a larger value is a typo (or .inf) that would overflow the step count."""
+
+
 class TrainCfg(Section):
-    epochs: float = Field(3, gt=0, description="Passes over the training data (fractions allowed).")
+    epochs: float = Field(3, gt=0, le=MAX_EPOCHS, description="Passes over the training data (fractions allowed).")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(8, gt=0, description="Samples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
@@ -57,7 +62,8 @@ class TrainCfg(Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (never on norms or biases).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null = no clipping.")
-    seed: int = Field(42, description="Seeds data order, splits, dropout and initialisation.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds data order, splits, dropout and initialisation "
+                      "(0 .. 2**32 - 1, the range numpy and torch accept).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     eval_every: int | None = Field(None, gt=0, description="Evaluate every N steps (and always at the end).")
     save_every: int | None = Field(None, gt=0, description="Write a resumable checkpoint every N steps.")
@@ -67,10 +73,13 @@ class TrainCfg(Section):
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     log_every: int = Field(1, gt=0, description="Log metrics every N steps.")
-    resume: Literal["auto", "never"] | str = Field(
+    resume: Literal["auto", "never"] | CheckpointPath = Field(
         "never", description="auto = continue the latest checkpoint in output_dir; or a checkpoint path."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks CUDA if present.")
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch (torch.set_num_threads). null = the TUNELAB_THREADS or "
+        "OMP_NUM_THREADS environment variable, else the cores this process may use (CPU affinity, cgroup quota).")
     report_to: list[Literal["jsonl", "tensorboard", "swanlab", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="Trackers, all offline inside the run folder; jsonl (metrics.jsonl) is always written.")
@@ -100,7 +109,7 @@ class RunCfg(Section):
     selftrain: SelftrainCfg = Field(default_factory=SelftrainCfg, description="Stage selftrain.")
     parallel: ParallelCfg = Field(default_factory=ParallelCfg, description="Several processes (torchrun): "
                                   "ddp or fsdp; ignored by a single-process run.")
-    output_dir: str = Field("runs/my-run", description="The run folder to write.")
+    output_dir: OutputPath = Field("runs/my-run", description="The run folder to write.")
 
 
 __all__ = [

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tunelab.config.base import Section
+from tunelab.config.refs import CodeRef, DataPath, ModelRef, RunPath
 
 StageName = Literal["sft", "pretrain", "dpo", "orpo", "simpo", "kto", "reward", "classify", "grpo", "distill",
                     "ppo", "selftrain"]
@@ -92,7 +93,7 @@ class GrpoCfg(Section):
     max_new_tokens: int = Field(64, gt=0, description="Longest sampled completion, in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
-    rewards: list[str] = Field(
+    rewards: list[CodeRef] = Field(
         default_factory=lambda: ["builtin:answer_match"], min_length=1,
         description="Reward functions, summed (times reward_weights): builtin:answer_match, builtin:format_regex, "
         "builtin:length, or file.py:function for your own (called with completions, answers, prompts).")
@@ -117,7 +118,7 @@ class GrpoCfg(Section):
 class DistillCfg(Section):
     """Knowledge distillation from a teacher's logits (stage distill)."""
 
-    teacher: str = Field(..., description="Teacher model: an alias, a local HF folder, a cached hub id, or a tunelab "
+    teacher: ModelRef = Field(..., description="Teacher model: an alias, a local HF folder, a cached hub id, or a tunelab "
                          "run folder (its trained model, adapters merged). Must share the student's vocabulary.")
     temperature: float = Field(2.0, gt=0, description="Softening temperature of both distributions.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term; 1 - alpha weighs the "
@@ -131,7 +132,7 @@ class DistillCfg(Section):
 class PpoCfg(Section):
     """PPO from a trained reward model (stage ppo)."""
 
-    reward_model: str = Field(..., description="A reward run folder (stage reward) with the same tokenizer; its "
+    reward_model: RunPath = Field(..., description="A reward run folder (stage reward) with the same tokenizer; its "
                               "score of each prompt + completion is the reward.")
     max_new_tokens: int = Field(64, gt=0, description="Longest sampled completion, in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
@@ -153,7 +154,7 @@ class SelftrainCfg(Section):
         "pseudo_label", description="pseudo_label = a classifier (the classify stage, `classify:` section) trained "
         "on data.train labels selftrain.unlabelled, keeps confident predictions and retrains, for `rounds` rounds; "
         "rejection = sample answers to data.train prompts, keep those the rewards accept, SFT on them.")
-    unlabelled: str | None = Field(
+    unlabelled: DataPath | None = Field(
         None, description="pseudo_label: .json/.jsonl file of unlabelled inputs, {\"text\": ...} or "
         "{\"messages\": [...]} records like data.train without the label (a `label`, if present, is never "
         "trained on; it only scores the pseudo-labels).")
@@ -171,7 +172,7 @@ class SelftrainCfg(Section):
     max_new_tokens: int = Field(128, gt=0, description="rejection: longest sampled completion, in tokens.")
     temperature: float = Field(0.8, gt=0, description="rejection: sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="rejection: nucleus sampling threshold.")
-    rewards: list[str] = Field(
+    rewards: list[CodeRef] = Field(
         default_factory=lambda: ["builtin:answer_match"], min_length=1,
         description="rejection: reward functions that judge the samples (as grpo.rewards), summed with "
         "reward_weights.")

@@ -23,7 +23,7 @@ from tunelab.data.formats import Conversation
 from tunelab.data.packing import PackedRow
 from tunelab.data.templates import Tokenized
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: records with an empty assistant answer are left out (entries of 1 still hold them)
 
 
 def file_digest(path: str | Path) -> str:

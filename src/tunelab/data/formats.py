@@ -151,10 +151,22 @@ def _openai_calls(rec: Record, i: int, raw: Any) -> list[dict]:
 
 
 def _tools_text(rec: Record, tools: Any) -> str | None:
-    """Tool schemas as JSON text (files hold a JSON string or a list)."""
+    """Tool schemas as JSON text (files hold a JSON string or a list); a string that is not JSON is an error,
+    not silently dropped (the template would train without the tools the answers call)."""
     if tools is None or tools == [] or (isinstance(tools, str) and tools.strip() in ("", "[]", "{}")):
         return None
     if isinstance(tools, str):
+        try:
+            parsed = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{rec.where}: field 'tools' is a string but not JSON ({e.msg} at column {e.colno}); "
+                            'write the tool schemas as a JSON list, e.g. [{"name": "get_weather", '
+                            '"parameters": {...}}]') from None
+        except RecursionError:
+            raise DataError(f"{rec.where}: field 'tools' is nested too deeply to read") from None
+        if not isinstance(parsed, (list, dict)):
+            raise DataError(f"{rec.where}: field 'tools' must hold a JSON list of tool schemas, got "
+                            f"{type(parsed).__name__}")
         return tools
     if isinstance(tools, list):
         return json.dumps(tools, ensure_ascii=False)
@@ -193,12 +205,24 @@ def validate_conversation(conv: Conversation, where: str) -> None:
                         "with the assistant's answer")
 
 
-def parse_records(records: list[Record], fmt: str = "auto",
-                  rejects: list[dict] | None = None) -> tuple[list[Conversation], str]:
+def empty_answer(conv: Conversation) -> str | None:
+    """Why a conversation has an empty assistant answer (blank content and no tool call), or None."""
+    turns = [m for m in conv.messages if m["role"] == "assistant"]
+    for k, m in enumerate(turns, 1):
+        if not m.get("tool_calls") and not str(m.get("content") or "").strip():
+            which = "the assistant answer" if len(turns) == 1 else f"assistant turn {k} of {len(turns)}"
+            return (f"{which} is empty; training on it teaches the model to answer with nothing: fill it in or "
+                    "remove the record")
+    return None
+
+
+def parse_records(records: list[Record], fmt: str = "auto", rejects: list[dict] | None = None,
+                  empty: list[dict] | None = None) -> tuple[list[Conversation], str]:
     """Parse records into conversations; returns (conversations, the format used).
 
     With `rejects` (a list), a bad record is appended there as {where, error, record} and skipped
-    instead of stopping everything; otherwise the first bad record raises DataError.
+    instead of stopping everything; otherwise the first bad record raises DataError. With `empty`
+    (a list), records with an empty assistant answer are appended there the same way and left out.
     """
     if not records:
         raise DataError("no records to parse (the file is empty)")
@@ -216,6 +240,10 @@ def parse_records(records: list[Record], fmt: str = "auto",
             if rejects is None:
                 raise
             rejects.append({"where": rec.where, "error": str(e), "record": rec.data})
+            continue
+        if empty is not None and (why := empty_answer(conv)):
+            empty.append({"where": rec.where, "error": f"{rec.where}: {why}", "reason": "empty_answer",
+                          "record": rec.data})
             continue
         conv.meta["where"] = rec.where
         out.append(conv)

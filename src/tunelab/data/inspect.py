@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.data.formats import Conversation, parse_records
-from tunelab.data.io import DataError
+from tunelab.data.io import DataError, Record
 from tunelab.data.prepare.text import record_key
 from tunelab.data.sources import map_columns, read_any
 from tunelab.data.templates import (
@@ -107,17 +107,19 @@ def _marked_example(tokenizer, template: str, conv: Conversation) -> list[tuple[
 
 
 def inspect_data(path: str | Path, tokenizer=None, template: str | None = None, max_length: int = 1024,
-                 fmt: str = "auto", columns: dict[str, str] | None = None, example_index: int = 0) -> InspectReport:
+                 fmt: str = "auto", columns: dict[str, str] | None = None, example_index: int = 0,
+                 records: list[Record] | None = None) -> InspectReport:
     """Inspect an SFT data file; with a tokenizer also token lengths, truncation and a marked example.
 
-    Bad records are counted in `invalid` (with position and reason) instead of stopping the look.
+    Bad records are counted in `invalid` (with position and reason) instead of stopping the look; so are
+    records with an empty assistant answer. `records`, when the caller already read the file, skips reading it.
     """
-    records = map_columns(read_any(path), columns)
+    records = map_columns(read_any(path) if records is None else records, columns)
     if not records:
         raise DataError(f"{path}: no records (the file is empty)")
     invalid: list[dict] = []
     try:
-        convs, found = parse_records(records, fmt, invalid)
+        convs, found = parse_records(records, fmt, invalid, invalid)  # an empty answer is listed as invalid
     except DataError as e:  # not SFT data (e.g. preference pairs): still report counts, duplicates, labels
         convs, found = [], "unrecognized"
         invalid.append({"where": records[0].where, "error": str(e)})

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tunelab.utils.io import atomic_write_jsonl, atomic_write_text
+from tunelab.utils.userfiles import check_value, loads_json, may_hold_surrogates, read_text
 
 
 class DataError(ValueError):
@@ -23,39 +24,55 @@ class Record:
 
 
 def read_records(path: str | Path) -> list[Record]:
-    """Load every record of a .json (array of objects) or .jsonl file, with its position."""
+    """Load every record of a .json (array of objects) or .jsonl file, with its position.
+
+    The file must be UTF-8 (a BOM is allowed); bytes in another encoding, nesting past
+    `tunelab.utils.userfiles.MAX_DEPTH` and lone surrogate escapes ("\\ud800") are DataErrors naming
+    the file and line (or index).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, DataError)
     if path.suffix == ".jsonl" or (path.suffix != ".json" and not text.lstrip().startswith("[")):
         records = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); "
-                                "each line of a .jsonl file must be one JSON object") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            records.append(Record(obj, f"{path}:{lineno}"))
+            records.append(Record(parse_json_line(line, path, lineno), f"{path}:{lineno}"))
         return records
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to read (thousands of [ or {{ levels); flatten the "
+                        "structure") from None
     if isinstance(obj, dict):
         obj = [obj]
     if not isinstance(obj, list):
         raise DataError(f"{path}: expected a JSON array of records, got {type(obj).__name__}")
     out = []
+    surrogates = may_hold_surrogates(text)
     for i, item in enumerate(obj):
         if not isinstance(item, dict):
             raise DataError(f"{path}[{i}]: expected a JSON object, got {type(item).__name__}")
+        check_value(item, f"{path}[{i}]", DataError, surrogates)
         out.append(Record(item, f"{path}[{i}]"))
     return out
+
+
+def parse_json_line(line: str, path: str | Path, lineno: int, hint: str = "") -> dict:
+    """One line of a JSONL file as a checked JSON object (DataError naming file:line otherwise)."""
+    where = f"{path}:{lineno}"
+    try:
+        obj = loads_json(line, where, DataError)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line of a .jsonl file must "
+                        f"be one JSON object{hint}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def write_records(path: str | Path, records: Iterable[dict]) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from tunelab.data.templates import (
     tokenize_conversation,
 )
 from tunelab.utils.io import atomic_write_jsonl
+from tunelab.utils.userfiles import check_text_file
+
+log = logging.getLogger("tunelab.data")
 
 
 @dataclass
@@ -55,13 +59,45 @@ def split_train_val(items: list, val_size: float, seed: int) -> tuple[list, list
 
 
 def load_conversations(path: str, fmt: str = "auto", columns: dict[str, str] | None = None,
-                       rejects: list[dict] | None = None) -> tuple[list[Conversation], str]:
+                       rejects: list[dict] | None = None, empty: list[dict] | None = None
+                       ) -> tuple[list[Conversation], str]:
     """Read a data file (JSON/JSONL/CSV/TSV/Parquet/save_to_disk folder) and parse every record.
 
     `columns` renames the file's columns to standard names first; with `rejects` bad records are
-    collected there instead of raising.
+    collected there instead of raising; with `empty`, records whose assistant answer is empty are
+    moved there (see `tunelab.data.formats.empty_answer`).
     """
-    return parse_records(map_columns(read_any(path), columns), fmt, rejects)
+    records = read_any(path)
+    if not records:
+        raise DataError(f"{path}: no records (the file is empty); add data or point the config at another file")
+    return parse_records(map_columns(records, columns), fmt, rejects, empty)
+
+
+def check_data_files(cfg: DataCfg) -> None:
+    """Refuse data files that cannot be read, before a model is loaded (minutes earlier than reading them would).
+
+    Every file of the data section (data.train sources, their eval files, data.eval) must exist and not be
+    empty; a text file must be UTF-8 throughout (read in pieces, so this is cheap even for large files), a
+    .parquet file must carry Parquet's magic bytes. Record syntax is checked when the stage reads them.
+    """
+    paths = [p for s in cfg.sources() for p in (s.path, s.eval) if p] + ([cfg.eval] if cfg.eval else [])
+    for p in dict.fromkeys(paths):
+        path = Path(p)
+        if path.is_dir():
+            continue  # a save_to_disk folder: datasets checks it when it is read
+        if not path.is_file():
+            raise DataError(f"{path}: no such data file; check data.train / data.eval (relative paths start "
+                            f"from {Path.cwd()})")
+        if path.suffix.lower() == ".parquet":
+            with open(path, "rb") as f:
+                head = f.read(4)
+                f.seek(max(0, path.stat().st_size - 4))
+                tail = f.read(4)
+            if head != b"PAR1" or tail != b"PAR1":
+                raise DataError(f"{path}: not a Parquet file (no PAR1 magic bytes); write it again with pandas' "
+                                "to_parquet or pyarrow, or use JSONL")
+        elif not check_text_file(path, DataError):
+            raise DataError(f"{path}: no records (the file is empty); add data or point the config at another file")
 
 
 def mixture_counts(sizes: list[int], weights: list[float]) -> list[int]:
@@ -119,15 +155,16 @@ def mix_tasks(tasks: list[TaskSplit], seed: int, max_items: int | None = None) -
     return mixed[:max_items] if max_items else mixed
 
 
-def load_train(cfg: DataCfg, seed: int, rejects: list[dict] | None) -> tuple[list[Conversation], str, dict]:
+def load_train(cfg: DataCfg, seed: int, rejects: list[dict] | None,
+               empty: list[dict] | None = None) -> tuple[list[Conversation], str, dict]:
     """Training conversations of a single-task run (one file, or a one-source list); returns (conversations,
     format, per-source counts). Multi-task runs go through `split_tasks`, which also holds out each task's validation.
     """
     if isinstance(cfg.train, str):  # one file: exactly the records in file order
-        convs, fmt = load_conversations(cfg.train, cfg.format, cfg.columns, rejects)
+        convs, fmt = load_conversations(cfg.train, cfg.format, cfg.columns, rejects, empty)
         return convs, fmt, {cfg.train: len(convs)}
     src = cfg.train[0]
-    convs, fmt = load_conversations(src.path, src.format or cfg.format, src.columns or cfg.columns, rejects)
+    convs, fmt = load_conversations(src.path, src.format or cfg.format, src.columns or cfg.columns, rejects, empty)
     if not convs:
         raise DataError(f"{src.path}: no valid records in this data.train source")
     mixed = list(convs)
@@ -135,9 +172,9 @@ def load_train(cfg: DataCfg, seed: int, rejects: list[dict] | None) -> tuple[lis
     return mixed, fmt, {src.path: len(convs)}
 
 
-def _conversation_loader(cfg: DataCfg, rejects: list[dict] | None, formats: list[str]):
+def _conversation_loader(cfg: DataCfg, rejects: list[dict] | None, formats: list[str], empty: list[dict]):
     def load(path: str, src: DataSource) -> list[Conversation]:
-        convs, fmt = load_conversations(path, src.format or cfg.format, src.columns or cfg.columns, rejects)
+        convs, fmt = load_conversations(path, src.format or cfg.format, src.columns or cfg.columns, rejects, empty)
         formats.append(fmt)
         return convs
     return load
@@ -192,6 +229,7 @@ def prepare_data(cfg: DataCfg, tokenizer, template: str, seed: int, run_dir: str
                                 meta["format"], {**meta["stats"], "cache": "hit"}, meta.get("rejects", []),
                                 {name: splits[f"val@{name}"] for name in meta.get("tasks", [])})
             _write_rejects(data, run_dir)
+            _warn_empty(data)
             return data
     data = _prepare_fresh(cfg, tokenizer, template, seed)
     if key is not None:
@@ -202,22 +240,25 @@ def prepare_data(cfg: DataCfg, tokenizer, template: str, seed: int, run_dir: str
                            "val_conversations": tcache.conversations_to_json(data.val_conversations)})
     data.stats["cache"] = "miss" if key is not None else "off"
     _write_rejects(data, run_dir)
+    _warn_empty(data)
     return data
 
 
-def split_conversations(cfg: DataCfg, seed: int, rejects: list[dict] | None = None
+def split_conversations(cfg: DataCfg, seed: int, rejects: list[dict] | None = None, empty: list[dict] | None = None
                         ) -> tuple[list[Conversation], list[Conversation], str, dict]:
     """A single-task run's (train, validation) conversations, format and per-source counts, as training uses them.
 
     data.max_samples first, then data.eval (here or in the one source) or the seeded val_size split; anything
     that must rebuild a run's validation data (the studio's eval-against-base) calls this to get the same split.
+    Records with an empty assistant answer are always left out (listed in `empty` when given).
     """
-    train_convs, fmt, per_source = load_train(cfg, seed, rejects)
+    empty = [] if empty is None else empty
+    train_convs, fmt, per_source = load_train(cfg, seed, rejects, empty)
     if cfg.max_samples:
         train_convs = train_convs[: cfg.max_samples]
     eval_file = cfg.eval or cfg.sources()[0].eval  # a one-source list may name its eval file in the source
     if eval_file:
-        val_convs, _ = load_conversations(eval_file, cfg.format, cfg.columns, rejects)
+        val_convs, _ = load_conversations(eval_file, cfg.format, cfg.columns, rejects, empty)
     else:
         train_convs, val_convs = split_train_val(train_convs, cfg.val_size, seed)
     return train_convs, val_convs, fmt, per_source
@@ -227,31 +268,35 @@ def _prepare_fresh(cfg: DataCfg, tokenizer, template: str, seed: int) -> Prepare
     if len(cfg.tasks()) > 1:
         return _prepare_tasks(cfg, tokenizer, template, seed)
     rejects: list[dict] | None = [] if cfg.skip_invalid else None
-    train_convs, val_convs, fmt, per_source = split_conversations(cfg, seed, rejects)
+    empty: list[dict] = []
+    train_convs, val_convs, fmt, per_source = split_conversations(cfg, seed, rejects, empty)
     train = tokenize_all(tokenizer, template, train_convs, cfg.max_length, rejects)
     val = tokenize_all(tokenizer, template, val_convs, cfg.max_length, rejects)
-    stats = _check_and_count(cfg, train, val, fmt, rejects)
+    rejects = (rejects or []) + empty
+    stats = _check_and_count(cfg, train, val, fmt, rejects, len(empty))
     if not isinstance(cfg.train, str):
         stats["sources"] = per_source
     if cfg.packing:
         packed_train, packed_val = pack(train, cfg.max_length), pack(val, cfg.max_length)
         stats["packing"] = pack_stats(train, packed_train, cfg.max_length)
         train, val = packed_train, packed_val
-    return PreparedData(train, val, val_convs, fmt, stats, rejects or [])
+    return PreparedData(train, val, val_convs, fmt, stats, rejects)
 
 
 def _prepare_tasks(cfg: DataCfg, tokenizer, template: str, seed: int) -> PreparedData:
     """A multi-task run: tasks split and mixed by `split_tasks`, each task's validation kept apart."""
     rejects: list[dict] | None = [] if cfg.skip_invalid else None
     formats: list[str] = []
-    tasks = split_tasks(cfg, _conversation_loader(cfg, rejects, formats), seed)
+    empty: list[dict] = []
+    tasks = split_tasks(cfg, _conversation_loader(cfg, rejects, formats, empty), seed)
     mixed = mix_tasks(tasks, seed, cfg.max_samples)
     tagged = [(name, t) for name, c in mixed for t in tokenize_all(tokenizer, template, [c], cfg.max_length, rejects)]
     train = [t for _, t in tagged]
     val_sets = {task.name: tokenize_all(tokenizer, template, task.val, cfg.max_length, rejects) for task in tasks}
     val = [t for v in val_sets.values() for t in v]
     fmt = "+".join(dict.fromkeys(formats))
-    stats = _check_and_count(cfg, train, val, fmt, rejects)
+    rejects = (rejects or []) + empty
+    stats = _check_and_count(cfg, train, val, fmt, rejects, len(empty))
     per_task = Counter(name for name, _ in tagged)
     stats["sources"] = {task.source.path: len(task.train) for task in tasks}
     stats["tasks"] = {task.name: {"path": task.source.path, "weight": task.source.weight,
@@ -264,11 +309,11 @@ def _prepare_tasks(cfg: DataCfg, tokenizer, template: str, seed: int) -> Prepare
         train = packed
         val_sets = {name: pack(v, cfg.max_length) for name, v in val_sets.items()}
         val = [t for v in val_sets.values() for t in v]
-    return PreparedData(train, val, [c for task in tasks for c in task.val], fmt, stats, rejects or [], val_sets)
+    return PreparedData(train, val, [c for task in tasks for c in task.val], fmt, stats, rejects, val_sets)
 
 
 def _check_and_count(cfg: DataCfg, train: list[Tokenized], val: list[Tokenized], fmt: str,
-                     rejects: list[dict] | None) -> dict:
+                     rejects: list[dict] | None, empty_answers: int = 0) -> dict:
     """Refuse data with nothing to train on; otherwise the counts shown to the user and saved in the run."""
     if not train:
         why = f" ({len(rejects)} records rejected; see rejected.jsonl in the run folder)" if rejects else ""
@@ -285,6 +330,7 @@ def _check_and_count(cfg: DataCfg, train: list[Tokenized], val: list[Tokenized],
         "train_target_tokens": sum(t.n_targets for t in train),
         "truncated": sum(t.truncated for t in train + val),
         "rejected": len(rejects or []),
+        "empty_answers": empty_answers,
     }
 
 
@@ -293,6 +339,16 @@ def _write_rejects(data: PreparedData, run_dir: str | Path | None) -> None:
         path = Path(run_dir) / "rejected.jsonl"
         atomic_write_jsonl(path, data.rejects)
         data.stats["rejected_file"] = str(path)
+
+
+def _warn_empty(data: PreparedData) -> None:
+    """Say how many records were left out for an empty assistant answer, and where they are listed."""
+    n = data.stats.get("empty_answers", 0)
+    if n:
+        first = next(r["where"] for r in data.rejects if r.get("reason") == "empty_answer")
+        listed = f"; listed in {data.stats['rejected_file']}" if "rejected_file" in data.stats else ""
+        log.warning("warning: %d record%s with an empty assistant answer left out of training (first: %s)%s",
+                    n, "s" if n != 1 else "", first, listed)
 
 
 def collate(samples: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:

@@ -8,20 +8,22 @@ file suffix; JSON/JSONL stay with `tunelab.data.io.read_records`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 from tunelab.data.io import DataError, Record, read_records
+from tunelab.utils.userfiles import loads_json, read_text
 
 # Columns that hold lists; in a CSV/TSV cell they are written as JSON text.
 JSON_COLUMNS = ("conversations", "messages", "history")
 
 
-def _cell(key: str, value):
+def _cell(key: str, value, where: str = "?"):
     if key in JSON_COLUMNS and isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return json.loads(value)
+            return loads_json(value, f"{where}: column {key!r}", DataError)
         except json.JSONDecodeError:
             return value
     return value
@@ -29,7 +31,8 @@ def _cell(key: str, value):
 
 def _read_delimited(path: Path, delimiter: str) -> list[Record]:
     out = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    text = read_text(path, DataError)  # strict UTF-8: a Latin-1 byte is reported with its line
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         if not reader.fieldnames:
             raise DataError(f"{path}: no header row; the first line must name the columns")
@@ -38,7 +41,8 @@ def _read_delimited(path: Path, delimiter: str) -> list[Record]:
             if None in row:
                 raise DataError(f"{path}:{start}: more cells than header columns "
                                 f"({len(reader.fieldnames)}); quote cells that contain '{delimiter}'")
-            out.append(Record({k: _cell(k, v) for k, v in row.items()}, f"{path}:{start}"))
+            where = f"{path}:{start}"
+            out.append(Record({k: _cell(k, v, where) for k, v in row.items()}, where))
             start = reader.line_num + 1
     return out
 
@@ -59,7 +63,11 @@ def read_parquet(path: Path) -> list[Record]:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'tunelab[data]'") from e
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, UnicodeDecodeError...
+        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)}); write it again with pandas' "
+                        "to_parquet or pyarrow, or use JSONL") from None
     return [Record(r, f"{path}[{i}]") for i, r in enumerate(rows)]
 
 
@@ -69,13 +77,23 @@ def read_saved_dataset(path: Path) -> list[Record]:
         import datasets
     except ImportError as e:
         raise DataError(f"{path}: reading a saved dataset folder needs datasets: pip install 'tunelab[data]'") from e
-    ds = datasets.load_from_disk(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - broken Arrow files or metadata raise many kinds of errors
+        raise DataError(f"{path}: not a readable save_to_disk folder ({_first_line(e)}); save the dataset again "
+                        "with Dataset.save_to_disk") from None
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
             raise DataError(f"{path}: saved DatasetDict has splits {sorted(ds)}; point data.train at one split "
                             f"folder, e.g. {path}/{min(ds)}")
         ds = ds["train"]
     return [Record(dict(r), f"{path}[{i}]") for i, r in enumerate(ds)]
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (pyarrow's can run to many)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 READERS: dict[str, Callable[[Path], list[Record]]] = {
@@ -116,6 +134,6 @@ def map_columns(records: list[Record], columns: dict[str, str] | None) -> list[R
             if theirs not in data:
                 raise DataError(f"{rec.where}: data.columns maps {standard!r} to column {theirs!r}, which this "
                                 f"record lacks (it has {sorted(rec.data)})")
-            data[standard] = _cell(standard, data.pop(theirs))
+            data[standard] = _cell(standard, data.pop(theirs), rec.where)
         out.append(Record(data, rec.where))
     return out

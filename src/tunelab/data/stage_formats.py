@@ -21,6 +21,7 @@ from typing import Any
 
 from tunelab.data.formats import Conversation, parse_messages, parse_sharegpt
 from tunelab.data.io import DataError, Record, read_records
+from tunelab.utils.userfiles import read_text
 
 Messages = list[dict[str, str]]
 
@@ -216,7 +217,7 @@ def load_text(path: str | Path) -> list[TextDocument]:
     if path.suffix == ".txt":
         if not path.is_file():
             raise DataError(f"{path}: file not found")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path, DataError).splitlines()
         docs = [TextDocument(line, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
     else:
         docs = []

@@ -12,7 +12,6 @@ paths train on the same batches.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ from pathlib import Path
 from tunelab.config.loader import ConfigError
 from tunelab.config.schema import DataCfg, RunCfg
 from tunelab.data.formats import FORMATS, detect_format, parse_records
-from tunelab.data.io import DataError, Record
+from tunelab.data.io import DataError, Record, parse_json_line
 from tunelab.data.pipeline import epoch_order, load_conversations, tokenize_all
 from tunelab.data.sources import map_columns
 from tunelab.data.templates import Tokenized
+from tunelab.utils.userfiles import decode_text
 
 CONVERT_HINT = "convert it to JSONL first: tunelab data convert {path} {stem}.jsonl --to messages"
 
@@ -58,21 +58,17 @@ def iter_jsonl(path: str | Path) -> Iterator[Record]:
     hint = CONVERT_HINT.format(path=path, stem=path.with_suffix(""))
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise DataError(f"{path}: data.streaming reads JSONL files only; {hint}")
-    first = True
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
+    first, offset = True, 0
+    with open(path, "rb") as f:  # bytes: each line is decoded strictly, so a bad byte names its line
+        for lineno, raw in enumerate(f, start=1):
+            line = decode_text(raw, str(path), DataError, first_line=lineno, offset=offset)
+            offset += len(raw)
             if not line.strip():
                 continue
             if first and line.lstrip().startswith("["):
                 raise DataError(f"{path}: a JSON array cannot be streamed; {hint}")
             first = False
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); each line of a "
-                                f".jsonl file must be one JSON object (a JSON array cannot be streamed; {hint})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            obj = parse_json_line(line, path, lineno, f" (a JSON array cannot be streamed; {hint})")
             yield Record(obj, f"{path}:{lineno}")
 
 
@@ -133,10 +129,14 @@ class TrainStream:
         return shuffle_buffer(lines, self.cfg.shuffle_buffer, self.seed, epoch, self.peak)
 
     def sample(self, rec: Record) -> Tokenized | None:
-        """Parse and tokenize one record; None when it is bad and data.skip_invalid is on."""
+        """Parse and tokenize one record; None when it is bad and data.skip_invalid is on, or its answer is empty."""
         rejects: list[dict] | None = [] if self.cfg.skip_invalid else None
-        convs, _ = parse_records(map_columns([rec], self.cfg.columns), self.fmt, rejects)
+        empty: list[dict] = []
+        convs, _ = parse_records(map_columns([rec], self.cfg.columns), self.fmt, rejects, empty)
         out = tokenize_all(self.tokenizer, self.template, convs, self.cfg.max_length, rejects)
+        if empty:  # counted, not listed: a stream keeps no list of its records
+            self.stats["rejected"] = self.stats.get("rejected", 0) + 1
+            self.stats["empty_answers"] = self.stats.get("empty_answers", 0) + 1
         if rejects:
             self.stats["rejected"] = self.stats.get("rejected", 0) + len(rejects)
         if out:
@@ -188,15 +188,16 @@ def prepare_stream(cfg: DataCfg, tokenizer, template: str, seed: int) -> Streami
     if fmt not in FORMATS:
         raise DataError(f"data.format: unknown format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
     rejects: list[dict] | None = [] if cfg.skip_invalid else None
+    empty: list[dict] = []
     if cfg.eval:
-        val_convs, _ = load_conversations(cfg.eval, cfg.format, cfg.columns, rejects)
+        val_convs, _ = load_conversations(cfg.eval, cfg.format, cfg.columns, rejects, empty)
     elif cfg.val_records:
         head = list(itertools.islice(iter_jsonl(cfg.train), cfg.val_records))
-        val_convs, _ = parse_records(map_columns(head, cfg.columns), fmt, rejects)
+        val_convs, _ = parse_records(map_columns(head, cfg.columns), fmt, rejects, empty)
     else:
         val_convs = []
     val = tokenize_all(tokenizer, template, val_convs, cfg.max_length, rejects)
     stats = {"format": fmt, "streaming": True, "shuffle_buffer": cfg.shuffle_buffer, "val_samples": len(val),
-             "rejected": len(rejects or []), "truncated": 0}
+             "rejected": len(rejects or []) + len(empty), "empty_answers": len(empty), "truncated": 0}
     return StreamingData(TrainStream(cfg, tokenizer, template, fmt, seed, stats), val, fmt, stats)
 

@@ -5,7 +5,9 @@ A distributed checkpoint is the usual `checkpoints/step-N/` folder (see engine/c
 - DDP: `optimizer.pt` from rank 0 (every replica holds the same state);
 - FSDP2: `dcp/`, the sharded model and optimizer state written by every rank with
   torch.distributed.checkpoint (DCP), which reshards on load: 2 processes -> 1, 4 -> 2, ...;
-- `scheduler.pt`, `rng.pt` (rank 0) and `rng-R.pt` (rank R), `trainer_state.json` (+ world_size, strategy).
+- `scheduler.pt`, `rng.pt` (rank 0) and `rng-R.pt` (rank R), `trainer_state.json` (+ world_size, strategy);
+- `manifest.json` last: size and SHA-256 of every file above, DCP shards included (rank 0 hashes them after
+  the barrier, so on several nodes the shared filesystem must show every rank's files to rank 0).
 
 Every rank writes into one temp folder that rank 0 renames into place after a barrier, so an
 interrupted save never looks complete. Multi-node runs need output_dir on a shared filesystem.
@@ -30,7 +32,9 @@ from tunelab.engine.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_manifest,
 )
+from tunelab.utils.io import DiskFullError, is_disk_full, save_torch
 
 DCP_DIR = "dcp"
 
@@ -62,14 +66,21 @@ def save_any_checkpoint(run_dir: Path, step: int, model, method: ModuleType, opt
     if par.is_main:
         method.save(full, tmp / "weights")
         if not par.fsdp:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-    torch.save(rng_state(), tmp / f"rng-{par.rank}.pt")
+            save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
+        save_torch(rng_state(), tmp / "rng.pt")
+    save_torch(rng_state(), tmp / f"rng-{par.rank}.pt")
     distributed.barrier()
     if par.is_main:
         state = {"step": step, **position, "world_size": par.world_size, "strategy": par.strategy}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        try:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            write_manifest(tmp)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(exc):
+                raise DiskFullError(target) from exc
+            raise
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         if keep:

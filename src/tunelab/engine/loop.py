@@ -21,7 +21,7 @@ import torch
 
 from tunelab.config.schema import TrainCfg
 from tunelab.engine import distributed
-from tunelab.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from tunelab.engine.checkpoint import check_checkpoint, latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.engine.dcp import load_any_checkpoint, save_any_checkpoint
 from tunelab.engine.optim import (
     build_optimizer,
@@ -309,10 +309,10 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
             if regulariser is not None:  # its gradient joins the step's (the logged loss stays the task loss)
                 regulariser.penalty().backward()
             if not math.isfinite(loss):
-                last = list_checkpoints(run_dir)
+                last = latest_valid_checkpoint(run_dir)
                 raise TrainingDiverged(
                     f"loss became {loss} at step {step + 1}; weights were not updated. "
-                    f"Last good checkpoint: {last[-1] if last else 'none (set train.save_every)'}. "
+                    f"Last good checkpoint: {last or 'none (set train.save_every)'}. "
                     "Lower train.lr, keep train.max_grad_norm set, or check the data for empty answers")
             if par.fsdp:  # sharded gradients: the norm needs every shard
                 grad_norm = distributed.grad_norm(params, cfg.max_grad_norm)
@@ -392,14 +392,13 @@ def _epochs(pos: dict, micro_per_epoch: int) -> float:
 def _resume_target(resume: str, run_dir: Path) -> Path | None:
     if resume == "never":
         return None
-    if resume == "auto":
-        found = list_checkpoints(run_dir)
-        return found[-1] if found else None
+    if resume == "auto":  # the newest checkpoint that verifies; damaged newer ones are skipped with a warning
+        return latest_valid_checkpoint(run_dir)
     path = Path(resume)
     if not path.is_dir():
         raise FileNotFoundError(f"train.resume: {resume} is not a checkpoint folder; use auto, never, "
                                 f"or a path like {run_dir}/checkpoints/step-000100")
-    return path
+    return check_checkpoint(path)
 
 
 def _trim_metrics(path: Path, step: int) -> None:

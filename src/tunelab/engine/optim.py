@@ -18,6 +18,7 @@ from tunelab.config.optim import OptimCfg
 from tunelab.methods import (
     decoder_layers,
     head_and_embedding_ids,
+    import_bitsandbytes,
     layer_index,
     lr_scale,
 )
@@ -76,10 +77,7 @@ def _adamw(groups, lr, optim, device, model):
 
 def _bnb_adamw(paged: bool):
     def build(groups, lr, optim, device, model):
-        try:
-            import bitsandbytes as bnb
-        except ImportError as e:
-            raise ImportError(f"optim.name={optim.name} needs bitsandbytes: pip install bitsandbytes") from e
+        bnb = import_bitsandbytes(f"optim.name={optim.name}")
         cls = bnb.optim.PagedAdamW8bit if paged else bnb.optim.AdamW8bit
         return cls(groups, lr=lr, betas=optim.betas, eps=optim.eps)
     return build

@@ -1,5 +1,9 @@
-"""`tunelab eval`: loss, perplexity, generation/classification metrics or a multiple-choice benchmark
-of a run, optionally beside its base model or another run; results and predictions saved in the run."""
+"""`tunelab eval`: generation/classification metrics (then loss and perplexity) or a multiple-choice benchmark
+of a run, optionally beside its base model or another run; results and predictions saved in the run.
+
+Results lead with the task metrics (contains, exact_match, BLEU, ROUGE, classification): they say
+whether the answers are right. Loss and perplexity follow, with a "note" when the references are
+too short for them to mean task success (see `short_reference_note`)."""
 
 from __future__ import annotations
 
@@ -49,9 +53,10 @@ def score_model(model, tokenizer, template: str, data: str, metrics: Sequence[st
                 fmt: str = "auto") -> tuple[dict, list[dict]]:
     """(metrics, per-example predictions) of a loaded model on a data file; greedy decoding.
 
-    Loss and perplexity cover every assistant token; the generation metrics compare the
-    model's answer to the last assistant turn of each record; "classification" reads labels
-    from those answers (see tunelab.eval.labels).
+    The generation metrics compare the model's answer to the last assistant turn of each record;
+    "classification" reads labels from those answers (see tunelab.eval.labels). They come first in
+    the returned dict, then loss and perplexity (over every assistant token), "n", and a "note"
+    when the references are short.
     """
     check_metrics(metrics)
     convs, _ = load_conversations(data, fmt)
@@ -64,15 +69,40 @@ def score_model(model, tokenizer, template: str, data: str, metrics: Sequence[st
     prompts = [c.messages[:-1] for c in convs]
     refs = [c.messages[-1]["content"] for c in convs]
     preds = generate(model, tokenizer, template, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    results = {"loss": loss, "perplexity": math.exp(min(loss, 50)), "n": len(convs)}
-    results.update(generation_metrics([m for m in metrics if m in GENERATION_METRICS], preds, refs))
+    # the task metrics lead: they say whether the answers are right; loss and perplexity follow
+    results: dict[str, Any] = generation_metrics([m for m in metrics if m in GENERATION_METRICS], preds, refs)
     rows = [{"prompt": p[-1]["content"] if p else "", "reference": r, "prediction": y}
             for p, r, y in zip(prompts, refs, preds)]
     for name in (m for m in metrics if m in MODEL_METRICS):
         scores, extras = MODEL_METRICS[name](model, tokenizer, template, prompts, refs, preds, batch_size, max_length)
         results.update(scores)
         rows = [{**row, **extra} for row, extra in zip(rows, extras)]
+    results.update(loss=loss, perplexity=math.exp(min(loss, 50)), n=len(convs))
+    note = short_reference_note([len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs])
+    if note:
+        results["note"] = note
     return results, rows
+
+
+SHORT_REFERENCE_TOKENS = 5  # median reference length (tokens) below which loss/perplexity get a caveat
+
+
+def short_reference_note(ref_tokens: Sequence[int], threshold: int = SHORT_REFERENCE_TOKENS) -> str | None:
+    """The caveat for short references (a label, a word), else None.
+
+    Loss and perplexity average over the reference's few tokens, so they measure how closely the
+    model reproduces that exact wording: a tuned model that answers right in its own words (contains
+    0 -> 100%) can still show a much higher perplexity than its base.
+    """
+    if not ref_tokens:
+        return None
+    ordered = sorted(ref_tokens)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    if median >= threshold:
+        return None
+    return (f"references are short (median {median:g} tokens); loss/perplexity reflect the reference wording, "
+            "not task success")
 
 
 def task_files(data: str | Sequence[str]) -> dict[str, str]:

@@ -4,7 +4,8 @@ For label data (sentiment, topic, intent...) the assistant's answer is a class n
 wrapped as `\\boxed{类别}`. The label set is read from the references themselves, so no extra
 file is needed. Predictions are the greedy generations reduced to a label; ROC AUC needs a
 score per class, which comes from the log-likelihood of each label's answer text given the
-prompt, softmax-normalised over the label set.
+prompt, softmax-normalised over the label set. The prompt runs once per record and every label
+is scored from its cached keys/values (tunelab.eval.loglik.option_logprobs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from tunelab.eval.loglik import continuation_logprobs
+from tunelab.eval.loglik import option_logprobs
 from tunelab.eval.metrics import classification_metrics, normalize
 
 OTHER = "<other>"  # a generated answer that names none of the labels
@@ -67,11 +68,10 @@ def classification_eval(model, tokenizer, template: str, prompts: Sequence[list[
     labels, texts = label_set(references)
     y_true = [extract_label(r) for r in references]
     y_pred = [to_label(p, labels) for p in predictions]
-    pairs = [(p, texts[lab]) for p in prompts for lab in labels]
-    scores = continuation_logprobs(model, tokenizer, template, [p for p, _ in pairs], [c for _, c in pairs],
-                                   batch_size, max_length)
+    options = [texts[lab] for lab in labels]
+    scores = option_logprobs(model, tokenizer, template, prompts, [options] * len(prompts), batch_size, max_length)
     k = len(labels)
-    probs = [softmax([s for s, _ in scores[i * k:(i + 1) * k]]) for i in range(len(prompts))]
+    probs = [softmax([s for s, _ in row]) for row in scores]
     metrics = classification_metrics(y_true, y_pred, labels, probs, other=OTHER)
     best = [labels[max(range(k), key=row.__getitem__)] for row in probs]
     metrics["ll_accuracy"] = sum(b == t for b, t in zip(best, y_true)) / len(y_true)

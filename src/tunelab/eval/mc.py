@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.io import DataError, read_records
-from tunelab.eval.loglik import continuation_logprobs
+from tunelab.eval.loglik import option_logprobs
 
 LETTERS = string.ascii_uppercase
 PROMPT_END = "Answer with the letter of the correct option."
@@ -115,16 +115,12 @@ def score_mc(model, tokenizer, template: str, path: str | Path, scoring: str = "
     if scoring not in SCORINGS:
         raise ValueError(f"unknown multiple-choice scoring {scoring!r}; choose from {', '.join(SCORINGS)}")
     questions = load_questions(path)[:limit] if limit else load_questions(path)
-    pairs = [(q, i) for q in questions for i in range(len(q.choices))]
-    conts = [SCORINGS[scoring](q, i) for q, i in pairs]
-    prompts = {id(q): [{"role": "user", "content": format_question(q)}] for q in questions}
-    scores = continuation_logprobs(model, tokenizer, template, [prompts[id(q)] for q, _ in pairs], conts,
-                                   batch_size, max_length)
-    rows, hits, hits_norm, k = [], 0, 0, 0
-    for q in questions:
-        ll = [s for s, _ in scores[k:k + len(q.choices)]]
-        texts = conts[k:k + len(q.choices)]
-        k += len(q.choices)
+    options = [[SCORINGS[scoring](q, i) for i in range(len(q.choices))] for q in questions]
+    prompts = [[{"role": "user", "content": format_question(q)}] for q in questions]
+    scores = option_logprobs(model, tokenizer, template, prompts, options, batch_size, max_length)
+    rows, hits, hits_norm = [], 0, 0
+    for q, texts, row in zip(questions, options, scores):
+        ll = [s for s, _ in row]
         pick = max(range(len(ll)), key=ll.__getitem__)
         pick_norm = max(range(len(ll)), key=lambda i: ll[i] / max(len(texts[i]), 1))
         hits += pick == q.answer

@@ -141,12 +141,13 @@ def _evals(run_dir: Path) -> list[dict[str, Any]]:
     for path in sorted((run_dir / "eval").glob("*.json")):
         obj = _load_json(path) or {}
         metrics = _flatten(obj.get("metrics", {}))
+        notes = {k: metrics.pop(k) for k in [k for k in metrics if k == "note" or k.endswith("/note")]}
         preds_path = path.with_suffix(".predictions.jsonl")
         samples = [r.data for r in read_records(preds_path)[:N_SAMPLES]] if preds_path.is_file() else []
         out.append({"name": path.stem, "data": obj.get("data"), "n": obj.get("n"),
                     "settings": _flatten(obj.get("settings", {})), "metrics": metrics, "samples": samples,
                     "predictions_file": preds_path.name if preds_path.is_file() else None,
-                    "compare": _comparison(obj.get("compare"), metrics)})
+                    "compare": _comparison(obj.get("compare"), metrics), "notes": list(notes.values())})
     return out
 
 

@@ -33,17 +33,16 @@ EXPORTERS: dict[str, Exporter] = {
 }
 
 
-def export(model: Any, tokenizer: Any, chat_template: str | None, fmt: str, out_path: str | Path,
-           **options: Any) -> Path:
-    """Write `model` in format `fmt` to `out_path` and return the main output path (file or folder).
+def check_export(fmt: str, options: dict[str, Any]) -> None:
+    """Refuse an unknown format, an option the format does not take, or a GGUF quant type it cannot write.
 
-    Unknown formats and options are rejected up front, naming the accepted ones, so a typo
-    fails before minutes of conversion rather than after.
+    Needs no model, so callers (`Run.export`, the CLI) run it before loading one: a typo fails in
+    a second rather than after minutes of loading and merging.
     """
     if fmt not in EXPORTERS:
         near = difflib.get_close_matches(fmt, EXPORTERS, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ExportError(f"unknown export format {fmt!r}{hint} Choose from: {', '.join(EXPORTERS)}")
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ExportError(f"unknown export format {fmt!r}{hint}; choose from {', '.join(EXPORTERS)}")
     fn = EXPORTERS[fmt]
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -52,7 +51,20 @@ def export(model: Any, tokenizer: Any, chat_template: str | None, fmt: str, out_
     if unknown and not takes_any:
         raise ExportError(f"format {fmt!r} does not take option(s) {', '.join(unknown)}; "
                           f"it takes: {', '.join(accepted) or 'none'}")
-    return fn(model, tokenizer, chat_template, out_path, **options)
+    quant = options.get("quant")
+    if fmt in ("gguf", "ollama") and quant is not None and str(quant).lower() not in GGUF_QUANTS:
+        raise ExportError(f"quant={quant!r} is not a GGUF type this exporter writes; choose from "
+                          f"{', '.join(GGUF_QUANTS)}")
+
+
+def export(model: Any, tokenizer: Any, chat_template: str | None, fmt: str, out_path: str | Path,
+           **options: Any) -> Path:
+    """Write `model` in format `fmt` to `out_path` and return the main output path (file or folder).
+
+    Unknown formats and options are rejected up front (`check_export`), naming the accepted ones.
+    """
+    check_export(fmt, options)
+    return EXPORTERS[fmt](model, tokenizer, chat_template, out_path, **options)
 
 
 __all__ = [
@@ -61,6 +73,7 @@ __all__ = [
     "GGUF_ARCHS",
     "GGUF_QUANTS",
     "ExportError",
+    "check_export",
     "Exporter",
     "export",
     "export_gguf",

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.infer.ab import ABRouter, Route
@@ -36,6 +36,8 @@ from tunelab.infer.engine import Batcher, Delta, Finish, GenJob, ModelPool, Mode
 from tunelab.infer.stats import ServeStats
 
 log = logging.getLogger("tunelab.serve")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # OpenAI's `seed` is an int64; torch.manual_seed overflows past 2^64
+GREEDY_BELOW = 1e-5  # temperatures this small overflow logits / temperature; they mean greedy anyway
 _ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
@@ -90,7 +92,13 @@ class _Body(BaseModel):
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
     user: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX, description="an int64, as in OpenAI's API")
+
+    @field_validator("temperature")
+    @classmethod
+    def _tiny_temperature_is_greedy(cls, value: float) -> float:
+        """A temperature like 1e-300 would turn logits into inf and crash sampling; it means greedy."""
+        return 0.0 if value < GREEDY_BELOW else value
 
 
 class _TextPart(BaseModel):
@@ -121,6 +129,13 @@ class CompletionBody(_Body):
     """POST /v1/completions (one prompt per request)."""
 
     prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if value in ("", []) or (isinstance(value, list) and "" in value):
+            raise ValueError("must not be empty; send the text the model should continue")
+        return value
 
 
 # ----------------------------------------------------------------------------- app
@@ -269,6 +284,8 @@ async def _read_json(request: Request, limit: int) -> dict:
         body = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
     return body
@@ -319,6 +336,8 @@ def _job(state: _State, req: _Body, kind: str) -> tuple[GenJob, ServedModel, str
         raise APIError(400, f"max_tokens={max_tokens} is above this server's limit of {state.limits.max_tokens}",
                        param="max_tokens", code="max_tokens_too_large")
     ids, text = _prompt(served, req, kind)
+    if not ids:  # a tokenizer without BOS turns some prompts into nothing; generation needs one token
+        raise APIError(400, "prompt: it has no tokens for this model; send some text", param="prompt")
     if len(ids) + max_tokens > served.max_context:
         raise APIError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the context of "
                        f"{variant!r} ({served.max_context} tokens); shorten the prompt or lower max_tokens",

@@ -14,7 +14,11 @@ A method that wants some parameters to learn faster or slower (LoRA+) tags them 
 from __future__ import annotations
 
 import importlib
+import logging
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import torch
@@ -32,6 +36,9 @@ METHODS: dict[str, str] = {
     "ptuning": "tunelab.methods.prompt",
 }
 
+QUANTIZED_METHODS = ("qlora",)
+"""Methods whose base holds bitsandbytes layers; only these (and 8-bit optimizers) import bitsandbytes."""
+
 LR_SCALE_ATTR = "tunelab_lr_scale"
 
 
@@ -43,7 +50,64 @@ def get_method(name: str) -> ModuleType:
     """The module implementing a method by name."""
     if name not in METHODS:
         raise ValueError(f"method.name: unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return importlib.import_module(METHODS[name])
+    if name in QUANTIZED_METHODS:
+        return importlib.import_module(METHODS[name])
+    with without_bitsandbytes():  # importing peft would import bitsandbytes (see without_bitsandbytes)
+        return importlib.import_module(METHODS[name])
+
+
+def import_bitsandbytes(needed_by: str) -> ModuleType:
+    """bitsandbytes, for a 4-bit method or an 8-bit optimizer (its only users in tunelab).
+
+    On import it looks on the Hugging Face hub for an optional CPU kernel. tunelab keeps the hub
+    offline (HF_HUB_OFFLINE, set by `import tunelab`), so the lookup fails locally without a network
+    call; its two warnings about that are muted here. `needed_by` names the setting in the error
+    shown when bitsandbytes is not installed.
+    """
+    loggers = [logging.getLogger(name) for name in ("bitsandbytes", "kernels")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+    except ImportError as e:
+        raise ImportError(f"{needed_by} needs bitsandbytes: pip install bitsandbytes") from e
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+    return bitsandbytes
+
+
+@contextmanager
+def without_bitsandbytes() -> Iterator[None]:
+    """Keep PEFT from importing bitsandbytes where no quantized layer is involved.
+
+    PEFT imports bitsandbytes whenever it is installed (on `import peft`, and when it wraps a model,
+    to recognise 4/8-bit layers), and importing bitsandbytes on a CPU with AVX512-BF16 tries to fetch
+    a kernel from the Hugging Face hub and prints a warning. A LoRA, IA3 or prompt run needs none of
+    it, so inside this block the module is marked unavailable the documented way (`sys.modules[name]
+    = None`: `find_spec` answers None and `import` raises ImportError, which PEFT handles), and
+    PEFT's cached availability answers are cleared before and after, so a later qlora run in the same
+    process sees bitsandbytes again. Once bitsandbytes is imported (qlora, an 8-bit optimizer) this
+    does nothing: the model may hold its layers.
+    """
+    if "bitsandbytes" in sys.modules:
+        yield
+        return
+    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+
+    def clear_peft_cache() -> None:
+        import_utils = sys.modules.get("peft.import_utils")  # never import peft just for this
+        for check in ("is_bnb_available", "is_bnb_4bit_available"):
+            getattr(getattr(import_utils, check, None), "cache_clear", lambda: None)()
+
+    try:
+        clear_peft_cache()
+        yield
+    finally:
+        if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+            del sys.modules["bitsandbytes"]
+        clear_peft_cache()
 
 
 def count_parameters(model) -> tuple[int, int]:

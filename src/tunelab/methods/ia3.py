@@ -3,9 +3,9 @@ the MLP's inner activations. Tiny (a vector per target) and mergeable (the vecto
 
 from __future__ import annotations
 
-from peft import IA3Config, get_peft_model
+from peft import IA3Config
 
-from tunelab.methods.peft_io import load_for_inference, load_state, save
+from tunelab.methods.peft_io import load_for_inference, load_state, peft_model, save
 
 __all__ = ["WEIGHTS_DIR", "apply", "load_for_inference", "load_state", "merge", "save"]
 
@@ -19,7 +19,7 @@ def apply(model, cfg):
         raise ValueError(f"method.feedforward_modules: {missing} are not in method.target_modules; add them there")
     config = IA3Config(target_modules=list(cfg.target_modules), feedforward_modules=list(cfg.feedforward_modules),
                        task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return peft_model(model, config)
 
 
 def merge(model):

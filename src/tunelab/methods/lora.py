@@ -7,10 +7,10 @@ through a parameter group the engine builds from `set_lr_scale`), and `modules_t
 
 from __future__ import annotations
 
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 
 from tunelab.methods import set_lr_scale
-from tunelab.methods.peft_io import load_for_inference, load_state, save
+from tunelab.methods.peft_io import load_for_inference, load_state, peft_model, save
 
 __all__ = ["WEIGHTS_DIR", "apply", "load_for_inference", "load_state", "merge", "peft_config", "save"]
 
@@ -41,7 +41,7 @@ def peft_config(cfg) -> LoraConfig:
 def apply(model, cfg):
     """Freeze the base and add adapters; a target list that matches no module is a clear error."""
     try:
-        model = get_peft_model(model, peft_config(cfg))
+        model = peft_model(model, peft_config(cfg))
     except ValueError as e:
         if "not found in the base model" in str(e) or "Target modules" in str(e):
             names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peft import PeftModel, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
+
+from tunelab.methods import without_bitsandbytes
+
+
+def peft_model(model, config):
+    """`peft.get_peft_model` without importing bitsandbytes for an unquantized model (see without_bitsandbytes)."""
+    with without_bitsandbytes():
+        return get_peft_model(model, config)
 
 
 def save(model, out_dir: Path) -> None:
@@ -27,4 +35,5 @@ def load_state(model, out_dir: Path) -> None:
 
 def load_for_inference(base_model, out_dir: Path):
     """The base model with the run's adapter attached (not merged: the adapter can still be switched off)."""
-    return PeftModel.from_pretrained(base_model, str(out_dir), is_trainable=False)
+    with without_bitsandbytes():
+        return PeftModel.from_pretrained(base_model, str(out_dir), is_trainable=False)

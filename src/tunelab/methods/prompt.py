@@ -17,7 +17,6 @@ from peft import (
     PromptEncoderReparameterizationType,
     PromptTuningConfig,
     PromptTuningInit,
-    get_peft_model,
 )
 
 from tunelab.methods import NotMergeable, peft_io
@@ -74,7 +73,7 @@ CONFIGS = {"prompt": _prompt, "ptuning": _ptuning, "prefix": _prefix, "ptuning_v
 def apply(model, cfg):
     """Freeze the base and add the soft prompt of the configured kind."""
     embeddings = model.get_input_embeddings()
-    peft_model = get_peft_model(model, CONFIGS[cfg.name](cfg, model))
+    peft_model = peft_io.peft_model(model, CONFIGS[cfg.name](cfg, model))
     if cfg.name == "prompt" and cfg.init_text:
         init_from_text(peft_model, embeddings, cfg)
     return align_logits(peft_model)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.methods import lora
+from tunelab.methods import import_bitsandbytes, lora
 from tunelab.methods.peft_io import load_state
 
 __all__ = ["WEIGHTS_DIR", "apply", "load_for_inference", "load_state", "merge", "quantize", "save"]
@@ -29,11 +29,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 def _bnb():
-    try:
-        import bitsandbytes as bnb
-    except ImportError as e:
-        raise ImportError("method.name=qlora needs bitsandbytes: pip install bitsandbytes") from e
-    return bnb
+    return import_bitsandbytes("method.name=qlora")
 
 
 def quantize(model, quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str = "bfloat16"):

@@ -22,6 +22,8 @@ import torch
 from tunelab.utils.io import atomic_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ALIASES = ("smollm2-135m", "smollm2-135m-instruct")
+"""Names of the bundled SmolLM2-135M-Instruct GGUF that model.name may use instead of a path."""
 
 
 class ModelNotFound(ValueError):
@@ -60,7 +62,7 @@ def resolve_model(name: str) -> ModelSource:
     """Turn a config's model.name into a ModelSource, or raise ModelNotFound with the fix."""
     from tunelab.models.tiny import TINY_MODELS
 
-    if name in ("smollm2-135m", "smollm2-135m-instruct"):
+    if name in MODEL_ALIASES:
         return ModelSource("gguf", str(smollm2_gguf_path()))
     if name in TINY_MODELS:
         return ModelSource("tiny", name)

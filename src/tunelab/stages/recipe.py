@@ -21,6 +21,7 @@ from tunelab.models import load_model, load_tokenizer, pick_device
 from tunelab.models.loader import base_chain
 from tunelab.tracking import ALWAYS_ON, make_tracker
 from tunelab.utils.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunelab.utils.threads import apply_threads
 
 
 class RunFolderError(ValueError):
@@ -58,6 +59,12 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     """Create the run folder (config, tokenizer, template) and the model with the method applied."""
     run_dir = check_output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:  # before any tensor work; a bad TUNELAB_THREADS is a config problem, reported like one
+        threads = apply_threads(cfg.train.threads)
+    except ValueError as e:
+        from tunelab.config import ConfigError
+
+        raise ConfigError([str(e)]) from None
     device = pick_device(cfg.train.device)
     device = distributed.init(cfg.parallel, device)  # joins torchrun's process group, if any; cuda:LOCAL_RANK
     main = distributed.current().is_main  # only rank 0 writes the run folder
@@ -78,7 +85,8 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
             "stage": cfg.stage, "trainable_params": trainable, "total_params": total,
             "trainable_pct": round(100 * trainable / max(total, 1), 4),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(device), "torch": torch.__version__, "processes": distributed.current().world_size}
+            "device": str(device), "threads": threads, "torch": torch.__version__,
+            "processes": distributed.current().world_size}
     if chain := base_chain(cfg.model.name):  # a run folder as the base: record what this run stands on
         meta.update(base_chain=chain, root_model=chain[-1]["base_model"])
     if main:
@@ -88,7 +96,7 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
 
         Console(stderr=True).print(
             f"[bold]{cfg.method.name}[/] on {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
-            f"({meta['trainable_pct']:.2f}%) on {device}")
+            f"({meta['trainable_pct']:.2f}%) on {device}, {threads} CPU thread{'s' if threads != 1 else ''}")
     trackers = [make_tracker(name) for name in dict.fromkeys([*ALWAYS_ON, *cfg.train.report_to])]
     trackers = trackers if main else []
     for t in trackers:

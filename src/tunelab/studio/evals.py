@@ -171,8 +171,17 @@ def dataset_label(data: str | list) -> str:
     return Path(str(data)).stem
 
 
+def eval_notes(metrics: Any) -> list[str]:
+    """The caveats an eval result carries next to its numbers: `note`, or `<task>/note` with several tasks
+    (e.g. "references are short ...: loss/perplexity reflect the reference wording"), task-prefixed."""
+    if not isinstance(metrics, dict):
+        return []
+    return [note if key == "note" else f"{key.removesuffix('/note')}: {note}" for key, note in metrics.items()
+            if (key == "note" or key.endswith("/note")) and isinstance(note, str) and note.strip()]
+
+
 def read_eval(path: Path) -> dict[str, Any]:
-    """One eval/*.json as a table: {file, dataset, data, n, created, metrics, settings, compare, rows}."""
+    """One eval/*.json as a table: {file, dataset, data, n, created, metrics, settings, compare, rows, notes}."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -187,7 +196,8 @@ def read_eval(path: Path) -> dict[str, Any]:
     return {"file": path.name, "dataset": dataset_label(obj.get("data", path.stem)), "data": obj.get("data"),
             "n": obj.get("n"), "settings": obj.get("settings", {}),
             "created": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
-            "metrics": metrics, "compare": str(compare.get("name", "other")) if compare else None, "rows": rows}
+            "metrics": metrics, "compare": str(compare.get("name", "other")) if compare else None, "rows": rows,
+            "notes": eval_notes(obj["metrics"])}
 
 
 def run_evals(run_dir: Path) -> list[dict[str, Any]]:

@@ -4,8 +4,8 @@
 help text, choices, and for method options the method they belong to). `config_from_form()`
 turns the submitted values back into the nested dict `tunelab train` reads, and
 `check_config()` validates it with the CLI's own `build_config` (so errors read exactly as
-the CLI prints them) plus the studio's rules: data and model paths inside the studio's
-roots, no remote code, built-in reward functions only.
+the CLI prints them) plus the studio's rules: every value the schema declares a path
+(tunelab.config.refs) inside the studio's folders, no remote code, built-in reward functions only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import Any
 import yaml
 
 from tunelab.config import ConfigError, RunCfg, build_config, schema_lines
+from tunelab.config.refs import RefValue, is_builtin, refs
 from tunelab.studio.paths import Settings, StudioError, inside
+from tunelab.utils.userfiles import StrictLoader, yaml_problem
 
 _METHOD_ROW = re.compile(r"^method\[(\w+)\]\.(.+)$")
 _CHOICES = re.compile(r"^[\w\-]+(\|[\w\-]+)+$")
@@ -105,10 +107,13 @@ def config_from_form(values: dict[str, Any]) -> dict:
         if isinstance(raw, str):
             if not raw.strip():
                 continue
-            try:
-                value = yaml.safe_load(raw)
+            try:  # the CLI's strict loader: duplicate keys and deep nesting are refused here too
+                value = yaml.load(raw, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
             except yaml.YAMLError as e:
-                problems.append(f"{key}: not a valid value ({getattr(e, 'problem', e)}); write it as in YAML")
+                problems.append(f"{key}: not a valid value ({yaml_problem(e)[1]}); write it as in YAML")
+                continue
+            except RecursionError:
+                problems.append(f"{key}: not a valid value (nested too deeply); flatten it")
                 continue
         else:
             value = raw
@@ -118,54 +123,79 @@ def config_from_form(values: dict[str, Any]) -> dict:
     return data
 
 
-def _paths(cfg: RunCfg) -> list[tuple[str, str]]:
-    out = [("data.train", s.path) for s in cfg.data.sources()]
-    out += [(f"data.train[{i}].eval", s.eval) for i, s in enumerate(cfg.data.sources()) if s.eval]
-    if cfg.data.eval:
-        out.append(("data.eval", cfg.data.eval))
-    if getattr(cfg.optim, "ewc", None) is not None and cfg.optim.ewc.data:
-        out.append(("optim.ewc.data", cfg.optim.ewc.data))
-    return out
+KIND_WORDS = {"data": "data file", "model": "model", "run": "run folder", "template": "chat template",
+              "checkpoint": "checkpoint", "output": "output_dir"}
+"""How each kind reads in a message (a kind missing here reads 'path')."""
 
 
-def _model_problem(name: str, settings: Settings) -> str | None:
-    from tunelab.models import TINY_MODELS
+def kind_roots(settings: Settings) -> dict[str, list[Path]]:
+    """The studio folders a value of each path kind (tunelab.config.refs.KINDS) may point into.
 
-    if name in TINY_MODELS or name in ("smollm2-135m", "smollm2-135m-instruct"):
+    A kind missing here (a new one added to the schema) is refused outright, so the studio fails
+    closed until someone decides where such values may live.
+    """
+    return {
+        "data": [settings.datasets],
+        "model": [*settings.model_roots, settings.runs],
+        "run": [settings.runs],
+        "template": [settings.datasets, *settings.model_roots],
+        "checkpoint": [settings.runs],
+        "output": [settings.runs],
+    }
+
+
+def _is_named(kind: str, value: str) -> bool:
+    """A value that names something shipped with tunelab rather than a path: a model alias or a named template."""
+    if kind == "model":
+        from tunelab.models import MODEL_ALIASES, TINY_MODELS  # the names resolve_model accepts
+
+        return value in MODEL_ALIASES or value in TINY_MODELS
+    if kind == "template":
+        from tunelab.data.templates import NAMED_TEMPLATES
+
+        return value in NAMED_TEMPLATES
+    return False
+
+
+def ref_problem(ref: RefValue, settings: Settings) -> str | None:
+    """The studio's rule for one value that names a file, folder, model or code; None when it is allowed.
+
+    Code runs only when it is a built-in (`builtin:NAME`); every other kind is a path that must resolve
+    (after `~` and symlinks) inside the folders kind_roots() gives that kind.
+    """
+    if ref.kind == "code":
+        if is_builtin(ref.value):
+            return None
+        return (f"{ref.key}: {ref.value}: the studio runs built-in reward functions only (builtin:...); "
+                "run Python reward files with the CLI")
+    if _is_named(ref.kind, ref.value):
         return None
+    roots = kind_roots(settings).get(ref.kind)
+    if roots is None:
+        return (f"{ref.key}: the studio does not accept values of kind {ref.kind!r} ({ref.value!r}); "
+                "set it with the CLI")
+    path = Path(ref.value).expanduser()
     try:
-        inside(settings.data_dir / name, settings.model_roots, "model", repr(name))
+        inside(path if path.is_absolute() else settings.data_dir / path, roots,
+               KIND_WORDS.get(ref.kind, "path"), repr(ref.value))
     except StudioError as e:
-        return f"model.name: {e}"
+        return f"{ref.key}: {e}"
     return None
 
 
+def _model_problem(name: str, settings: Settings) -> str | None:
+    return ref_problem(RefValue("model.name", "model", name), settings)
+
+
 def studio_problems(cfg: RunCfg, settings: Settings) -> list[str]:
-    """The studio's own rules on a valid config, one 'key: problem' line each."""
-    problems = []
-    for key, path in _paths(cfg):
-        try:
-            inside(settings.data_dir / path, [settings.datasets], "data file", repr(path))
-        except StudioError as e:
-            problems.append(f"{key}: {e}")
-    if (p := _model_problem(cfg.model.name, settings)) is not None:
-        problems.append(p)
+    """The studio's own rules on a valid config, one 'key: problem' line each.
+
+    Every value whose schema field declares a path or code kind (tunelab.config.refs) is checked by
+    ref_problem(), so a field added to the schema with a kind is covered here without a change.
+    """
+    problems = [p for ref in refs(cfg) if (p := ref_problem(ref, settings)) is not None]
     if cfg.model.trust_remote_code:
         problems.append("model.trust_remote_code: the studio never runs code shipped with a model; set it to false")
-    tpl = cfg.model.chat_template
-    if tpl and (tpl.endswith(".jinja") or "/" in tpl):
-        try:
-            inside(settings.data_dir / tpl, [settings.datasets, *settings.model_roots], "chat template", repr(tpl))
-        except StudioError as e:
-            problems.append(f"model.chat_template: {e}")
-    bad = [r for r in cfg.grpo.rewards if not r.startswith("builtin:")]
-    if bad:
-        problems.append(f"grpo.rewards: {', '.join(bad)}: the studio runs built-in reward functions only "
-                        "(builtin:...); run Python reward files with the CLI")
-    try:
-        inside(settings.data_dir / cfg.output_dir, [settings.runs], "output_dir", repr(cfg.output_dir))
-    except StudioError as e:
-        problems.append(f"output_dir: {e}")
     if cfg.train.resume not in ("auto", "never"):
         problems.append("train.resume: the studio resumes with auto (the run's own last checkpoint) or never")
     return problems
@@ -185,8 +215,8 @@ def count_train_samples(cfg: RunCfg, settings: Settings) -> int | None:
     from tunelab.data.io import DataError, read_records
 
     total = 0
-    for _, path in _paths(cfg)[:len(cfg.data.sources())]:
-        file = settings.data_dir / path
+    for source in cfg.data.sources():
+        file = settings.data_dir / source.path
         if file.suffix not in (".json", ".jsonl") or not file.is_file():
             return None
         try:
@@ -202,7 +232,8 @@ def problems_by_field(err: ConfigError) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for line in err.problems:
         head = line.split(":", 1)[0].strip()
-        key = next((k for k in sorted(keys, key=len, reverse=True) if head == k or head.startswith(k + ".")), "")
+        key = next((k for k in sorted(keys, key=len, reverse=True)
+                    if head == k or head.startswith(k + ".") or head.startswith(k + "[")), "")
         if not key and head == "method":  # a method section without a valid name
             key = "method.name"
         out.setdefault(key, []).append(line)

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from tunelab.studio import evals
-from tunelab.studio.paths import NotFound, Settings, StudioError
+from tunelab.studio.paths import TOKEN_ENV, NotFound, Settings, StudioError
 from tunelab.studio.store import ACTIVE, FINISHED, JobStore
 
 # Exit code of `tunelab train` after SIGINT/SIGTERM saved a checkpoint.
@@ -183,6 +183,7 @@ class JobRunner:
         worker = WORKERS[job["kind"]]
         log = (self.job_dir(job["id"]) / worker.log).open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "dumb", "COLUMNS": "120", "NO_COLOR": "1"}
+        env.pop(TOKEN_ENV, None)  # a worker has no use for the studio's token
         # Own session: a Ctrl-C on the studio does not reach the workers; they outlive a restart.
         try:
             proc = subprocess.Popen(worker.argv(self, job), cwd=self.settings.data_dir, stdout=log,

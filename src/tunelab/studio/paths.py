@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+TOKEN_ENV = "TUNELAB_STUDIO_TOKEN"
+"""The environment variable holding the studio's token (not visible in `ps`, unlike `--auth TOKEN`)."""
 
 
 class StudioError(ValueError):

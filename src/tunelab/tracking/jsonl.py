@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunelab.utils.io import DiskFullError, is_disk_full
+
 
 class JsonlTracker:
     """Appends `{"step": N, ...metrics}` lines to metrics.jsonl, flushed at once so a crash loses nothing."""
@@ -13,13 +15,20 @@ class JsonlTracker:
     def __init__(self, filename: str = "metrics.jsonl"):
         self.filename = filename
         self._f = None
+        self._path: Path | None = None
 
     def start(self, run_dir: Path, config: dict[str, Any]) -> None:
-        self._f = open(Path(run_dir) / self.filename, "a", encoding="utf-8")
+        self._path = Path(run_dir) / self.filename
+        self._f = open(self._path, "a", encoding="utf-8")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self._f.write(json.dumps({"step": step, **metrics}, ensure_ascii=False) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps({"step": step, **metrics}, ensure_ascii=False) + "\n")
+            self._f.flush()
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFullError(self._path) from e
+            raise
 
     def finish(self) -> None:
         if self._f is not None:

@@ -378,7 +378,8 @@ async function loadRuns() {
 
 const signed = v => v === null || v === undefined ? "" : (v > 0 ? "+" : "") + fmt(v);
 
-// One row per metric of every eval result: this run, the base model and the delta when compared.
+// One row per metric of every eval result: this run, the base model and the delta when compared; under the
+// table, the caveats the results carry (e.g. short references make loss/perplexity a measure of wording).
 function evalTable(evals, id) {
   if (!evals.length) return h("p", {class: "hint", id}, "No evaluations yet.");
   const body = [];
@@ -390,9 +391,17 @@ function evalTable(evals, id) {
       h("td", {class: "num delta"}, signed(r.delta)))));
   }
   const other = evals.find(e => e.compare)?.compare || "base";
-  return h("table", {class: "list evals", id},
-    h("thead", {}, h("tr", {}, ["dataset", "n", "metric", "this run", other, "delta"].map(t => h("th", {}, t)))),
-    h("tbody", {}, body));
+  const seen = new Set(), notes = [];
+  for (const e of evals) for (const n of e.notes || []) {
+    if (seen.has(e.dataset + "\n" + n)) continue;  // the same caveat on several results of one dataset: once
+    seen.add(e.dataset + "\n" + n);
+    notes.push(h("p", {class: "hint note", "data-dataset": e.dataset}, h("b", {}, `${e.dataset}: `), "note: ", n));
+  }
+  return h("div", {id},
+    h("table", {class: "list evals"},
+      h("thead", {}, h("tr", {}, ["dataset", "n", "metric", "this run", other, "delta"].map(t => h("th", {}, t)))),
+      h("tbody", {}, body)),
+    notes);
 }
 
 async function showRun(name) {

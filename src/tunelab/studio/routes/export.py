@@ -1,0 +1,24 @@
+"""Export (on the Runs screen): a run's weights as merged safetensors, GGUF or an Ollama model under exports/."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from tunelab.studio import runs
+from tunelab.studio.routes.deps import SettingsDep
+
+router = APIRouter(tags=["runs"])
+
+
+class ExportBody(BaseModel):
+    format: str = Field(description="merged, gguf or ollama")
+    name: str | None = Field(None, description="Output name under exports/ (default <run>-<format>).")
+    quant: str | None = Field(None, description="gguf/ollama: f32, f16, bf16, q8_0, q4_0 ...")
+
+
+@router.post("/api/runs/{name}/export")
+def run_export(name: str, body: ExportBody, settings: SettingsDep) -> dict:
+    """Export merged / GGUF / Ollama to exports/ under the data dir."""
+    path = runs.export_run(settings, name, body.format, body.name, body.quant)
+    return {"path": str(path.relative_to(settings.data_dir))}
