@@ -64,7 +64,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = load_yaml(raw, key) if raw.strip() else None
     except UserFileError as e:
-        hint = f"e.g. '{key}=\"{raw}\"'" if len(raw) <= SHOWN_CHARS else "e.g. key=\"...\""
+        hint = f"e.g. '{shorten(key)}=\"{raw if len(raw) <= SHOWN_CHARS else '...'}\"'"
         raise ConfigError([f"{shorten(key)}: the value {show(raw)} is {shorten(str(e).partition(': ')[2])}; "
                            f"quote it to pass it as text, {hint}"], "overrides") from None
     return parts, value
