@@ -142,7 +142,7 @@ def format_errors(err: ValidationError, data: dict) -> list[str]:
             problems.append(f"{key}.name: missing; say which method these options are for "
                             f"(one of {', '.join(_METHOD_TAGS)})")
         elif kind == "union_tag_invalid":
-            problems.append(f"{key}.name: {e['input'].get('name')!r} is not a method; choose from {', '.join(_METHOD_TAGS)}")
+            problems.append(f"{key}.name: {show(e['input'].get('name'))} is not a method; choose from {', '.join(_METHOD_TAGS)}")
         else:
             got = e.get("input")
             problems.append(f"{key}: {shorten(e['msg'][0].lower() + e['msg'][1:], 300)} (got {show(got)})")
