@@ -42,4 +42,25 @@ def train(cfg: RunCfg | dict | str | Path, overrides: list[str] | None = None, p
 
     check_data_files(cfg.data)  # unreadable or empty data fails here, not after the model has loaded
     stage = importlib.import_module(STAGES[cfg.stage])
-    return Run(stage.run(cfg, progress=progress))
+    from tunelab.stages.recipe import discard_unstarted_run
+
+    run_dir = Path(cfg.output_dir).absolute()
+    created = _outermost_missing(run_dir)  # None: the folder exists (a resume, a retry) and is never removed
+    try:
+        return Run(stage.run(cfg, progress=progress))
+    except (ValueError, FileNotFoundError, ImportError):  # bad input found after the run folder was set up
+        if created is not None:
+            discard_unstarted_run(run_dir, created)
+        raise
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what `mkdir(parents=True)` will create), or None."""
+    if path.exists():
+        return None
+    missing = path
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing = parent
+    return missing

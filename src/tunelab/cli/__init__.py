@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunelab.cli.common import _fail, _quiet_library_warnings, _set_threads, _user_errors, err
+from tunelab.cli.common import (MAX_SEED, _fail, _quiet_library_warnings, _set_threads, _user_errors,
+                                check_option, check_output_file, err)
 
 # Long contexts fragment CUDA memory: a 7B LoRA step at 128k tokens fails with 5 GiB free in pieces under
 # the default allocator and fits with expandable segments (docs/speed.md). Read at the first CUDA allocation,
@@ -126,6 +127,7 @@ def chat(
     Interactive: type a message, Enter to send; /reset clears the history, /exit (or Ctrl-D) quits.
     CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
+    _check_sampling(max_new_tokens, temperature, top_p)
     _quiet_library_warnings()
     _set_threads()
     from tunelab.infer.generate import stream_chat
@@ -167,6 +169,13 @@ def chat(
             answer(text)
 
 
+def _check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """The sampling options chat and generate share, checked before the model loads."""
+    check_option("--max-new-tokens", max_new_tokens, 1)
+    check_option("--temperature", temperature, 0)
+    check_option("--top-p", top_p, 0, 1, above=True)
+
+
 @app.command()
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `tunelab train`.")],
@@ -185,6 +194,11 @@ def generate(
     Example: tunelab generate runs/quick --data test.jsonl --out preds.jsonl --temperature 0.7
     CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
+    _check_sampling(max_new_tokens, temperature, top_p)
+    check_option("--batch-size", batch_size, 1)
+    check_option("--seed", seed, 0, MAX_SEED)
+    check_option("--limit", limit, 1)
+    check_output_file("--out", out)
     _quiet_library_warnings()
     _set_threads()
     from tunelab.data.io import read_records

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -51,3 +53,36 @@ def _set_threads() -> int:
     except ValueError as e:
         _fail(e)
         raise  # unreachable: _fail exits
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer; the config's train.seed has the same bound
+
+
+def check_option(name: str, value: float | int | None, low: float | None = None, high: float | None = None,
+                 *, above: bool = False) -> None:
+    """Refuse a number option that is not finite or out of range, in one line naming it; None passes.
+
+    `low`/`high` are inclusive bounds (`above=True` makes `low` exclusive). click parses `nan` and `inf` as
+    floats and its own range check lets NaN through, so every numeric option of a command that samples or
+    batches goes through here before anything is loaded, e.g. `error: --top-p must be a number > 0 and <= 1
+    (got 2.0)`.
+    """
+    if value is None:
+        return
+    ok = math.isfinite(value) and (low is None or (value > low if above else value >= low)) \
+        and (high is None or value <= high)
+    if ok:
+        return
+    def num(x: float) -> str:
+        return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+    parts = ([f"{'>' if above else '>='} {num(low)}"] if low is not None else []) + \
+        ([f"<= {num(high)}"] if high is not None else [])
+    kind = "a whole number" if isinstance(value, int) else "a number"
+    _fail(ValueError(f"{name} must be {kind} {' and '.join(parts)} (got {value})"))
+
+
+def check_output_file(name: str, path: Path) -> None:
+    """Refuse an output path that is a folder (the atomic write would fail on it after all the work is done)."""
+    if path.is_dir():
+        _fail(ValueError(f"{name} {path}: is a folder; give a file path, e.g. {name} {path / 'out.jsonl'}"))

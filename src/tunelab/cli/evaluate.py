@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tunelab.cli.common import _fail, _quiet_library_warnings, _set_threads, _user_errors, err
+from tunelab.cli.common import _fail, _quiet_library_warnings, _set_threads, _user_errors, check_option, err
 
 
 def _cell(value: Any, signed: bool = False) -> str:
@@ -68,6 +68,9 @@ def eval_cmd(
 
     CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
+    check_option("--max-new-tokens", max_new_tokens, 1)
+    check_option("--batch-size", batch_size, 1)
+    check_option("--limit", limit, 1)
     _quiet_library_warnings()
     from tunelab.run import Run
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +25,49 @@ class ConfigError(ValueError):
         super().__init__(head + "\n" + "\n".join(f"  {p}" for p in problems))
 
 
+_FUNCTION_LABEL = re.compile(r"^function-\w+\[.*, (\w+)\]$")
+
+SHOWN_CHARS = 80
+"""How much of a value an error message echoes: enough to recognise it, never a pasted file."""
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` itself when short, else its first `limit` characters and how long it really is.
+
+    Every value or override a ConfigError quotes goes through here, so a 60 KB override or a 300 KB path
+    is named in one readable line instead of being echoed back whole.
+    """
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def show(value: Any) -> str:
+    """A value as an error message quotes it: its repr, shortened."""
+    return shorten(repr(value))
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `train.lr=1e-4` into (['train', 'lr'], 1e-4); the value is parsed as YAML."""
     if "=" not in text:
-        raise ConfigError([f"{text}: an override must look like key.path=value (e.g. train.lr=1e-4)"], "overrides")
+        raise ConfigError([f"{show(text)}: an override must look like key.path=value (e.g. train.lr=1e-4)"],
+                          "overrides")
     key, _, raw = text.partition("=")
     key = key.strip()
     control = next((c for c in text if ord(c) < 32 and c not in "\t\n\r"), None)
     if control is not None:
-        raise ConfigError([f"{key}: the override holds the control character U+{ord(control):04X}; remove it"],
-                          "overrides")
+        raise ConfigError([f"{shorten(key)}: the override holds the control character U+{ord(control):04X}; "
+                           "remove it"], "overrides")
+    parts = [p.strip() for p in key.split(".")]
+    if not all(parts):
+        what = "the key is empty" if not key else f"the key {show(key)} has an empty part"
+        raise ConfigError([f"{show(text)}: {what}; an override must look like key.path=value "
+                           "(e.g. train.lr=1e-4)"], "overrides")
     try:
         value = load_yaml(raw, key) if raw.strip() else None
     except UserFileError as e:
-        raise ConfigError([f"{key}: the value {raw!r} is {str(e).partition(': ')[2]}; quote it to pass it as text, "
-                           f"e.g. '{key}=\"{raw}\"'"], "overrides") from None
-    return key.split("."), value
+        hint = f"e.g. '{shorten(key)}=\"{raw if len(raw) <= SHOWN_CHARS else '...'}\"'"
+        raise ConfigError([f"{shorten(key)}: the value {show(raw)} is {shorten(str(e).partition(': ')[2])}; "
+                           f"quote it to pass it as text, {hint}"], "overrides") from None
+    return parts, value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -96,10 +124,12 @@ def format_errors(err: ValidationError, data: dict) -> list[str]:
     """Turn pydantic's errors into one line each: key path, bad value, what is allowed."""
     problems = []
     for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"])
+        # A validated union member is labelled by its validator ("function-after[check_path_text(), str]"):
+        # name it by the type it checks ("str"), as an unvalidated member reads.
+        loc = tuple(_FUNCTION_LABEL.sub(r"\1", str(p)) for p in e["loc"])
         # Discriminated unions add the member tag to the path ("method.lora.r"); drop it.
         clean = tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "method" and p in _METHOD_TAGS))
-        key = ".".join(clean)
+        key = shorten(".".join(clean))
         kind = e["type"]
         if kind == "extra_forbidden":
             valid = _fields_at(clean[:-1], data=data)
@@ -112,10 +142,10 @@ def format_errors(err: ValidationError, data: dict) -> list[str]:
             problems.append(f"{key}.name: missing; say which method these options are for "
                             f"(one of {', '.join(_METHOD_TAGS)})")
         elif kind == "union_tag_invalid":
-            problems.append(f"{key}.name: {e['input'].get('name')!r} is not a method; choose from {', '.join(_METHOD_TAGS)}")
+            problems.append(f"{key}.name: {show(e['input'].get('name'))} is not a method; choose from {', '.join(_METHOD_TAGS)}")
         else:
             got = e.get("input")
-            problems.append(f"{key}: {e['msg'][0].lower() + e['msg'][1:]} (got {got!r})")
+            problems.append(f"{key}: {shorten(e['msg'][0].lower() + e['msg'][1:], 300)} (got {show(got)})")
     return problems
 
 

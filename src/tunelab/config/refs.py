@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 REF_SCHEMA_KEY = "x-tunelab-ref"
 """The JSON-schema key that carries a field's kind (`RunCfg.model_json_schema()`)."""
@@ -37,6 +37,9 @@ KINDS: dict[str, str] = {
 """Every kind a field can declare, with what its value means."""
 
 BUILTIN_PREFIX = "builtin:"
+
+MAX_PATH_CHARS = 4096
+"""The longest value a kind field takes: Linux's PATH_MAX; a longer one is a mistake, not a path."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,27 @@ class Ref:
         return schema
 
 
-DataPath = Annotated[str, Ref("data")]
-ModelRef = Annotated[str, Ref("model")]
-RunPath = Annotated[str, Ref("run")]
-TemplateRef = Annotated[str, Ref("template")]
-CheckpointPath = Annotated[str, Ref("checkpoint")]
-OutputPath = Annotated[str, Ref("output")]
-CodeRef = Annotated[str, Ref("code")]
+def check_path_text(value: str) -> str:
+    """Refuse a kind value no file system or loader can take: control characters (NUL above all) or a length
+    past PATH_MAX. Runs on every kind, so each path field is checked where the config is validated, before
+    `open()` would fail on it with `ValueError: embedded null byte` deep inside a run."""
+    control = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    if control is not None:
+        raise ValueError(f"holds the control character U+{ord(control):04X}; a path cannot contain it, remove it")
+    if len(value) > MAX_PATH_CHARS:
+        raise ValueError(f"is {len(value):,} characters long; a path has at most {MAX_PATH_CHARS:,}")
+    return value
+
+
+_checked = AfterValidator(check_path_text)
+
+DataPath = Annotated[str, Ref("data"), _checked]
+ModelRef = Annotated[str, Ref("model"), _checked]
+RunPath = Annotated[str, Ref("run"), _checked]
+TemplateRef = Annotated[str, Ref("template"), _checked]
+CheckpointPath = Annotated[str, Ref("checkpoint"), _checked]
+OutputPath = Annotated[str, Ref("output"), _checked]
+CodeRef = Annotated[str, Ref("code"), _checked]
 
 
 def is_builtin(code: str) -> bool:

@@ -55,6 +55,39 @@ def check_output_dir(cfg: RunCfg) -> Path:
     return run_dir
 
 
+TRAINED_MARKS = ("summary.json", "best", "adapter", "model")
+"""Entries of a run folder that only training writes (the result, the best-eval copy, the weights)."""
+
+
+def discard_unstarted_run(run_dir: Path, created_from: Path | None = None) -> bool:
+    """Remove a run folder in which no training step left anything; True when it was removed.
+
+    A run refused after `setup_run` (a bad record found while the data is tokenized, a template that fails on
+    a conversation) would otherwise leave config.yaml, run.json, an empty metrics.jsonl and the tokenizer: a
+    folder that looks like a run but never trained, and that a retry under the same output_dir has to step
+    around. The caller decides that this invocation created the folder (a resumed one is never passed here);
+    a folder holding a checkpoint, weights, a summary or a logged metrics line is kept. `created_from`, the
+    outermost folder this invocation created on the way (`runs/` for `runs/r` when `runs/` was new), is removed
+    too when nothing else is left in it.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or list_checkpoints(run_dir) or any((run_dir / n).exists() for n in TRAINED_MARKS):
+        return False
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if created_from is not None and run_dir.is_relative_to(created_from):
+        for parent in run_dir.parents:
+            if not parent.is_relative_to(created_from):
+                break
+            try:
+                parent.rmdir()  # only when empty
+            except OSError:
+                break
+    return not run_dir.exists()
+
+
 def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     """Create the run folder (config, tokenizer, template) and the model with the method applied."""
     run_dir = check_output_dir(cfg)
