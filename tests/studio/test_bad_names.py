@@ -97,3 +97,19 @@ def test_deeply_nested_columns_query_is_400(client, alpaca_bytes):
         assert r.json()["error"].startswith("columns: ") and words in r.json()["error"], r.json()
         assert len(r.text) < 1000  # the query is not echoed back
 
+
+
+@pytest.mark.parametrize("method, url, kw, field", [
+    ("POST", "/api/chat", {"json": {"run": "r", "messages": "x" * 100_000}}, "messages"),
+    ("POST", "/api/chat", {"json": {"run": "r", "messages": [], "max_new_tokens": 10**30}}, "max_new_tokens"),
+    ("GET", "/api/datasets/ok.json/inspect?max_length=" + "9" * 50_000, {}, "max_length"),
+    ("GET", "/api/jobs/abc", {}, "job_id"),
+    ("POST", "/api/jobs", {"content": b"{not json", "headers": {"Content-Type": "application/json"}}, "body"),
+])
+def test_a_request_of_the_wrong_shape_is_422_with_one_error_line_and_no_echo(client, method, url, kw, field):
+    r = client.request(method, url, **kw)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["error"].startswith(f"{field}: "), body  # the page shows `error`, as for every other refusal
+    assert body["detail"] and all("input" not in e for e in body["detail"])
+    assert len(r.text) < 2000  # the 100,000-character value is not sent back
