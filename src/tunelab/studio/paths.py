@@ -116,19 +116,20 @@ def check_chars(text: str, what: str = "path", shown: str | None = None, length:
     for the file system, with a StudioError (HTTP 400) instead of the ValueError / OSError the OS call raises."""
     bad = _CONTROL.search(text)
     if bad:
-        raise StudioError(f"{what} {shown or _short(text)} contains the control character U+{ord(bad.group()):04X} "
-                          f"at position {bad.start()}; remove it")
+        at = "" if shown else f" at position {bad.start()}"  # a position in the joined path would mislead
+        raise StudioError(f"{what} {shown or short_repr(text)} contains the control character U+{ord(bad.group()):04X}"
+                          f"{at}; remove it")
     try:
         parts = [len(part.encode("utf-8")) for part in text.replace("\\", "/").split("/")]
     except UnicodeEncodeError:
-        raise StudioError(f"{what} {shown or _short(text)} holds a lone UTF-16 surrogate (half of a character); "
+        raise StudioError(f"{what} {shown or short_repr(text)} holds a lone UTF-16 surrogate (half of a character); "
                           "remove it") from None
     if length and (len(text) > MAX_PATH_CHARS or max(parts) > MAX_PART_BYTES):
-        raise StudioError(f"{what} {_short(text)} is too long ({len(text)} characters; at most {MAX_PATH_CHARS}, and "
+        raise StudioError(f"{what} {shown or short_repr(text)} is too long ({len(text)} characters; at most {MAX_PATH_CHARS}, and "
                           f"{MAX_PART_BYTES} bytes per name); use a shorter name")
 
 
-def _short(text: str, limit: int = 80) -> str:
+def short_repr(text: str, limit: int = 80) -> str:
     """repr() of a user's value cut to `limit` characters, so a huge value is never echoed back whole."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunelab.studio.paths import NotFound, Settings, StudioError, inside, safe_name
+from tunelab.studio.paths import NotFound, Settings, StudioError, inside, safe_name, short_repr
 
 ALIASES = ("smollm2-135m",)
 EXPORT_FORMATS = ("merged", "gguf", "ollama")
@@ -16,7 +16,7 @@ EXPORT_FORMATS = ("merged", "gguf", "ollama")
 
 def run_path(settings: Settings, name: str) -> Path:
     """The run folder `runs/<name>` (refusing names that leave runs/)."""
-    p = inside(settings.runs / name, [settings.runs], "run")
+    p = inside(settings.runs / name, [settings.runs], "run", short_repr(name))
     if p.parent != settings.runs or not (p / "config.yaml").is_file():
         raise NotFound(f"no run {name!r} under {settings.runs}")
     return p
