@@ -113,3 +113,12 @@ def test_a_request_of_the_wrong_shape_is_422_with_one_error_line_and_no_echo(cli
     assert body["error"].startswith(f"{field}: "), body  # the page shows `error`, as for every other refusal
     assert body["detail"] and all("input" not in e for e in body["detail"])
     assert len(r.text) < 2000  # the 100,000-character value is not sent back
+
+
+def test_a_lone_surrogate_in_a_chat_message_is_400_before_the_stream(client, settings):
+    (settings.runs / "r").mkdir()
+    (settings.runs / "r" / "config.yaml").write_text("model: {name: tiny-llama}\n")  # enough for run_path
+    raw = json.dumps({"run": "r", "messages": [{"role": "user", "content": "hi \ud800"}]})  # sent as \ud800
+    r = client.post("/api/chat", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("chat: field 'messages[0].content' holds a lone UTF-16 surrogate"), r.json()

@@ -306,7 +306,8 @@ def _validate(cls: type[_Body], body: dict) -> _Body:
 
 def _check_strings(cls: type[_Body], body: dict) -> None:
     """Refuse a lone UTF-16 surrogate (JSON `"\\ud800"` without its pair) in any field the request schema reads,
-    naming the field; no tokenizer can encode one, and its own error would name neither field nor fix."""
+    naming the field; no tokenizer can encode one, and its own error would name neither field nor fix.
+    Nesting deeper than 100 levels in such a field is refused the same way (check_value)."""
     for key in cls.model_fields:
         if key in body:
             try:
