@@ -160,8 +160,8 @@ def _is_named(kind: str, value: str) -> bool:
 def ref_problem(ref: RefValue, settings: Settings) -> str | None:
     """The studio's rule for one value that names a file, folder, model or code; None when it is allowed.
 
-    Code runs only when it is a built-in (`builtin:NAME` of a registered reward); every other kind is a path that must resolve
-    (after `~` and symlinks) inside the folders kind_roots() gives that kind.
+    Code runs only when it is a built-in (`builtin:NAME` of a registered reward); every other kind is a path that
+    must resolve (after `~` and symlinks) inside the folders kind_roots() gives that kind.
     """
     if ref.kind == "code":
         if is_builtin(ref.value):  # it must also name a registered reward (`builtin:../../evil` does not)

@@ -125,8 +125,8 @@ def check_chars(text: str, what: str = "path", shown: str | None = None, length:
         raise StudioError(f"{what} {shown or short_repr(text)} holds a lone UTF-16 surrogate (half of a character); "
                           "remove it") from None
     if length and (len(text) > MAX_PATH_CHARS or max(parts) > MAX_PART_BYTES):
-        raise StudioError(f"{what} {shown or short_repr(text)} is too long ({len(text)} characters; at most {MAX_PATH_CHARS}, and "
-                          f"{MAX_PART_BYTES} bytes per name); use a shorter name")
+        raise StudioError(f"{what} {shown or short_repr(text)} is too long ({len(text)} characters; at most "
+                          f"{MAX_PATH_CHARS}, and {MAX_PART_BYTES} bytes per name); use a shorter name")
 
 
 def short_repr(text: str, limit: int = 80) -> str:
