@@ -176,6 +176,32 @@ def test_client_mistakes_in_any_field_are_400_not_500(live, path, body, param, m
     assert error["param"] == param and message in error["message"]
 
 
+@pytest.mark.parametrize("path, body, param, field", [
+    ("completions", {"model": "a", "prompt": "2 + 2 = \ud800", "max_tokens": 2}, "prompt", "prompt"),
+    ("completions", {"model": "a", "prompt": ["\udfff"], "max_tokens": 2}, "prompt", "prompt[0]"),
+    ("chat/completions", {**CHAT, "messages": [{"role": "user", "content": "x\ud83d"}]}, "messages",
+     "messages[0].content"),
+    ("chat/completions", {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]},
+     "messages", "messages[0].content[0].text"),
+    ("chat/completions", {**CHAT, "stop": ["\ud800"]}, "stop", "stop[0]"),
+    ("chat/completions", {**CHAT, "user": "\udc00"}, "user", "user"),
+])
+def test_a_lone_surrogate_in_a_request_string_is_400_naming_the_field(live, path, body, param, field):
+    raw = json.dumps(body).encode()  # ensure_ascii: the surrogate travels as the JSON escape \\ud800
+    resp = httpx.post(f"{live.url}/v1/{path}", content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    assert error["message"].startswith(f"field '{field}' holds a lone UTF-16 surrogate"), error
+
+
+def test_a_whole_emoji_written_as_a_surrogate_pair_is_accepted(live):
+    raw = b'{"model": "a", "prompt": "smile \\ud83d\\ude00", "max_tokens": 2}'  # the escaped pair is one character
+    resp = httpx.post(f"{live.url}/v1/completions", content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["completion_tokens"] >= 1
+
+
 @pytest.mark.parametrize("raw", [b'{"model": "a", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
                                  b"[" * 10_000 + b"]" * 10_000])
 def test_non_finite_numbers_and_deep_nesting_are_400(live, raw):

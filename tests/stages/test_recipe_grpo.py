@@ -17,6 +17,7 @@ from tunelab.stages.rewards import (
     format_regex,
     length,
     load_reward,
+    load_rewards,
 )
 
 REWARD_FILE = Path(__file__).parent / "fixtures" / "vowel_rewards.py"
@@ -80,6 +81,44 @@ def test_builtin_rewards_and_their_errors(tmp_path: Path) -> None:
     (tmp_path / "r.py").write_text("def good(c, a, p):\n    return [0.0] * len(c)\n")
     with pytest.raises(ValueError, match=r"has no function 'bad'; it defines good"):
         load_reward(f"{tmp_path / 'r.py'}:bad")
+
+
+def test_load_rewards_lists_every_bad_reference_under_its_key() -> None:
+    from tunelab.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_rewards(["builtin:length", "builtin:../../evil", "nope.py:f", "builtin"], "selftrain.rewards")
+    assert e.value.problems[0] == ("selftrain.rewards[1]: unknown built-in reward '../../evil'; choose one of: "
+                                   "answer_match, format_regex, length")
+    assert e.value.problems[1].startswith("selftrain.rewards[2]: 'nope.py:f': nope.py is not an existing .py file")
+    assert e.value.problems[2].startswith("selftrain.rewards[3]: 'builtin' must look like builtin:answer_match")
+    assert len(e.value.problems) == 3
+    assert list(load_rewards(["builtin:length"], "grpo.rewards")) == ["length"]
+
+
+@pytest.mark.parametrize("section", ["grpo", "selftrain"])
+def test_cli_refuses_an_unknown_builtin_reward_before_loading_the_model(prompts_file: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        section: str) -> None:
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.stages import recipe
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the rewards were checked")
+
+    monkeypatch.setattr(recipe, "load_model", no_model)
+    extra = {"grpo": {"rewards": ["builtin:nope"]}} if section == "grpo" else \
+        {"selftrain": {"mode": "rejection", "rewards": ["builtin:nope"]}}
+    cfg = {"model": {"name": "tiny-llama"}, "stage": section, "output_dir": str(tmp_path / "run"),
+           "data": {"train": str(prompts_file)}, "train": {"max_steps": 1}, **extra}
+    (tmp_path / "cfg.yaml").write_text(json.dumps(cfg), encoding="utf-8")  # JSON is YAML
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert f"{section}.rewards[0]: unknown built-in reward 'nope'; choose one of: answer_match" in result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 @pytest.mark.parametrize("rank", [0, 1])

@@ -34,6 +34,7 @@ from tunelab.infer.ab import ABRouter, Route
 from tunelab.infer.drift import DriftMonitor, DriftProfile, DriftReport
 from tunelab.infer.engine import Batcher, Delta, Finish, GenJob, ModelPool, ModelSpec, Sampling, ServedModel, SpecError
 from tunelab.infer.stats import ServeStats
+from tunelab.utils.userfiles import UserFileError, check_value
 
 log = logging.getLogger("tunelab.serve")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # OpenAI's `seed` is an int64; torch.manual_seed overflows past 2^64
@@ -293,12 +294,26 @@ async def _read_json(request: Request, limit: int) -> dict:
 
 def _validate(cls: type[_Body], body: dict) -> _Body:
     try:
-        return cls.model_validate(body)
+        req = cls.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"])
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         raise APIError(400, f"{param}: {err['msg']}{more}", param=param) from None
+    _check_strings(cls, body)
+    return req
+
+
+def _check_strings(cls: type[_Body], body: dict) -> None:
+    """Refuse a lone UTF-16 surrogate (JSON `"\\ud800"` without its pair) in any field the request schema reads,
+    naming the field; no tokenizer can encode one, and its own error would name neither field nor fix.
+    Nesting deeper than 100 levels in such a field is refused the same way (check_value)."""
+    for key in cls.model_fields:
+        if key in body:
+            try:
+                check_value({key: body[key]}, "request")
+            except UserFileError as exc:  # "request: field 'messages[0].content' holds a lone UTF-16 surrogate..."
+                raise APIError(400, str(exc).removeprefix("request: "), param=key) from None
 
 
 def _prompt(served: ServedModel, req: _Body, kind: str) -> tuple[list[int], str]:

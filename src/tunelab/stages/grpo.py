@@ -45,7 +45,7 @@ from tunelab.stages.common import (
 )
 from tunelab.stages.recipe import finish_run, load_split, say, setup_run
 from tunelab.stages.reference import Reference
-from tunelab.stages.rewards import load_reward, reward_name, score
+from tunelab.stages.rewards import load_rewards, score
 
 Reduction = Callable[[Tensor, Tensor], Tensor]
 
@@ -273,14 +273,15 @@ class GrpoStep:
 
 def run(cfg, progress: bool = True):
     """Train with GRPO end to end and return the run folder path."""
-    setup = setup_run(cfg, progress)
     gcfg = cfg.grpo
+    # before the model loads and the run folder is made: an unknown reward is one error, nothing written
+    rewards = load_rewards(gcfg.rewards, "grpo.rewards", gcfg.format_regex, gcfg.length_target)
+    setup = setup_run(cfg, progress)
     train_convs, val_convs = load_split(cfg.data, lambda path: load_conversations(path, cfg.data.format)[0],
                                         cfg.train.seed, stage=cfg.stage)
     tok, tpl = setup.tokenizer, setup.template
     train = prompt_samples(cfg.data, tok, tpl, train_convs)
     val = prompt_samples(cfg.data, tok, tpl, val_convs)
-    rewards = {reward_name(spec): load_reward(spec, gcfg.format_regex, gcfg.length_target) for spec in gcfg.rewards}
     reference = Reference(setup.model) if gcfg.beta > 0 else None
     say(progress, f"grpo: {len(train)} train / {len(val)} validation prompts, {gcfg.group_size} completions each; "
         f"rewards {', '.join(gcfg.rewards)}")

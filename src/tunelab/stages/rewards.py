@@ -56,25 +56,59 @@ BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {
 }
 
 
-def load_reward(spec: str, format_pattern: str = r"\\boxed\{.+?\}", length_target: int = 200) -> RewardFn:
-    """The reward function named by ``spec`` (``builtin:name`` or ``file.py:function``), configured."""
+def reward_problem(spec: str, key: str = "grpo.rewards") -> str | None:
+    """What is wrong with a reward reference, found without running anything; None when it can be loaded.
+
+    ``builtin:NAME`` must name a BUILTIN_REWARDS entry (so ``builtin:../../evil`` is refused), and
+    ``file.py:function`` an existing .py file. Used before a model is loaded, and by the studio.
+    """
     kind, sep, name = spec.partition(":")
     if not sep or not name:
-        raise ValueError(f"grpo.rewards: {spec!r} must look like builtin:answer_match or my_rewards.py:my_function")
+        return f"{key}: {spec!r} must look like builtin:answer_match or my_rewards.py:my_function"
+    if kind == "builtin":
+        if name not in BUILTIN_REWARDS:
+            return f"{key}: unknown built-in reward {name!r}; choose one of: {', '.join(sorted(BUILTIN_REWARDS))}"
+        return None
+    path = Path(kind)
+    if path.suffix != ".py" or not path.is_file():  # is_file() is False (not an error) for a name holding NUL
+        return (f"{key}: {spec!r}: {path} is not an existing .py file (paths are relative to the working "
+                f"directory {Path.cwd()})")
+    return None
+
+
+def load_rewards(specs: list[str], key: str, format_pattern: str = r"\\boxed\{.+?\}",
+                 length_target: int = 200) -> dict[str, RewardFn]:
+    """The reward functions of a config section ({logged name: function}); one ConfigError listing every
+    reference that cannot be loaded, so a stage can call this before it loads the model and creates the run."""
+    from tunelab.config import ConfigError
+
+    problems = [p for i, spec in enumerate(specs) if (p := reward_problem(spec, f"{key}[{i}]")) is not None]
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return {reward_name(spec): load_reward(spec, format_pattern, length_target, key) for spec in specs}
+    except ValueError as e:  # a reward file without the named function
+        raise ConfigError([str(e)]) from None
+
+
+def load_reward(spec: str, format_pattern: str = r"\\boxed\{.+?\}", length_target: int = 200,
+                key: str = "grpo.rewards") -> RewardFn:
+    """The reward function named by ``spec`` (``builtin:name`` or ``file.py:function``), configured."""
+    problem = reward_problem(spec, key)
+    if problem is not None:
+        raise ValueError(problem)
+    kind, _, name = spec.partition(":")
     if kind == "builtin":
         fn = pick(BUILTIN_REWARDS, name, "built-in reward")
         return partial(fn, pattern=format_pattern, target=length_target)
     path = Path(kind)
-    if path.suffix != ".py" or not path.is_file():
-        raise ValueError(f"grpo.rewards: {spec!r}: {path} is not an existing .py file (paths are relative to the "
-                         f"working directory {Path.cwd()})")
     module_spec = importlib.util.spec_from_file_location(f"tunelab_user_rewards_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     fn = getattr(module, name, None)
     if not callable(fn):
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise ValueError(f"grpo.rewards: {path} has no function {name!r}; it defines {', '.join(found) or 'none'}")
+        raise ValueError(f"{key}: {path} has no function {name!r}; it defines {', '.join(found) or 'none'}")
     return fn
 
 

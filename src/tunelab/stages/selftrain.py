@@ -34,7 +34,7 @@ from tunelab.stages.grpo import (
     sample_completions,
 )
 from tunelab.stages.recipe import chat_reference_data, finish_run, load_split, say, setup_run
-from tunelab.stages.rewards import load_reward, reward_name, score
+from tunelab.stages.rewards import load_rewards, score
 from tunelab.stages.sft import sft_loss
 from tunelab.runfolder import RunFolder
 from tunelab.utils.io import atomic_write_jsonl
@@ -81,12 +81,13 @@ def sample_and_judge(model, prompts: list, scfg, rewards: dict, tokenizer, templ
 
 def run_rejection(cfg, progress: bool = True):
     """Sample, filter and fine-tune end to end; return the run folder path."""
-    setup = setup_run(cfg, progress)
     scfg = cfg.selftrain
+    # before the model loads and the run folder is made: an unknown reward is one error, nothing written
+    rewards = load_rewards(scfg.rewards, "selftrain.rewards", scfg.format_regex, scfg.length_target)
+    setup = setup_run(cfg, progress)
     train_convs, val_convs = load_split(cfg.data, lambda path: load_conversations(path, cfg.data.format)[0],
                                         cfg.train.seed, stage=cfg.stage)
     tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
-    rewards = {reward_name(spec): load_reward(spec, scfg.format_regex, scfg.length_target) for spec in scfg.rewards}
     rows = sample_and_judge(setup.model, prompt_samples(cfg.data, tok, tpl, train_convs), scfg, rewards, tok, tpl,
                             cfg.train.batch_size, setup.device)
     folder = RunFolder(setup.run_dir)

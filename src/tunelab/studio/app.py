@@ -14,6 +14,7 @@ import secrets
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -44,6 +45,21 @@ def _errors(app: FastAPI) -> None:
                             status_code=422)
 
     app.add_exception_handler(ConfigError, config_error)
+
+    async def request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A body or parameter of the wrong shape: 422 with one `error` line the page shows (like every other
+        error here) and FastAPI's `detail` list, without the `input` echo (a huge value is never sent back)."""
+        errors = exc.errors()
+        detail = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in errors]
+        first = detail[0] if detail else {"loc": (), "msg": "invalid request"}
+        where = ".".join(map(str, first["loc"][1:])) or "body"  # loc: ("body" | "query" | "path", field, ...)
+        msg = first["msg"]
+        if first.get("type") == "json_invalid":  # loc: ("body", character position)
+            where, msg = "body", f"not valid JSON (at character {first['loc'][-1]}); send a JSON object"
+        more = f" (and {len(detail) - 1} more problems)" if len(detail) > 1 else ""
+        return JSONResponse({"error": f"{where}: {msg}{more}", "detail": detail}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, request_error)
 
 
 def _auth(app: FastAPI, token: str | None) -> None:

@@ -24,6 +24,7 @@ from tunelab.studio.paths import (
     StudioError,
     inside,
     safe_name,
+    short_repr,
     unique_path,
 )
 
@@ -124,7 +125,7 @@ def read_dataset(path: Path, name: str | None = None):
 
 def dataset_path(settings: Settings, name: str) -> Path:
     """The library file called `name` (refusing anything outside datasets/)."""
-    p = inside(settings.datasets / name, [settings.datasets], "dataset")
+    p = inside(settings.datasets / name, [settings.datasets], "dataset", short_repr(name))
     if p.parent != settings.datasets or not p.is_file() or p.name.startswith("."):
         raise NotFound(f"no dataset {name!r} in the library")
     return p

@@ -160,12 +160,14 @@ def _is_named(kind: str, value: str) -> bool:
 def ref_problem(ref: RefValue, settings: Settings) -> str | None:
     """The studio's rule for one value that names a file, folder, model or code; None when it is allowed.
 
-    Code runs only when it is a built-in (`builtin:NAME`); every other kind is a path that must resolve
-    (after `~` and symlinks) inside the folders kind_roots() gives that kind.
+    Code runs only when it is a built-in (`builtin:NAME` of a registered reward); every other kind is a path that
+    must resolve (after `~` and symlinks) inside the folders kind_roots() gives that kind.
     """
     if ref.kind == "code":
-        if is_builtin(ref.value):
-            return None
+        if is_builtin(ref.value):  # it must also name a registered reward (`builtin:../../evil` does not)
+            from tunelab.stages.rewards import reward_problem
+
+            return reward_problem(ref.value, ref.key)
         return (f"{ref.key}: {ref.value}: the studio runs built-in reward functions only (builtin:...); "
                 "run Python reward files with the CLI")
     if _is_named(ref.kind, ref.value):

@@ -12,7 +12,9 @@ Everything the studio writes lives under one data dir:
 
 User-supplied names never become paths directly: `safe_name` reduces them to a plain file
 name, and `inside` refuses any path that resolves outside an allowed root (so
-`../../etc/passwd` and symlinks pointing out are both rejected).
+`../../etc/passwd` and symlinks pointing out are both rejected). Both refuse control characters
+(a NUL byte makes the OS calls raise) and names too long for the file system, so every route that
+takes a name or a path from a request answers 400 for them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+MAX_PATH_CHARS = 4096
+"""Longest path accepted (Linux's PATH_MAX); a longer one is refused before it reaches the OS."""
+MAX_PART_BYTES = 255
+"""Longest file or folder name accepted, in UTF-8 bytes (NAME_MAX of common file systems)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TOKEN_ENV = "TUNELAB_STUDIO_TOKEN"
 """The environment variable holding the studio's token (not visible in `ps`, unlike `--auth TOKEN`)."""
 
@@ -83,6 +90,7 @@ def safe_name(name: str, allowed_suffixes: tuple[str, ...] | None = None) -> str
     `../../etc/passwd` becomes `passwd`; an empty result or a suffix not in `allowed_suffixes`
     is refused with a StudioError.
     """
+    check_chars(str(name), "file name", length=False)  # a long name is cut below, not refused
     base = unicodedata.normalize("NFKC", str(name)).replace("\\", "/").split("/")[-1]
     base = re.sub(r"[^\w.\-]+", "_", base).lstrip("._-")[:120]
     if not base or base in (".", ".."):
@@ -103,11 +111,36 @@ def unique_path(folder: Path, name: str) -> Path:
     return p
 
 
+def check_chars(text: str, what: str = "path", shown: str | None = None, length: bool = True) -> None:
+    """Refuse a name or path holding a control character (NUL included) or a lone surrogate, or too long
+    for the file system, with a StudioError (HTTP 400) instead of the ValueError / OSError the OS call raises."""
+    bad = _CONTROL.search(text)
+    if bad:
+        at = "" if shown else f" at position {bad.start()}"  # a position in the joined path would mislead
+        raise StudioError(f"{what} {shown or short_repr(text)} contains the control character U+{ord(bad.group()):04X}"
+                          f"{at}; remove it")
+    try:
+        parts = [len(part.encode("utf-8")) for part in text.replace("\\", "/").split("/")]
+    except UnicodeEncodeError:
+        raise StudioError(f"{what} {shown or short_repr(text)} holds a lone UTF-16 surrogate (half of a character); "
+                          "remove it") from None
+    if length and (len(text) > MAX_PATH_CHARS or max(parts) > MAX_PART_BYTES):
+        raise StudioError(f"{what} {shown or short_repr(text)} is too long ({len(text)} characters; at most "
+                          f"{MAX_PATH_CHARS}, and {MAX_PART_BYTES} bytes per name); use a shorter name")
+
+
+def short_repr(text: str, limit: int = 80) -> str:
+    """repr() of a user's value cut to `limit` characters, so a huge value is never echoed back whole."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def inside(path: str | Path, roots: list[Path], what: str = "path", shown: str | None = None) -> Path:
     """The resolved path if it lies under one of `roots`, else a StudioError naming the roots.
 
     `shown` is how the path appears in the message (what the user typed) when `path` was joined to a base.
+    A control character, a lone surrogate or an over-long path is refused the same way (check_chars).
     """
+    check_chars(str(path), what, shown)
     p = Path(path).expanduser()
     resolved = p.resolve()
     for root in roots:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.runfolder import RunFolder
-from tunelab.studio.paths import NotFound, Settings, StudioError, inside, safe_name
+from tunelab.studio.paths import NotFound, Settings, StudioError, inside, safe_name, short_repr
 
 ALIASES = ("smollm2-135m",)
 EXPORT_FORMATS = ("merged", "gguf", "ollama")
@@ -17,7 +17,7 @@ EXPORT_FORMATS = ("merged", "gguf", "ollama")
 
 def run_path(settings: Settings, name: str) -> Path:
     """The run folder `runs/<name>` (refusing names that leave runs/)."""
-    p = inside(settings.runs / name, [settings.runs], "run")
+    p = inside(settings.runs / name, [settings.runs], "run", short_repr(name))
     if p.parent != settings.runs or not RunFolder(p).has_config():
         raise NotFound(f"no run {name!r} under {settings.runs}")
     return p

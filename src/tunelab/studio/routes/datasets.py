@@ -12,6 +12,7 @@ from tunelab.studio import datasets, forms
 from tunelab.studio.paths import StudioError
 from tunelab.studio.routes.deps import SettingsDep
 from tunelab.studio.upload import receive_upload
+from tunelab.utils.userfiles import loads_json
 
 router = APIRouter(tags=["datasets"])
 
@@ -82,7 +83,7 @@ def _columns_query(text: str | None) -> dict | None:
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        value = loads_json(text, "columns", StudioError)  # deep nesting and lone surrogates are a 400 too
     except json.JSONDecodeError as e:
         raise StudioError(f"columns: not JSON ({e.msg}); send an object like "
                           '{"instruction": "question", "output": "answer"}') from None

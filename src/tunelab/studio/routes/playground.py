@@ -10,7 +10,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from tunelab.studio import runs
+from tunelab.studio.paths import StudioError
 from tunelab.studio.routes.deps import CacheDep, SettingsDep
+from tunelab.utils.userfiles import check_value
 
 router = APIRouter(tags=["playground"])
 
@@ -27,6 +29,7 @@ class ChatBody(BaseModel):
 def chat(body: ChatBody, settings: SettingsDep, cache: CacheDep) -> StreamingResponse:
     """Stream an answer as server-sent events: `data: {"text": piece}` ... `data: {"done": true}`."""
     runs.run_path(settings, body.run)  # 404 before the stream starts
+    check_value({"messages": body.messages}, "chat", StudioError)  # a lone surrogate: 400, not an error mid-stream
 
     def events():
         try:
