@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.config import load_config
+from tunelab.infer.generate import CHAT_REPETITION_PENALTY, generate
 from tunelab.run import Run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ def test_persona_pipeline_script_to_chat(tmp_path: Path, monkeypatch: pytest.Mon
     losses = [m["loss"] for m in Run(run_dir).metrics() if "loss" in m]
     assert len(losses) == 6 and losses[-1] < losses[0]  # 8 records, 3 epochs: the answers are being learned
     prompt = EXPECTED[4][0]
-    reply = _cli("chat", run_dir, "--prompt", prompt, "--max-new-tokens", "12").strip()
+    reply = _cli("chat", run_dir, "--prompt", prompt, "--max-new-tokens", "12", "--repetition-penalty", "1.0").strip()
     # the same greedy answer straight from transformers, with the template the run saved
     model, tok, template = Run(run_dir).load_model(device="cpu")
     ids = tok.apply_chat_template([{"role": "user", "content": prompt}], chat_template=template,
@@ -85,6 +86,10 @@ def test_persona_pipeline_script_to_chat(tmp_path: Path, monkeypatch: pytest.Mon
                              pad_token_id=tok.pad_token_id)
     want = tok.decode(out[0, ids.size(1):], skip_special_tokens=True).strip()
     assert reply and reply == want
+    # by default chat penalizes repeats inside the answer (CHAT_REPETITION_PENALTY), as generate does when asked
+    default = _cli("chat", run_dir, "--prompt", prompt, "--max-new-tokens", "12").strip()
+    assert default == generate(model, tok, template, [[{"role": "user", "content": prompt}]], 12,
+                               repetition_penalty=CHAT_REPETITION_PENALTY)[0]
 
 
 def _evidence_script():
