@@ -165,3 +165,25 @@ def test_the_worked_examples_page_names_only_files_that_exist() -> None:
     stages = (REPO / "docs" / "stages.md").read_text(encoding="utf-8")
     first_line = stages.split("# Training with a stage\n\n", 1)[1].splitlines()[0]
     assert "[worked-examples.md](worked-examples.md)" in first_line  # linked at the top of that part
+
+
+def _persona_script():
+    spec = importlib.util.spec_from_file_location("persona_eval", REPO / "scripts" / "persona_eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_persona_eval_asks_only_lines_the_example_did_not_train_on(shared_data: Path) -> None:
+    ev = _persona_script()
+    records = json.loads((shared_data / "huanhuan.json").read_text(encoding="utf-8"))
+    trained = {(r["instruction"] + r.get("input", ""), r["output"]) for r in records[:240]}
+    prompts, refs = ev.heldout_prompts(shared_data / "huanhuan.json", skip=240, n=24)
+    assert len(prompts) == len(refs) == 24
+    step = (len(records) - 240) // 24  # evenly spread over the records after the trained ones
+    want = records[240::step][:24]
+    assert all(r["instruction"] in p[-1]["content"] for r, p in zip(want, prompts))
+    assert refs == [r["output"] for r in want]
+    assert not any((p[-1]["content"], a) in trained for p, a in zip(prompts, refs))
+    assert [p[0]["content"] for p in ev.fixed_prompts()] == ["你是谁？", "小主，皇上今晚翻了您的牌子。",
+                                                            "华妃娘娘又派人送了赏赐来，小主要收下吗？", "嬛儿，你在宫里过得可好？"]
