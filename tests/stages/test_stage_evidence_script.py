@@ -70,8 +70,8 @@ def test_grpo_reward_report_matches_hand_computed_rewards() -> None:
     ev = _script()
     answers = ["42", "42 is the sum of the two numbers.", "The answer is 7.", " 9. ", "3 + 5 = 8"]
     refs = ["42", "42", "7", "8", "8"]
-    # last number is the sum: 1, 0 (the last is 42? no: "two" is a word, so 42 is the only number -> 1), 1, 0, 1
-    # first number is the sum: 1, 1, 1, 0, 0
+    # last number is the sum: 1, 1 ("two" is a word: 42 is its only number), 1, 0, 1
+    # first number is the sum: 1, 1, 1, 0, 0 ("3 + 5 = 8" starts with 3)
     # length credit (full up to 20 chars, none from 40): 2 -> 1, 33 -> 2 - 33/20 = 0.35, 16 -> 1, 4 -> 1, 9 -> 1
     report = ev.reward_report(answers, refs)
     assert report["mean_correct_final_number"] == pytest.approx(4 / 5)
