@@ -7,7 +7,8 @@ default (``tunelab.infer.generate.CHAT_REPETITION_PENALTY``). Per system it repo
 ``tunelab.eval.style``: rep-4 (share of repeated 4-grams in an answer; CJK characters count one by one),
 the share of loops (rep-4 > 0.2), the share of answers that ended on the template's end token before
 ``--max-new-tokens``, and the persona proxy: the share of answers using her forms of address
-(``HUANHUAN_MARKERS``). The reference answers' own rates are reported beside them.
+(``HUANHUAN_MARKERS``), all of them (``marker_share``) and those not already in the prompt
+(``own_marker_share``: echoing the question does not count). The reference answers' own rates are reported beside them.
 
 Usage: ``python scripts/persona_eval.py base runs/huanhuan --out runs/persona_eval.json``
 """
@@ -50,7 +51,8 @@ def answer_all(model, tok, template: str, prompts: list[list[dict]], max_new_tok
     t0 = time.time()
     answers = generate_answers(model, tok, template, prompts, max_new_tokens, batch_size=8,
                                repetition_penalty=penalty)
-    report = style_report([a.text for a in answers], [a.ended for a in answers])
+    report = style_report([a.text for a in answers], [a.ended for a in answers],
+                          prompts=[p[-1]["content"] for p in prompts])
     report |= {"mean_chars": sum(len(a.text) for a in answers) / len(answers), "seconds": round(time.time() - t0, 1)}
     rows = [{"prompt": p[-1]["content"], "answer": a.text, "ended": a.ended, "tokens": a.n_tokens,
              "rep4": ngram_repetition(a.text)} for p, a in zip(prompts, answers)]
@@ -78,7 +80,7 @@ def main() -> None:
     ref_tokens = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in refs]
     result = {"prompts": len(prompts), "heldout": len(refs), "max_new_tokens": args.max_new_tokens,
               "markers": list(HUANHUAN_MARKERS),
-              "references": style_report(refs) | {
+              "references": style_report(refs, prompts=[p[-1]["content"] for p in prompts[:len(refs)]]) | {
                   "fit_in_max_new_tokens": sum(t < args.max_new_tokens for t in ref_tokens) / len(refs)},
               "systems": {}, "answers": {}}
     for name in args.systems:

@@ -32,5 +32,11 @@ def test_marker_share_and_report() -> None:
     assert report["rep4_max"] == pytest.approx(1 - 2 / 13)
     assert report["loops"] == pytest.approx(1 / 3) and report["ended_share"] == pytest.approx(2 / 3)
     assert "ended_share" not in style_report(answers)
+    # an answer that echoes the question's 皇上 is not in character; 臣妾 of her own is
+    asked = ["皇上万安", "皇上，你说", "你是谁"]
+    assert marker_share(["皇上万安", "臣妾在，皇上", "臣妾"], prompts=asked) == pytest.approx(2 / 3)
+    assert style_report(answers, prompts=asked)["own_marker_share"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="1 entries for 3 answers"):
+        marker_share(answers, prompts=["x"])
     with pytest.raises(ValueError, match="2 flags for 3 answers"):
         style_report(answers, finished=[True, True])

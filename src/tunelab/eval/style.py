@@ -9,7 +9,8 @@ chat model) where BLEU against one reference says little:
   space-separated scripts and single characters for CJK (each ideograph is a unit, as in Chinese
   BLEU), so the rate is comparable across tokenizers.
 - ``marker_share``: the share of answers containing at least one of a set of marker strings, e.g. the
-  forms of address a character uses (a cheap proxy for staying in character).
+  forms of address a character uses (a cheap proxy for staying in character); given the prompts, only
+  markers the prompt does not already contain count (echoing the question is not being in character).
 - ``style_report``: both over a list of answers, plus the share that ended on their own (stop token
   before the token limit) when the caller knows it.
 """
@@ -41,23 +42,35 @@ def ngram_repetition(text: str, n: int = 4) -> float:
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def marker_share(answers: Sequence[str], markers: Sequence[str] = HUANHUAN_MARKERS) -> float:
-    """Share of answers that contain at least one marker string."""
+def marker_share(answers: Sequence[str], markers: Sequence[str] = HUANHUAN_MARKERS,
+                 prompts: Sequence[str] | None = None) -> float:
+    """Share of answers that contain at least one marker string.
+
+    With ``prompts`` (one per answer) a marker counts only when its prompt does not contain it, so an answer
+    that echoes the question (``小主，皇上今晚...``) is not taken for one in character.
+    """
     if not answers:
         return 0.0
-    return sum(any(m in a for m in markers) for a in answers) / len(answers)
+    asked = prompts if prompts is not None else [""] * len(answers)
+    if len(asked) != len(answers):
+        raise ValueError(f"prompts has {len(asked)} entries for {len(answers)} answers")
+    return sum(any(m in a and m not in q for m in markers) for a, q in zip(answers, asked)) / len(answers)
 
 
 def style_report(answers: Sequence[str], finished: Sequence[bool] | None = None, n: int = 4,
-                 markers: Sequence[str] = HUANHUAN_MARKERS, loop_threshold: float = 0.2) -> dict[str, float]:
+                 markers: Sequence[str] = HUANHUAN_MARKERS, loop_threshold: float = 0.2,
+                 prompts: Sequence[str] | None = None) -> dict[str, float]:
     """Mean rep-n, the share of answers above ``loop_threshold`` rep-n (loops), the marker share and,
-    with ``finished`` (one bool per answer: it stopped on a stop token), the share that ended on their own."""
+    with ``finished`` (one bool per answer: it stopped on a stop token), the share that ended on their own.
+    With ``prompts``, also ``own_marker_share``: markers the prompt does not contain (see ``marker_share``)."""
     if not answers:
         raise ValueError("style_report needs at least one answer")
     reps = [ngram_repetition(a, n) for a in answers]
     out = {f"rep{n}_mean": sum(reps) / len(reps), f"rep{n}_max": max(reps),
            "loops": sum(r > loop_threshold for r in reps) / len(reps),
            "marker_share": marker_share(answers, markers)}
+    if prompts is not None:
+        out["own_marker_share"] = marker_share(answers, markers, prompts)
     if finished is not None:
         if len(finished) != len(answers):
             raise ValueError(f"finished has {len(finished)} flags for {len(answers)} answers")
