@@ -7,9 +7,9 @@ stage with LoRA through ``tunelab.train`` and measures the trained run on the sa
   of held-out pairs where the base model gives the chosen answer a higher log-prob. After: the same share for
   the trained policy, and DPO's implicit-reward accuracy (policy-vs-reference log-ratio of chosen above that
   of rejected).
-- ``grpo``: "What is a + b? Answer with just the number." rewarded by two rules the base model earns
-  sometimes: the answer starts with a number (``builtin:format_regex``) and is short (``builtin:length``, full
-  credit up to 20 characters). Before/after: mean reward of sampled answers to held-out prompts.
+- ``grpo``: "What is a + b? Answer with just the number." rewarded for the right sum
+  (``builtin:correct_final_number``) and a short answer (``builtin:length``), as examples/grpo_addition.yaml
+  sets it. Before/after: held-out accuracy of sampled and greedy answers; the run's held-out curve.
 - ``selftrain``: 4 topics of 10 words, a sentence ending on one of them; 8 labels use only each topic's first
   word, a 300-sentence unlabelled pool and 100 validation sentences use all. Baseline: the labelled-only
   model (round 0 of the run); after: the last pseudo-labelling round, on the same validation set.
@@ -35,7 +35,7 @@ from tunelab.data.templates import prompt_ids, render
 from tunelab.infer.generate import generate
 from tunelab.models import load_model, load_tokenizer
 from tunelab.stages.common import sequence_logps
-from tunelab.stages.rewards import load_reward, score
+from tunelab.stages.rewards import correct_number, load_reward, reward_name, score
 from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
 
 CATEGORIES: dict[str, list[str]] = {
@@ -117,9 +117,9 @@ def run_dpo(out: Path, model_name: str = "smollm2-135m", steps: int = 30, batch_
 
 
 GRPO_INSTRUCTION = "What is {a} + {b}? Answer with just the number."
-START_WITH_NUMBER = r"^\s*\d"  # the rule: the answer starts with a number ...
-GRPO_LENGTH_TARGET = 20  # ... and is short: full length credit up to 20 characters, none from 40
-JUST_NUMBER = re.compile(r"^\s*\d+\s*\.?\s*$")  # reported, not rewarded: the whole answer is a number
+GRPO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "grpo_addition.yaml"  # the run it trains
+START_WITH_NUMBER = re.compile(r"^\s*\d")  # reported: the answer starts with a number
+JUST_NUMBER = re.compile(r"^\s*\d+\s*\.?\s*$")  # reported: the whole answer is a number
 
 
 def grpo_prompts(seed: int = 0, n_train: int = 48, n_held: int = 12) -> tuple[list[dict], list[dict]]:
@@ -135,64 +135,84 @@ def grpo_prompts(seed: int = 0, n_train: int = 48, n_held: int = 12) -> tuple[li
     return rows[:n_train], rows[n_train:n_train + n_held]
 
 
-def grpo_rewards() -> dict:
-    """The two rule rewards GRPO trains on, as the stage builds them: starts with a number + length <= 20 chars."""
-    return {"format_regex": load_reward("builtin:format_regex", START_WITH_NUMBER, GRPO_LENGTH_TARGET),
-            "length": load_reward("builtin:length", START_WITH_NUMBER, GRPO_LENGTH_TARGET)}
+def grpo_rewards() -> tuple[dict, list[float]]:
+    """The rewards and weights GRPO trains on, built as the stage builds them from examples/grpo_addition.yaml."""
+    g = tunelab.load_config(GRPO_CONFIG).grpo
+    fns = {reward_name(spec): load_reward(spec, g.format_regex, g.length_target) for spec in g.rewards}
+    return fns, list(g.reward_weights or [1.0] * len(fns))
 
 
 def reward_report(answers: list[str], references: list[str]) -> dict:
-    """Mean summed reward (what GRPO maximizes), each reward's mean, and two unrewarded checks of the answers."""
-    per_fn = score(grpo_rewards(), answers, references, [[] for _ in answers])
+    """Mean weighted reward (what GRPO maximizes), each reward's mean, and checks of the answers.
+
+    ``correct_final_number`` (rewarded): the answer's last number is the sum; ``correct_number``: its first
+    number is (the sum comes first); ``correct``: the whole answer is the sum (``51`` or ``51.``);
+    ``starts_with_number`` and ``just_a_number``: the form alone.
+    """
+    fns, weights = grpo_rewards()
+    per_fn = score(fns, answers, references, [[] for _ in answers])
     n = len(answers)
-    return {"mean_reward": sum(map(sum, zip(*per_fn.values()))) / n,
+    return {"mean_reward": sum(w * v for w, vals in zip(weights, per_fn.values()) for v in vals) / n,
             **{f"mean_{k}": sum(v) / n for k, v in per_fn.items()},
-            "just_a_number": sum(bool(JUST_NUMBER.match(a)) for a in answers) / n,
-            "correct": sum(a.strip().rstrip(".") == r for a, r in zip(answers, references)) / n}
+            "correct_number": sum(correct_number(answers, references, [])) / n,
+            "correct": sum(a.strip().rstrip(".").strip() == r for a, r in zip(answers, references)) / n,
+            "starts_with_number": sum(bool(START_WITH_NUMBER.match(a)) for a in answers) / n,
+            "just_a_number": sum(bool(JUST_NUMBER.match(a)) for a in answers) / n}
 
 
 def sampled_answers(model, tokenizer, template: str, rows: list[dict], samples: int, max_new_tokens: int,
-                    seed: int) -> tuple[list[str], list[str]]:
-    """(answers, references): ``samples`` answers per prompt, sampled at temperature 1 (as in training), seeded."""
+                    seed: int, temperature: float = 1.0) -> tuple[list[str], list[str]]:
+    """(answers, references): ``samples`` answers per prompt, at temperature 1 (as in training) by default, seeded."""
     torch.manual_seed(seed)
     convs = [[{"role": "user", "content": r["instruction"]}] for r in rows for _ in range(samples)]
-    answers = generate(model, tokenizer, template, convs, max_new_tokens, temperature=1.0, batch_size=32)
+    answers = generate(model, tokenizer, template, convs, max_new_tokens, temperature=temperature, batch_size=32)
     return answers, [r["output"] for r in rows for _ in range(samples)]
 
 
 def run_grpo(out: Path, model_name: str = "smollm2-135m", steps: int = 20, batch_size: int = 4,
-             group_size: int = 4, max_new_tokens: int = 16, lr: float = 3e-4, samples: int = 8,
+             max_new_tokens: int = 16, lr: float = 3e-4, samples: int = 8, eval_every: int = 5,
              seed: int = 0) -> dict:
-    """Train GRPO on the rule rewards and report held-out rewards before and after (see module doc)."""
+    """Train examples/grpo_addition.yaml and report held-out answers before and after (see module doc).
+
+    Before/after: ``samples`` answers per held-out prompt at temperature 1, and the greedy answer. The curve:
+    the run's own held-out evaluations every ``eval_every`` steps (4 samples per prompt, the same rewards).
+    """
     train, held = grpo_prompts(seed)
     atomic_write_json(out / "grpo_train.json", train)
     atomic_write_json(out / "grpo_heldout.json", held)
     base, tok = load_model(model_name), load_tokenizer(model_name)
     before_answers, refs = sampled_answers(base, tok, tok.chat_template, held, samples, max_new_tokens, seed)
+    before_greedy, greedy_refs = sampled_answers(base, tok, tok.chat_template, held, 1, max_new_tokens, seed, 0.0)
     del base
     t0 = time.time()
-    run = tunelab.train({
-        "model": {"name": model_name}, "stage": "grpo", "output_dir": str(out / "grpo-run"),
-        "data": {"train": str(out / "grpo_train.json"), "val_size": 0, "max_length": 64},
-        "method": {"name": "lora", "r": 8, "alpha": 16},
-        "grpo": {"group_size": group_size, "max_new_tokens": max_new_tokens,
-                 "rewards": ["builtin:format_regex", "builtin:length"], "format_regex": START_WITH_NUMBER,
-                 "length_target": GRPO_LENGTH_TARGET, "beta": 0.04},
-        "train": {"max_steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "report": False}},
+    run = tunelab.train(GRPO_CONFIG, [
+        f"model.name={model_name}", f"data.train={out / 'grpo_train.json'}", f"data.eval={out / 'grpo_heldout.json'}",
+        f"grpo.max_new_tokens={max_new_tokens}", f"train.max_steps={steps}", f"train.batch_size={batch_size}",
+        f"train.lr={lr}", f"train.seed={seed}", f"train.eval_every={eval_every}", f"output_dir={out / 'grpo-run'}"],
         progress=False)
     train_s = time.time() - t0
     model, tok, tpl = run.load_model(device="cpu")
     after_answers, _ = sampled_answers(model, tok, tpl, held, samples, max_new_tokens, seed)
-    train_rewards = [m["reward"] for m in run.metrics() if "reward" in m]
+    after_greedy, _ = sampled_answers(model, tok, tpl, held, 1, max_new_tokens, seed, 0.0)
+    lines = run.metrics()
+    train_rewards = [m["reward"] for m in lines if "reward" in m]
+    curve = [{"step": m["step"], **{k[len("eval_"):]: v for k, v in m.items() if k.startswith("eval_reward")}}
+             for m in lines if "eval_reward" in m]
     result = {
-        "experiment": "grpo", "model": model_name, "train_prompts": len(train), "heldout_prompts": len(held),
-        "samples_per_heldout_prompt": samples, "steps": steps, "batch_size": batch_size, "group_size": group_size,
-        "max_new_tokens": max_new_tokens, "lr": lr, "train_seconds": round(train_s, 1),
+        "experiment": "grpo", "model": model_name, "config": str(GRPO_CONFIG.relative_to(GRPO_CONFIG.parents[1])),
+        "train_prompts": len(train), "heldout_prompts": len(held), "samples_per_heldout_prompt": samples,
+        "steps": steps, "batch_size": batch_size, "max_new_tokens": max_new_tokens, "lr": lr, "seed": seed,
+        "train_seconds": round(train_s, 1),
         "before": reward_report(before_answers, refs), "after": reward_report(after_answers, refs),
+        "before_greedy": reward_report(before_greedy, greedy_refs),
+        "after_greedy": reward_report(after_greedy, greedy_refs),
+        "heldout_curve": curve,
         "train_reward_first10": sum(train_rewards[:10]) / max(1, len(train_rewards[:10])),
         "train_reward_last10": sum(train_rewards[-10:]) / max(1, len(train_rewards[-10:])),
         "examples": [{"prompt": held[i // samples]["instruction"], "before": before_answers[i],
                       "after": after_answers[i]} for i in range(0, len(refs), samples)],
+        "greedy_examples": [{"prompt": h["instruction"], "before": b, "after": a}
+                            for h, b, a in zip(held, before_greedy, after_greedy)],
         "run": str(run.path)}
     atomic_write_json(out / "grpo_result.json", result)
     return result

@@ -13,6 +13,8 @@ import tunelab
 from tunelab.stages.grpo import completion_batch, group_advantages
 from tunelab.stages.rewards import (
     answer_match,
+    correct_final_number,
+    correct_number,
     extract_answer,
     format_regex,
     length,
@@ -89,7 +91,7 @@ def test_load_rewards_lists_every_bad_reference_under_its_key() -> None:
     with pytest.raises(ConfigError) as e:
         load_rewards(["builtin:length", "builtin:../../evil", "nope.py:f", "builtin"], "selftrain.rewards")
     assert e.value.problems[0] == ("selftrain.rewards[1]: unknown built-in reward '../../evil'; choose one of: "
-                                   "answer_match, format_regex, length")
+                                   "answer_match, correct_final_number, correct_number, format_regex, length")
     assert e.value.problems[1].startswith("selftrain.rewards[2]: 'nope.py:f': nope.py is not an existing .py file")
     assert e.value.problems[2].startswith("selftrain.rewards[3]: 'builtin' must look like builtin:answer_match")
     assert len(e.value.problems) == 3
@@ -119,6 +121,40 @@ def test_cli_refuses_an_unknown_builtin_reward_before_loading_the_model(prompts_
     assert f"{section}.rewards[0]: unknown built-in reward 'nope'; choose one of: answer_match" in result.output
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_number_rewards_on_hand_examples() -> None:
+    completions = ["55", "55.", "55, since 18 + 37 = 55", "18 + 37 = 55", "so \\boxed{55}", "fifty-five", "1,234",
+                   "-3", " 055", "55.0", "", "\\boxed{18 + 37 = 55} 7"]
+    answers = ["55", "55", "55", "55", "\\boxed{55}", "55", "1234", "-3", "55", "The sum is 55.", "55", "55"]
+    # first number (the answer comes first); inside \boxed{} only the box counts
+    assert correct_number(completions, answers, []) == [1, 1, 1, 0, 1, 0, 1, 1, 1, 1, 0, 0]
+    # last number (working may come first)
+    assert correct_final_number(completions, answers, []) == [1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1]
+    assert correct_number(["12"], ["no number here"], []) == [0.0]  # a reference without a number: never right
+    assert load_reward("builtin:correct_final_number")(["2 + 2 = 4"], ["4"], []) == [1.0]
+
+
+def test_grpo_wires_the_correctness_reward_from_the_config(tmp_path: Path) -> None:
+    rows = [{"instruction": f"What is {a} + {b}?", "output": str(a + b)} for a in range(3) for b in range(2)]
+    (tmp_path / "sums.json").write_text(json.dumps(rows), encoding="utf-8")
+    cfg = {"model": {"name": "tiny-llama"}, "stage": "grpo", "output_dir": str(tmp_path / "grpo"),
+           "data": {"train": str(tmp_path / "sums.json"), "max_length": 64, "val_size": 0.0},
+           "method": {"name": "lora", "r": 4, "alpha": 8},
+           "grpo": {"group_size": 2, "max_new_tokens": 6, "rewards": ["builtin:correct_number", "builtin:length"],
+                    "reward_weights": [1.0, 0.5], "length_target": 4},
+           "train": {"max_steps": 2, "batch_size": 3, "lr": 1e-2, "report": False}}
+    run = tunelab.train(cfg, progress=False)
+    logged = [json.loads(line) for line in (run.path / "completions.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 * 3 * 2  # 2 steps x 3 prompts x 2 completions
+    texts, refs = [r["completion"] for r in logged], [r["reference"] for r in logged]
+    assert sorted(set(refs)) == ["0", "1", "2", "3"]  # the records' answers reach the reward function
+    want = correct_number(texts, refs, [])
+    assert [r["rewards"]["correct_number"] for r in logged] == want
+    lens = length(texts, refs, [], target=4)
+    assert [r["reward"] for r in logged] == pytest.approx([c + 0.5 * n for c, n in zip(want, lens)])
+    first = [m for m in run.metrics() if "loss" in m][0]
+    assert first["rewards/correct_number"] == pytest.approx(sum(want[:6]) / 6)
 
 
 @pytest.mark.parametrize("rank", [0, 1])

@@ -68,20 +68,24 @@ def test_dpo_experiment_runs_and_its_before_number_is_the_base_model(tmp_path):
 
 def test_grpo_reward_report_matches_hand_computed_rewards() -> None:
     ev = _script()
-    answers = ["42", "42 is the sum of the two numbers.", "The answer is 7.", " 9. "]
-    refs = ["42", "42", "7", "8"]
-    # starts with a number: 1, 1, 0, 1; length credit (full up to 20 chars, none from 40):
-    # 2 chars -> 1, 33 chars -> 2 - 33/20 = 0.35, 16 chars -> 1, 4 chars -> 1
+    answers = ["42", "42 is the sum of the two numbers.", "The answer is 7.", " 9. ", "3 + 5 = 8"]
+    refs = ["42", "42", "7", "8", "8"]
+    # last number is the sum: 1, 1 ("two" is a word: 42 is its only number), 1, 0, 1
+    # first number is the sum: 1, 1, 1, 0, 0 ("3 + 5 = 8" starts with 3)
+    # length credit (full up to 20 chars, none from 40): 2 -> 1, 33 -> 2 - 33/20 = 0.35, 16 -> 1, 4 -> 1, 9 -> 1
     report = ev.reward_report(answers, refs)
-    assert report["mean_format_regex"] == pytest.approx(3 / 4)
-    assert report["mean_length"] == pytest.approx((1 + 0.35 + 1 + 1) / 4)
-    assert report["mean_reward"] == pytest.approx((2 + 1.35 + 1 + 2) / 4)
-    assert report["just_a_number"] == pytest.approx(2 / 4) and report["correct"] == pytest.approx(1 / 4)
+    assert report["mean_correct_final_number"] == pytest.approx(4 / 5)
+    assert report["correct_number"] == pytest.approx(3 / 5)
+    assert report["mean_length"] == pytest.approx((1 + 0.35 + 1 + 1 + 1) / 5)
+    assert report["mean_reward"] == pytest.approx((4 + 0.2 * 4.35) / 5)  # weights 1.0 and 0.2 from the example
+    assert report["just_a_number"] == pytest.approx(2 / 5) and report["correct"] == pytest.approx(1 / 5)
+    assert report["starts_with_number"] == pytest.approx(4 / 5)
 
 
 def test_grpo_experiment_runs_and_its_before_numbers_are_the_base_model(tmp_path):
     ev = _script()
-    result = ev.run_grpo(tmp_path, model_name="tiny-llama", steps=1, batch_size=2, max_new_tokens=4, samples=2)
+    result = ev.run_grpo(tmp_path, model_name="tiny-llama", steps=2, batch_size=2, max_new_tokens=4, samples=2,
+                         eval_every=1)
     assert json.loads((tmp_path / "grpo_result.json").read_text()) == result
     assert result["train_prompts"] == 48 and result["heldout_prompts"] == 12 and len(result["examples"]) == 12
     model, tok = load_model("tiny-llama"), load_tokenizer("tiny-llama")
@@ -89,8 +93,16 @@ def test_grpo_experiment_runs_and_its_before_numbers_are_the_base_model(tmp_path
     answers, refs = ev.sampled_answers(model, tok, tok.chat_template, held, 2, 4, seed=0)  # same seed: same samples
     assert result["before"] == ev.reward_report(answers, refs)
     assert [e["before"] for e in result["examples"]] == answers[::2]
-    completions = (tmp_path / "grpo-run" / "completions.jsonl").read_text().splitlines()
-    assert len(completions) == 2 * 4  # 2 prompts x group of 4 in the one training step
+    # the run is examples/grpo_addition.yaml: the correctness reward, and a held-out evaluation at each step
+    rows = [json.loads(line) for line in (tmp_path / "grpo-run" / "completions.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert len(train_rows) == 2 * 2 * 4  # 2 steps x 2 prompts x group of 4
+    assert set(train_rows[0]["rewards"]) == {"correct_final_number", "length"}
+    assert [c["step"] for c in result["heldout_curve"]] == [1, 2]
+    evals = [r for r in rows if r["split"] == "eval"]
+    first_eval = evals[:12 * 4]  # 12 held-out prompts x 4 samples at step 1
+    mean = sum(r["rewards"]["correct_final_number"] for r in first_eval) / len(first_eval)
+    assert result["heldout_curve"][0]["rewards/correct_final_number"] == pytest.approx(mean)
 
 
 def test_fudan_subset_is_balanced_cuts_news_and_keeps_answers(tmp_path, shared_data):

@@ -46,6 +46,11 @@ def test_example_runs_one_step_through_the_cli(name: str, tmp_path: Path, shared
         EXTRA[name] = [f"data.train={shared_data / 'fudan_news_train.jsonl'}"]
     if name == "dpo_real_pairs":  # its training file is a split of the demo pairs (benchmarks/scripts/dpo_heldout.py)
         EXTRA[name] = [f"data.train={shared_data / 'llamafactory_demo' / 'dpo_en_demo.json'}"]
+    if name == "grpo_addition":  # its data comes from scripts/stage_evidence.py grpo; the same records here
+        sums = [{"instruction": f"What is {a} + {b}? Answer with just the number.", "output": str(a + b)}
+                for a, b in [(2, 3), (4, 5), (6, 7), (8, 9)]]
+        (tmp_path / "sums.json").write_text(json.dumps(sums), encoding="utf-8")
+        EXTRA[name] = [f"data.train={tmp_path / 'sums.json'}"]
     result = CliRunner().invoke(app, ["train", str(EXAMPLES[name]), *SMALL, *EXTRA.get(name, []), f"output_dir={out}",
                                         "--quiet"])
     assert result.exit_code == 0, result.output

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.config import load_config
+from tunelab.infer.generate import CHAT_REPETITION_PENALTY, generate
 from tunelab.run import Run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ def test_persona_pipeline_script_to_chat(tmp_path: Path, monkeypatch: pytest.Mon
     losses = [m["loss"] for m in Run(run_dir).metrics() if "loss" in m]
     assert len(losses) == 6 and losses[-1] < losses[0]  # 8 records, 3 epochs: the answers are being learned
     prompt = EXPECTED[4][0]
-    reply = _cli("chat", run_dir, "--prompt", prompt, "--max-new-tokens", "12").strip()
+    reply = _cli("chat", run_dir, "--prompt", prompt, "--max-new-tokens", "12", "--repetition-penalty", "1.0").strip()
     # the same greedy answer straight from transformers, with the template the run saved
     model, tok, template = Run(run_dir).load_model(device="cpu")
     ids = tok.apply_chat_template([{"role": "user", "content": prompt}], chat_template=template,
@@ -85,6 +86,10 @@ def test_persona_pipeline_script_to_chat(tmp_path: Path, monkeypatch: pytest.Mon
                              pad_token_id=tok.pad_token_id)
     want = tok.decode(out[0, ids.size(1):], skip_special_tokens=True).strip()
     assert reply and reply == want
+    # by default chat penalizes repeats inside the answer (CHAT_REPETITION_PENALTY), as generate does when asked
+    default = _cli("chat", run_dir, "--prompt", prompt, "--max-new-tokens", "12").strip()
+    assert default == generate(model, tok, template, [[{"role": "user", "content": prompt}]], 12,
+                               repetition_penalty=CHAT_REPETITION_PENALTY)[0]
 
 
 def _evidence_script():
@@ -164,3 +169,25 @@ def test_the_worked_examples_page_names_only_files_that_exist() -> None:
     stages = (REPO / "docs" / "stages.md").read_text(encoding="utf-8")
     first_line = stages.split("# Training with a stage\n\n", 1)[1].splitlines()[0]
     assert "[worked-examples.md](worked-examples.md)" in first_line  # linked at the top of that part
+
+
+def _persona_script():
+    spec = importlib.util.spec_from_file_location("persona_eval", REPO / "scripts" / "persona_eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_persona_eval_asks_only_lines_the_example_did_not_train_on(shared_data: Path) -> None:
+    ev = _persona_script()
+    records = json.loads((shared_data / "huanhuan.json").read_text(encoding="utf-8"))
+    trained = {(r["instruction"] + r.get("input", ""), r["output"]) for r in records[:240]}
+    prompts, refs = ev.heldout_prompts(shared_data / "huanhuan.json", skip=240, n=24)
+    assert len(prompts) == len(refs) == 24
+    step = (len(records) - 240) // 24  # evenly spread over the records after the trained ones
+    want = records[240::step][:24]
+    assert all(r["instruction"] in p[-1]["content"] for r, p in zip(want, prompts))
+    assert refs == [r["output"] for r in want]
+    assert not any((p[-1]["content"], a) in trained for p, a in zip(prompts, refs))
+    assert [p[0]["content"] for p in ev.fixed_prompts()] == ["你是谁？", "小主，皇上今晚翻了您的牌子。",
+                                                            "华妃娘娘又派人送了赏赐来，小主要收下吗？", "嬛儿，你在宫里过得可好？"]

@@ -84,7 +84,7 @@ def test_a_builtin_reward_must_exist(client, alpaca_bytes, section, ref):
     assert any(p.startswith(f"{section}.rewards[1]: ") for p in problems), problems
     assert not any(p.startswith(f"{section}.rewards[0]") for p in problems), problems  # builtin:length is fine
     if ref != "builtin:":
-        assert any("choose one of: answer_match, format_regex, length" in p for p in problems), problems
+        assert any("choose one of: answer_match, correct_final_number, correct_number, format_regex, length" in p for p in problems), problems
 
 
 def test_deeply_nested_columns_query_is_400(client, alpaca_bytes):

@@ -82,7 +82,7 @@ def _metrics_file(settings, run):
 
 @pytest.mark.slow
 def test_real_job_runs_cancels_resumes_and_chats(settings, alpaca_bytes):
-    from tunelab.infer.generate import generate
+    from tunelab.infer.generate import CHAT_REPETITION_PENALTY, generate
     from tunelab.run import Run
 
     with TestClient(create_app(settings)) as c:
@@ -117,7 +117,7 @@ def test_real_job_runs_cancels_resumes_and_chats(settings, alpaca_bytes):
         assert events[-1] == {"done": True}
         text = "".join(e.get("text", "") for e in events)
         model, tok, tpl = Run(settings.runs / "real").load_model(device="cpu")
-        assert text.strip() == generate(model, tok, tpl, [msgs], 6)[0]
+        assert text.strip() == generate(model, tok, tpl, [msgs], 6, repetition_penalty=CHAT_REPETITION_PENALTY)[0]
 
         html = c.get("/api/runs/real/report")
         assert html.status_code == 200 and "<html" in html.text.lower()

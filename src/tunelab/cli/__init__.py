@@ -121,6 +121,8 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when temperature > 0.")] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(
+        help="Penalty on tokens already in the answer (1.0 = off); keeps small models out of loops.")] = 1.1,
 ) -> None:
     """Chat with a run (streaming), using the exact chat template it was trained with.
 
@@ -142,7 +144,8 @@ def chat(
     def answer(text: str) -> str:
         history.append({"role": "user", "content": text})
         parts = []
-        for piece in stream_chat(model, tok, template, history, max_new_tokens, temperature, top_p):
+        for piece in stream_chat(model, tok, template, history, max_new_tokens, temperature, top_p,
+                                 repetition_penalty):
             parts.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()

@@ -88,8 +88,9 @@ class HeadMethod:
     def save(self, model: ScoreModel, out_dir: Path) -> None:
         self.method.save(model.lm, out_dir)
         save_file({"weight": model.head.weight.detach().cpu().contiguous()}, str(Path(out_dir) / HEAD_FILE))
-        meta = {"num_labels": model.head.out_features, "hidden_size": model.head.in_features, "labels": model.labels,
-                "pooling": model.pooling}
+        meta = {"num_labels": model.head.out_features, "hidden_size": model.head.in_features, "labels": model.labels}
+        if hasattr(model, "pooling"):  # a sequence head; PPO's per-token value head pools nothing
+            meta["pooling"] = model.pooling
         (Path(out_dir) / HEAD_META).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
 
     def load_state(self, model: ScoreModel, out_dir: Path) -> None:

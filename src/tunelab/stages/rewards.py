@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
 
@@ -36,6 +37,53 @@ def answer_match(completions: list[str], answers: list[str], prompts: list[list[
     return [float(extract_answer(c) == extract_answer(a)) for c, a in zip(completions, answers)]
 
 
+NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+
+
+def numbers(text: str) -> list[Decimal]:
+    """The numbers in a text, in order, as exact decimals (``1,234`` and ``1234.0`` both read as 1234)."""
+    out = []
+    for found in NUMBER.findall(text):
+        try:
+            out.append(Decimal(found.rstrip(",").replace(",", "")))
+        except InvalidOperation:  # digits and commas that do not form a number
+            continue
+    return out
+
+
+def _answer_numbers(text: str) -> list[Decimal]:
+    """The numbers of a text's answer: inside its last ``\\boxed{...}`` when it has one, else the whole text's."""
+    return numbers(extract_answer(text) if BOXED.search(text) else text)
+
+
+def _number_match(completions: list[str], answers: list[str], which: int) -> list[float]:
+    out = []
+    for c, a in zip(completions, answers):
+        want, got = _answer_numbers(a), _answer_numbers(c)
+        out.append(float(bool(want) and bool(got) and got[which] == want[0]))
+    return out
+
+
+def correct_number(completions: list[str], answers: list[str], prompts: list[list[dict]], **_) -> list[float]:
+    """1.0 when the completion's *first* number is the reference's number, else 0: the answer must come first.
+
+    For a reference ``55``: ``55``, ``55.`` and ``55, since ...`` score 1; ``18 + 37 = 55`` scores 0 (its first
+    number is 18). Inside a ``\\boxed{...}`` only the boxed content counts. The reference's number is its first
+    (``55``, ``\\boxed{55}``, ``The sum is 55.``); a reference without a number scores 0 for every completion.
+    """
+    return _number_match(completions, answers, 0)
+
+
+def correct_final_number(completions: list[str], answers: list[str], prompts: list[list[dict]],
+                         **_) -> list[float]:
+    """1.0 when the completion's *last* number is the reference's number, else 0: work may come before it.
+
+    For a reference ``55``: ``55`` and ``18 + 37 = 55`` score 1; ``55 is 18 + 37`` scores 0. The usual check
+    for math answers (the final number, or the ``\\boxed{...}`` content) when the model may show its working.
+    """
+    return _number_match(completions, answers, -1)
+
+
 def format_regex(completions: list[str], answers: list[str], prompts: list[list[dict]], pattern: str = "",
                  **_) -> list[float]:
     """1.0 when the completion contains a match of ``pattern`` (``grpo.format_regex``), else 0."""
@@ -51,6 +99,8 @@ def length(completions: list[str], answers: list[str], prompts: list[list[dict]]
 
 BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {
     "answer_match": answer_match,
+    "correct_number": correct_number,
+    "correct_final_number": correct_final_number,
     "format_regex": format_regex,
     "length": length,
 }
