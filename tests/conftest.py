@@ -50,3 +50,27 @@ def tiny_qwen2():
     from tunelab.models import load_model
 
     return load_model("tiny-qwen2")
+
+
+@pytest.fixture()
+def full_disk_at_save(monkeypatch):
+    """fail(n): the n-th torch.save from now writes a few bytes, then finds the disk full (OSError ENOSPC)."""
+    import errno
+
+    import torch
+
+    real_save = torch.save
+
+    def fail(n: int) -> None:
+        calls = {"n": 0}
+
+        def filling_save(obj, f, *a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                f.write(b"PK\x03\x04 partial")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_save(obj, f, *a, **k)
+
+        monkeypatch.setattr(torch, "save", filling_save)
+
+    return fail

@@ -209,23 +209,11 @@ def test_an_explicitly_chosen_damaged_checkpoint_is_a_clear_error(samples, strai
         run_fit(lora_model(), samples, tmp_path / "r", resume=str(latest))
 
 
-def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_ones_and_leaves_no_partial(samples, tmp_path,
-                                                                                       monkeypatch):
-    import errno
-
+def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_ones_and_leaves_no_partial(samples, tmp_path, monkeypatch,
+                                                                                       full_disk_at_save):
     from tunelab.utils.io import DiskFullError
 
-    real_save = torch.save
-    state = {"saves": 0}
-
-    def filling_save(obj, f, *a, **k):  # the 2nd checkpoint's optimizer.pt finds the disk full mid-write
-        state["saves"] += 1
-        if state["saves"] == 4:
-            f.write(b"PK\x03\x04 partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(obj, f, *a, **k)
-
-    monkeypatch.setattr(torch, "save", filling_save)
+    full_disk_at_save(4)  # the 2nd checkpoint's optimizer.pt finds the disk full mid-write
     with pytest.raises(DiskFullError) as e:
         run_fit(lora_model(), samples, tmp_path / "r", save_every=2)
     monkeypatch.undo()

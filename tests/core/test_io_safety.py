@@ -114,7 +114,7 @@ def test_real_full_disk_torch_and_safetensors_and_text(tiny_tmpfs):
     assert list(tiny_tmpfs.iterdir()) == []  # nothing half-written left
 
 
-def test_cli_train_on_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_path, shared_data, monkeypatch):
+def test_cli_train_on_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_path, shared_data, full_disk_at_save):
     """The 4th torch.save (the 2nd checkpoint's optimizer state) finds the disk full after writing a little."""
     import yaml
     from typer.testing import CliRunner
@@ -129,16 +129,7 @@ def test_cli_train_on_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_
            "train": {"max_steps": 6, "batch_size": 4, "save_every": 2, "report": False},
            "output_dir": str(tmp_path / "r")}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    real_save, calls = torch.save, {"n": 0}
-
-    def filling_save(obj, f, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            f.write(b"PK\x03\x04 partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(obj, f, *a, **k)
-
-    monkeypatch.setattr(torch, "save", filling_save)
+    full_disk_at_save(4)
     res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), "--quiet"])
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
