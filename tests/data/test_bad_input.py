@@ -183,3 +183,21 @@ def test_eval_checks_its_data_before_loading_the_run(tmp_path):
     path.write_bytes(_jsonl([ROW]) + b'{"instruction": "\\ud800", "output": "x"}\n')
     out = _cli("eval", str(tmp_path / "no-such-run"), "--data", f"qa={path}")
     assert f"{path}:2: field 'instruction' holds a lone UTF-16 surrogate" in out
+
+
+def test_train_refuses_a_json_syntax_error_before_loading_a_model(tmp_path, monkeypatch):
+    """Record syntax is checked with the other file checks, so a broken line costs no model load."""
+    import tunelab
+    from tunelab.data.io import DataError
+    from tunelab.stages import recipe
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(recipe, "load_model", no_model)
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', encoding="utf-8")
+    cfg = {"model": {"name": "tiny-llama"}, "data": {"train": str(bad)}, "output_dir": str(tmp_path / "run")}
+    with pytest.raises(DataError, match=r"train\.jsonl:2"):
+        tunelab.train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()

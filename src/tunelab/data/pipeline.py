@@ -15,7 +15,7 @@ from tunelab.config.data import DataSource
 from tunelab.config.schema import DataCfg
 from tunelab.data import cache as tcache
 from tunelab.data.formats import Conversation, parse_records
-from tunelab.data.io import DataError
+from tunelab.data.io import DataError, read_records
 from tunelab.data.packing import pack, pack_stats, pad_rows
 from tunelab.data.sources import map_columns, read_any
 from tunelab.data.templates import (
@@ -78,7 +78,8 @@ def check_data_files(cfg: DataCfg) -> None:
 
     Every file of the data section (data.train sources, their eval files, data.eval) must exist and not be
     empty; a text file must be UTF-8 throughout (read in pieces, so this is cheap even for large files), a
-    .parquet file must carry Parquet's magic bytes. Record syntax is checked when the stage reads them.
+    .parquet file must carry Parquet's magic bytes, a .json/.jsonl file must parse (a streamed JSONL file is
+    parsed as it is read). Each format's fields are checked when the stage reads the records.
     """
     paths = [p for s in cfg.sources() for p in (s.path, s.eval) if p] + ([cfg.eval] if cfg.eval else [])
     for p in dict.fromkeys(paths):
@@ -98,6 +99,8 @@ def check_data_files(cfg: DataCfg) -> None:
                                 "to_parquet or pyarrow, or use JSONL")
         elif not check_text_file(path, DataError):
             raise DataError(f"{path}: no records (the file is empty); add data or point the config at another file")
+        elif path.suffix.lower() in (".json", ".jsonl") and not (cfg.streaming and path.suffix.lower() == ".jsonl"):
+            read_records(path)  # JSON syntax, nesting and surrogates: a DataError naming the file and line, now
 
 
 def mixture_counts(sizes: list[int], weights: list[float]) -> list[int]:
