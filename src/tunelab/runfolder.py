@@ -14,7 +14,7 @@ through `RunFolder`, so the layout is defined once:
     best/                  early stopping's scratch copy of the weights best_dir
     eval/<data>-<time>.json (+ .predictions.jsonl) evaluation results   eval_path / eval_results
     report.html            the HTML evidence report                     report_path
-    ewc.safetensors        EWC's Fisher and reference weights           (methods/ewc.py)
+    ewc.safetensors        EWC's Fisher and reference weights           (engine/regularise.py)
 
 Files some stages add (paths here, contents written by the stage): rejected.jsonl (data.skip_invalid),
 completions.jsonl (grpo/ppo samples), selftrain_samples.jsonl + selftrain_data.jsonl (selftrain),

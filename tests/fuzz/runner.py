@@ -22,7 +22,7 @@ def run_server_family(cases: list[Case]) -> list[Outcome]:
     """One OpenAI-compatible app over tiny-llama (small limits, so no request generates for long)."""
     from fastapi.testclient import TestClient
 
-    from tunelab.infer.engine import ModelSpec
+    from tunelab.infer.model_pool import ModelSpec
     from tunelab.infer.server import ServeLimits, create_app
     from tunelab.models import load_tokenizer
 

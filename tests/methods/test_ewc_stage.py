@@ -15,7 +15,7 @@ import tunelab
 from tunelab.config import ConfigError, build_config
 from tunelab.config.optim import EwcCfg
 from tunelab.data.stage_formats import load_preference
-from tunelab.methods import ewc as ewc_module
+from tunelab.engine import regularise as ewc_module
 from tunelab.run import Run
 from tunelab.runfolder import EWC_STATE_FILE, RunFolder
 from tunelab.stages import preference

@@ -50,7 +50,7 @@ def test_lora_plus_b_group_gets_ratio():
 
 
 def test_galore_matches_direct_computation():
-    from tunelab.methods.galore import GaLoreAdamW
+    from tunelab.engine.optim.galore import GaLoreAdamW
 
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(6, 10))  # m < n: left projection
@@ -130,7 +130,7 @@ def test_auto_optimizer_is_paged_8bit_only_for_a_4bit_base_on_cuda():
 
 
 def test_ewc_penalty_zero_at_reference_and_quadratic_away(tmp_path):
-    from tunelab.methods.ewc import build_ewc, diagonal_fisher
+    from tunelab.engine.regularise import build_ewc, diagonal_fisher
 
     model = get_method("lora").apply(load_model("tiny-llama"), LoraCfg(r=2, init="gaussian", dropout=0.0))
     g = torch.Generator().manual_seed(0)

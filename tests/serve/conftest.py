@@ -23,7 +23,7 @@ def chat_template(tiny_tokenizer) -> str:
 
 @pytest.fixture(scope="package")
 def specs(adapters, chat_template):
-    from tunelab.infer.engine import ModelSpec
+    from tunelab.infer.model_pool import ModelSpec
 
     return [ModelSpec("base", "tiny-llama", None, chat_template),
             ModelSpec("a", "tiny-llama", str(adapters["a"]), chat_template),

@@ -247,7 +247,7 @@ def test_concurrency_limit_is_429(live, specs):
 def test_model_without_chat_template_serves_completions_only(tiny_tokenizer):
     from openai import OpenAI
 
-    from tunelab.infer.engine import ModelPool, ModelSpec
+    from tunelab.infer.model_pool import ModelPool, ModelSpec
     from tunelab.infer.server import create_app
     from tunelab.models import load_model
 

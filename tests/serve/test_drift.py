@@ -145,7 +145,7 @@ def test_server_exports_the_drift_score(live, specs, chinese, tiny_tokenizer, en
 
 
 def test_profile_of_another_vocabulary_is_refused(live, specs, profile):
-    from tunelab.infer.engine import SpecError
+    from tunelab.infer.model_pool import SpecError
     from tunelab.infer.server import create_app
 
     other = DriftProfile(**{**profile.__dict__, "meta": {**profile.meta, "vocab_size": 32000}})

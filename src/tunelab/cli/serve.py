@@ -24,7 +24,7 @@ SPEC_HELP = ("NAME=BASE[,adapter=DIR][,template=FILE|tokenizer|NAMED][,tokenizer
 
 def parse_model_arg(arg: str):
     """Turn one --model value into a ModelSpec; errors name the part and the fix."""
-    from tunelab.infer.engine import ModelSpec
+    from tunelab.infer.model_pool import ModelSpec
 
     name, sep, rest = arg.partition("=")
     if not sep or not name.strip() or not rest.strip():
@@ -74,7 +74,7 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
 
 def spec_from_run(path: Path):
     """A served model for a run folder: its base, its adapter (or full weights) and its own template."""
-    from tunelab.infer.engine import ModelSpec
+    from tunelab.infer.model_pool import ModelSpec
     from tunelab.run import Run
     from tunelab.runfolder import MODEL_DIR
 
@@ -116,7 +116,7 @@ def serve(
 
     from tunelab.infer.ab import RouteError, parse_route_arg
     from tunelab.infer.drift import DriftProfile
-    from tunelab.infer.engine import SpecError
+    from tunelab.infer.model_pool import SpecError
     from tunelab.infer.server import DriftSettings, ServeLimits, create_app
     from tunelab.models import ModelNotFound
 

@@ -32,7 +32,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.infer.ab import ABRouter, Route
 from tunelab.infer.drift import DriftMonitor, DriftProfile, DriftReport
-from tunelab.infer.engine import Batcher, Delta, Finish, GenJob, ModelPool, ModelSpec, Sampling, ServedModel, SpecError
+from tunelab.infer.model_pool import (
+    Batcher,
+    Delta,
+    Finish,
+    GenJob,
+    ModelPool,
+    ModelSpec,
+    Sampling,
+    ServedModel,
+    SpecError,
+)
 from tunelab.infer.stats import ServeStats
 from tunelab.utils.userfiles import UserFileError, check_value
 

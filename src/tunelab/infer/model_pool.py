@@ -1,4 +1,5 @@
-"""Serving engine: one base model in memory, many LoRA adapters on it, and a request batcher.
+"""What the server generates with: one base model in memory, many LoRA adapters on it (`ModelPool`),
+and a request batcher (`Batcher`).
 
 `ModelPool` loads each base model once. Specs that name an adapter are loaded onto that one
 base with PEFT (`PeftModel.from_pretrained` for the first, `load_adapter` for the rest), so N

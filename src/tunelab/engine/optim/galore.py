@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from tunelab.methods import head_and_embedding_ids
+
 
 class GaLoreAdamW(torch.optim.Optimizer):
     """AdamW with GaLore projection for groups that have `rank`, `update_proj_gap` and `scale` keys."""
@@ -57,3 +59,23 @@ class GaLoreAdamW(torch.optim.Optimizer):
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update.to(p.dtype), alpha=-group["lr"])
         return loss
+
+
+def build(groups: list[dict], lr: float, optim, device: torch.device, model) -> torch.optim.Optimizer:
+    """GaLoreAdamW: each group's 2-d weights named by optim.galore.target_modules (never the head or embeddings)
+    get a projected group of their own; everything else keeps plain AdamW in a group beside it."""
+    g = optim.galore
+    names = {id(p): n for n, p in model.named_parameters()}
+    head, emb = head_and_embedding_ids(model)
+    out = []
+    for group in groups:
+        projected = [p for p in group["params"] if p.dim() == 2 and id(p) not in head | emb
+                     and any(t in names[id(p)] for t in g.target_modules)]
+        chosen = {id(p) for p in projected}
+        rest = [p for p in group["params"] if id(p) not in chosen]
+        if projected:
+            out.append({**group, "params": projected, "rank": g.rank, "update_proj_gap": g.update_interval,
+                        "scale": g.scale})
+        if rest:
+            out.append({**group, "params": rest})
+    return GaLoreAdamW(out, lr=lr, betas=optim.betas, eps=optim.eps)

@@ -13,6 +13,8 @@ import random
 
 import torch
 
+from tunelab.methods import decoder_layers, layer_index
+
 ORDERS = {
     "ascending": lambda n, cycle, seed: list(range(n)),
     "descending": lambda n, cycle, seed: list(range(n))[::-1],
@@ -64,8 +66,6 @@ class BlockAdam(torch.optim.Optimizer):
 
 def blocks(model, named_params: list[tuple[str, torch.nn.Parameter]]) -> list[list[torch.nn.Parameter]]:
     """Trainable parameters split per decoder layer, plus one block for the rest (embeddings, head, norm)."""
-    from tunelab.methods import decoder_layers, layer_index
-
     layers_name, layers = decoder_layers(model)
     per_layer: list[list] = [[] for _ in layers]
     rest: list = []
@@ -73,3 +73,16 @@ def blocks(model, named_params: list[tuple[str, torch.nn.Parameter]]) -> list[li
         i = layer_index(name, layers_name)
         (per_layer[i] if i is not None else rest).append(p)
     return [b for b in per_layer + [rest] if b]
+
+
+def build(groups: list[dict], lr: float, optim, device: torch.device, model) -> torch.optim.Optimizer:
+    """BlockAdam over one block per decoder layer (plus the rest), switching as optim.badam says.
+
+    The blocks replace the parameter groups, so per-group learning rates cannot be kept: they are refused.
+    """
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if any(g["lr_scale"] != 1.0 for g in groups):
+        raise ValueError("optim.name=badam: per-group learning rates (layer_decay, head_lr_scale, LoRA+) are not "
+                         "supported with block-coordinate updates; unset them")
+    return BlockAdam([{"params": b} for b in blocks(model, trainable)], lr=lr, betas=optim.betas, eps=optim.eps,
+                     switch_mode=optim.badam.switch_mode, switch_interval=optim.badam.switch_interval)

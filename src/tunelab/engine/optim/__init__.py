@@ -3,7 +3,9 @@
 Per-parameter learning rates come from three multipliers, combined into parameter groups:
 the method's own (`tunelab.methods.set_lr_scale`, e.g. LoRA+), layer-wise decay
 (`optim.layer_decay`) and the head / embedding multipliers (`optim.head_lr_scale`,
-`optim.embed_lr_scale`). Optimizers are a registry of small builders.
+`optim.embed_lr_scale`). Optimizers are a registry of small builders, one module per family:
+`adamw`, `bnb` (8-bit AdamW from bitsandbytes), `adafactor`, `galore`, `badam`. Regularisers
+(EWC) live in `tunelab.engine.regularise`.
 """
 
 from __future__ import annotations
@@ -15,13 +17,9 @@ from pathlib import Path
 import torch
 
 from tunelab.config.optim import OptimCfg
-from tunelab.methods import (
-    decoder_layers,
-    head_and_embedding_ids,
-    import_bitsandbytes,
-    layer_index,
-    lr_scale,
-)
+from tunelab.engine import regularise
+from tunelab.engine.optim import adafactor, adamw, badam, bnb, galore
+from tunelab.methods import decoder_layers, head_and_embedding_ids, layer_index, lr_scale
 
 
 def lr_multipliers(model, optim: OptimCfg | None) -> Callable[[str, torch.nn.Parameter], float]:
@@ -71,63 +69,14 @@ def param_groups(model, weight_decay: float, multiplier: Callable | None = None)
             for (decays, scale), ps in ordered]
 
 
-def _adamw(groups, lr, optim, device, model):
-    return torch.optim.AdamW(groups, lr=lr, betas=optim.betas, eps=optim.eps, fused=device.type == "cuda")
-
-
-def _bnb_adamw(paged: bool):
-    def build(groups, lr, optim, device, model):
-        bnb = import_bitsandbytes(f"optim.name={optim.name}")
-        cls = bnb.optim.PagedAdamW8bit if paged else bnb.optim.AdamW8bit
-        return cls(groups, lr=lr, betas=optim.betas, eps=optim.eps)
-    return build
-
-
-def _adafactor(groups, lr, optim, device, model):
-    from transformers.optimization import Adafactor
-
-    # an explicit lr (the schedule is ours), no relative step / warmup init
-    return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
-
-
-def _galore(groups, lr, optim, device, model):
-    from tunelab.methods.galore import GaLoreAdamW
-
-    g = optim.galore
-    names = {id(p): n for n, p in model.named_parameters()}
-    head, emb = head_and_embedding_ids(model)
-    out = []
-    for group in groups:
-        projected = [p for p in group["params"] if p.dim() == 2 and id(p) not in head | emb
-                     and any(t in names[id(p)] for t in g.target_modules)]
-        chosen = {id(p) for p in projected}
-        rest = [p for p in group["params"] if id(p) not in chosen]
-        if projected:
-            out.append({**group, "params": projected, "rank": g.rank, "update_proj_gap": g.update_interval,
-                        "scale": g.scale})
-        if rest:
-            out.append({**group, "params": rest})
-    return GaLoreAdamW(out, lr=lr, betas=optim.betas, eps=optim.eps)
-
-
-def _badam(groups, lr, optim, device, model):
-    from tunelab.methods.badam import BlockAdam, blocks
-
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if any(g["lr_scale"] != 1.0 for g in groups):
-        raise ValueError("optim.name=badam: per-group learning rates (layer_decay, head_lr_scale, LoRA+) are not "
-                         "supported with block-coordinate updates; unset them")
-    return BlockAdam([{"params": b} for b in blocks(model, trainable)], lr=lr, betas=optim.betas, eps=optim.eps,
-                     switch_mode=optim.badam.switch_mode, switch_interval=optim.badam.switch_interval)
-
-
+# name -> build(groups, lr, optim, device, model); one module per optimizer family
 OPTIMIZERS: dict[str, Callable] = {
-    "adamw": _adamw,
-    "adamw_8bit": _bnb_adamw(paged=False),
-    "paged_adamw_8bit": _bnb_adamw(paged=True),
-    "adafactor": _adafactor,
-    "galore_adamw": _galore,
-    "badam": _badam,
+    "adamw": adamw.build,
+    "adamw_8bit": bnb.adamw_8bit(paged=False),
+    "paged_adamw_8bit": bnb.adamw_8bit(paged=True),
+    "adafactor": adafactor.build,
+    "galore_adamw": galore.build,
+    "badam": badam.build,
 }
 
 
@@ -159,9 +108,8 @@ def build_regulariser(optim: OptimCfg, model, run_dir: Path, train_samples, coll
     """
     if optim.ewc is None or optim.ewc.lambda_ == 0:
         return None
-    from tunelab.methods.ewc import build_ewc
-
-    return build_ewc(optim.ewc, model, run_dir, train_samples, collate_fn, loss_fn, device, seed, reference_data)
+    return regularise.build_ewc(optim.ewc, model, run_dir, train_samples, collate_fn, loss_fn, device, seed,
+                                reference_data)
 
 
 def lr_lambda(kind: str, total_steps: int, warmup_steps: int):

@@ -32,7 +32,7 @@ def test_adapters_share_one_copy_of_the_base_weights(live):
 
 
 def _collect(jobs):
-    from tunelab.infer.engine import Delta, Finish
+    from tunelab.infer.model_pool import Delta, Finish
 
     out = []
     for job in jobs:
@@ -48,7 +48,7 @@ def _collect(jobs):
 
 
 def test_left_padded_batch_equals_one_by_one_generation(live, reference, tiny_tokenizer, chat_template):
-    from tunelab.infer.engine import GenJob, Sampling, run_group
+    from tunelab.infer.model_pool import GenJob, Sampling, run_group
 
     pool = live.app.state.tunelab.pool
     ids = [chat_ids(tiny_tokenizer, chat_template, p) for p in PROMPTS]
@@ -69,7 +69,7 @@ def test_left_padded_batch_equals_one_by_one_generation(live, reference, tiny_to
 
 
 def test_batcher_groups_simultaneous_requests_by_adapter(live, reference, tiny_tokenizer, chat_template):
-    from tunelab.infer.engine import Batcher, Delta, GenJob, Sampling
+    from tunelab.infer.model_pool import Batcher, Delta, GenJob, Sampling
 
     pool = live.app.state.tunelab.pool
     wanted = [("a", PROMPTS[0]), ("b", PROMPTS[1]), ("base", PROMPTS[2]), ("a", PROMPTS[2]), ("b", PROMPTS[0])]
@@ -98,7 +98,7 @@ def test_batcher_groups_simultaneous_requests_by_adapter(live, reference, tiny_t
 
 
 def test_bad_specs_are_refused_with_the_fix(tmp_path):
-    from tunelab.infer.engine import ModelPool, ModelSpec, SpecError
+    from tunelab.infer.model_pool import ModelPool, ModelSpec, SpecError
 
     with pytest.raises(SpecError, match="adapter_config.json not found"):
         ModelPool([ModelSpec("x", "tiny-llama", str(tmp_path), None)])
@@ -109,7 +109,7 @@ def test_bad_specs_are_refused_with_the_fix(tmp_path):
 
 
 def test_spec_with_its_own_saved_tokenizer(tmp_path, tiny_tokenizer, chat_template):
-    from tunelab.infer.engine import ModelPool, ModelSpec, SpecError
+    from tunelab.infer.model_pool import ModelPool, ModelSpec, SpecError
 
     tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
     pool = ModelPool([ModelSpec("t", "tiny-llama", None, chat_template, str(tmp_path / "tokenizer"))],

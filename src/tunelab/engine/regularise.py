@@ -1,4 +1,5 @@
-"""Elastic weight consolidation (Kirkpatrick et al. 2017, arXiv:1612.00796), usable with any method.
+"""Regularisers added to the training loss. Elastic weight consolidation (Kirkpatrick et al. 2017,
+arXiv:1612.00796), usable with any method.
 
     penalty(theta) = lambda / 2 * sum_i F_i * (theta_i - theta*_i)^2
 
