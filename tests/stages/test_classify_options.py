@@ -16,7 +16,7 @@ from tunelab.engine.optim import lr_multipliers
 from tunelab.models import load_model, load_tokenizer
 from tunelab.run import Run
 from tunelab.stages.classify import fit_prompt, head_input
-from tunelab.stages.heads import ScoreModel, decoder_of, load_scorer
+from tunelab.training.heads import ScoreModel, decoder_of, load_scorer
 
 
 def test_mean_pooling_averages_the_real_tokens_and_ignores_padding() -> None:

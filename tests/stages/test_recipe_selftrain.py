@@ -23,7 +23,7 @@ from tunelab.data.stage_formats import ClassExample
 from tunelab.data.templates import resolve_template, tokenize_conversation
 from tunelab.models import load_model, load_tokenizer
 from tunelab.stages.classify import collate_classes, head_input
-from tunelab.stages.heads import ScoreModel, load_scorer
+from tunelab.training.heads import ScoreModel, load_scorer
 from tunelab.stages.pseudo_label import (
     answer_pattern,
     load_unlabelled,

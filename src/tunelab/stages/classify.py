@@ -1,7 +1,7 @@
 """Sequence classification on a decoder, two ways (``classify.mode``).
 
 ``head``: a linear head on the hidden state of the last real token, or on the mean of the real tokens'
-    states (``classify.pooling``; ``tunelab.stages.heads.ScoreModel``), trained with the configured method
+    states (``classify.pooling``; ``tunelab.training.heads.ScoreModel``), trained with the configured method
     (LoRA or full) and saved with the run as ``head.safetensors``. Raw ``text`` is tokenized as is (keeping its
     start when too long); a ``messages`` prompt is rendered with the chat template up to the assistant header,
     a too-long one shortened inside its longest message (``fit_prompt``).
@@ -32,16 +32,16 @@ from tunelab.data.pipeline import collate, epoch_order
 from tunelab.data.stage_formats import ClassExample, load_classification
 from tunelab.data.templates import IGNORE_INDEX, Tokenized, render
 from tunelab.engine.loop import LOSS_COUNT_KEY, fit
-from tunelab.stages.common import sequence_logps
-from tunelab.stages.heads import HeadMethod, ScoreModel
-from tunelab.stages.recipe import (
+from tunelab.training.common import sequence_logps
+from tunelab.training.heads import HeadMethod, ScoreModel
+from tunelab.training.setup import (
     finish_run,
     load_split,
     recount_parameters,
     say,
     setup_run,
 )
-from tunelab.stages.tokens import encode, tokenize_answer
+from tunelab.training.tokens import encode, tokenize_answer
 from tunelab.runfolder import RunFolder
 from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
 

@@ -36,16 +36,16 @@ from tunelab.data.pipeline import epoch_order, load_conversations
 from tunelab.data.templates import IGNORE_INDEX, prompt_ids, stop_token_ids
 from tunelab.engine import distributed
 from tunelab.engine.loop import LOSS_COUNT_KEY, fit
-from tunelab.stages.common import (
+from tunelab.training.common import (
     check_same_shape,
     kl_k3,
     masked_mean,
     pick,
     token_logps,
 )
-from tunelab.stages.recipe import finish_run, load_split, say, setup_run
-from tunelab.stages.reference import Reference
-from tunelab.stages.rewards import load_rewards, score
+from tunelab.training.setup import finish_run, load_split, say, setup_run
+from tunelab.training.reference import Reference
+from tunelab.training.rewards import load_rewards, score
 
 Reduction = Callable[[Tensor, Tensor], Tensor]
 

@@ -1,6 +1,6 @@
 """Preference optimization: DPO (sigmoid / IPO / hinge), ORPO, SimPO and KTO losses.
 
-Every loss here takes per-sequence log-probabilities (see ``tunelab.stages.common.sequence_logps``) and
+Every loss here takes per-sequence log-probabilities (see ``tunelab.training.common.sequence_logps``) and
 returns ``(loss, metrics)``. They are collected in ``PREFERENCE_LOSSES`` so a recipe picks one by name:
 
     loss, metrics = PREFERENCE_LOSSES["sigmoid"](logps, PreferenceParams(beta=0.1))
@@ -32,10 +32,10 @@ from tunelab.data.templates import Tokenized
 from tunelab.engine.loop import LOSS_COUNT_KEY, fit
 from tunelab.kernels.linear_logps import linear_sequence_logps
 from tunelab.kernels.train import lm_parts, note_once
-from tunelab.stages.common import check_same_shape, pick, sequence_logps, target_counts
-from tunelab.stages.recipe import finish_run, load_split, say, setup_run
-from tunelab.stages.reference import Reference
-from tunelab.stages.tokens import encode, join_truncated, split_prompt_answer
+from tunelab.training.common import check_same_shape, pick, sequence_logps, target_counts
+from tunelab.training.setup import finish_run, load_split, say, setup_run
+from tunelab.training.reference import Reference
+from tunelab.training.tokens import encode, join_truncated, split_prompt_answer
 
 Metrics = dict[str, Tensor]
 

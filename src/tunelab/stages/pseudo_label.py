@@ -52,8 +52,8 @@ from tunelab.stages.classify import (
     predict,
     write_eval,
 )
-from tunelab.stages.heads import HeadMethod, ScoreModel
-from tunelab.stages.recipe import (
+from tunelab.training.heads import HeadMethod, ScoreModel
+from tunelab.training.setup import (
     finish_run,
     load_split,
     recount_parameters,

@@ -6,7 +6,7 @@ predictions join the training data, and it is trained again, round after round: 
 ``rejection``: sample answers from the model, keep those a reward judges good, fine-tune on them.
 Rejection-sampling fine-tuning (STaR, Zelikman et al. 2022; RFT, Yuan et al. 2023): for every training
 prompt the model (as it is before this stage) samples ``samples_per_prompt`` answers; the reward functions
-(the same ones as GRPO, ``tunelab.stages.rewards``) score them; answers reaching ``min_reward`` are kept
+(the same ones as GRPO, ``tunelab.training.rewards``) score them; answers reaching ``min_reward`` are kept
 (the best one per prompt, or all) and the model is trained on them with the SFT loss. Validation uses the
 data's own reference answers, so ``eval_loss`` says how close the model stays to them.
 
@@ -33,8 +33,8 @@ from tunelab.stages.grpo import (
     prompt_samples,
     sample_completions,
 )
-from tunelab.stages.recipe import chat_reference_data, finish_run, load_split, say, setup_run
-from tunelab.stages.rewards import load_rewards, score
+from tunelab.training.setup import chat_reference_data, finish_run, load_split, say, setup_run
+from tunelab.training.rewards import load_rewards, score
 from tunelab.stages.sft import sft_loss
 from tunelab.runfolder import RunFolder
 from tunelab.utils.io import atomic_write_jsonl

@@ -25,7 +25,7 @@ from tunelab.engine.optim import resolve_name
 from tunelab.kernels.train import chunked_causal_lm_loss, speed_context, with_block_mask
 from tunelab.models import pick_device
 from tunelab.run import add_run_info
-from tunelab.stages.recipe import chat_reference_data, finish_run, setup_run
+from tunelab.training.setup import chat_reference_data, finish_run, setup_run
 
 
 def sft_loss(model, batch: dict, label_smoothing: float = 0.0, speed: SpeedCfg | None = None):
