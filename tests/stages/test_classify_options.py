@@ -15,7 +15,7 @@ from tunelab.data.templates import render, resolve_template
 from tunelab.engine.optim import lr_multipliers
 from tunelab.models import load_model, load_tokenizer
 from tunelab.run import Run
-from tunelab.stages.classify import fit_prompt, head_input
+from tunelab.training.classes import fit_prompt, head_input
 from tunelab.training.heads import ScoreModel, decoder_of, load_scorer
 
 

@@ -21,7 +21,7 @@ from tunelab.data.templates import resolve_template, tokenize_conversation
 from tunelab.engine.loop import evaluate_loss, evaluate_sets
 from tunelab.models import load_model
 from tunelab.run import Run
-from tunelab.stages.sft import sft_loss
+from tunelab.training.lm_loss import sft_loss
 
 DEMO = "llamafactory_demo"
 

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import tunelab
-from tunelab.stages.grpo import completion_batch, group_advantages
+from tunelab.stages.grpo import group_advantages
+from tunelab.training.rollout import completion_batch
 from tunelab.training.rewards import (
     answer_match,
     correct_final_number,

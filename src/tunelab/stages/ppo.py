@@ -180,7 +180,7 @@ class PpoStep:
     def __call__(self, model, batch: dict):
         from tunelab.engine.loop import LOSS_COUNT_KEY
         from tunelab.training.common import token_logps
-        from tunelab.stages.grpo import completion_batch, sample_completions
+        from tunelab.training.rollout import completion_batch, sample_completions
 
         pad = self.tok.pad_token_id
         sequences = sample_completions(model, batch, 1, self.cfg, self.stop_ids, pad)  # (B, P + L)
@@ -231,7 +231,7 @@ def run(cfg, progress: bool = True):
     from tunelab.engine.loop import fit
     from tunelab.run import Run
     from tunelab.runfolder import RunFolder
-    from tunelab.stages.grpo import collate_prompts, prompt_samples
+    from tunelab.training.rollout import collate_prompts, prompt_samples
     from tunelab.training.heads import HeadMethod, load_scorer
     from tunelab.training.setup import (
         finish_run,

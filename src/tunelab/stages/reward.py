@@ -18,7 +18,7 @@ from tunelab.data.stage_formats import load_preference
 from tunelab.engine.loop import LOSS_COUNT_KEY, fit
 from tunelab.training.common import check_same_shape
 from tunelab.training.heads import HeadMethod, ScoreModel
-from tunelab.stages.preference import collate_pairs, pair_samples
+from tunelab.training.pairs import collate_pairs, pair_samples
 from tunelab.training.setup import (
     finish_run,
     load_split,

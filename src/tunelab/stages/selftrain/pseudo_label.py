@@ -42,7 +42,7 @@ from tunelab.engine import distributed
 from tunelab.engine.loop import fit
 from tunelab.methods import get_method
 from tunelab.models import load_model
-from tunelab.stages.classify import (
+from tunelab.training.classes import (
     SCORERS,
     ClassSample,
     class_weights,
