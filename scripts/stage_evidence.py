@@ -34,8 +34,8 @@ import tunelab
 from tunelab.data.templates import prompt_ids, render
 from tunelab.infer.generate import generate
 from tunelab.models import load_model, load_tokenizer
-from tunelab.stages.common import sequence_logps
-from tunelab.stages.rewards import correct_number, load_reward, reward_name, score
+from tunelab.training.common import sequence_logps
+from tunelab.training.rewards import correct_number, load_reward, reward_name, score
 from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
 
 CATEGORIES: dict[str, list[str]] = {

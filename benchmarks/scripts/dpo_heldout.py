@@ -29,8 +29,8 @@ import torch
 
 from tunelab.data.stage_formats import load_preference
 from tunelab.run import Run
-from tunelab.stages.common import sequence_logps
-from tunelab.stages.preference import collate_pairs, pair_samples
+from tunelab.training.common import sequence_logps
+from tunelab.training.pairs import collate_pairs, pair_samples
 from tunelab.utils.io import atomic_write_json
 
 

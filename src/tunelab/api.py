@@ -42,7 +42,7 @@ def train(cfg: RunCfg | dict | str | Path, overrides: list[str] | None = None, p
 
     check_data_files(cfg.data)  # unreadable or empty data fails here, not after the model has loaded
     stage = importlib.import_module(STAGES[cfg.stage])
-    from tunelab.stages.recipe import discard_unstarted_run
+    from tunelab.training.setup import discard_unstarted_run
 
     run_dir = Path(cfg.output_dir).absolute()
     created = _outermost_missing(run_dir)  # None: the folder exists (a resume, a retry) and is never removed

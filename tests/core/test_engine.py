@@ -16,7 +16,7 @@ from tunelab.engine.loop import TrainingDiverged, TrainingInterrupted, accumulat
 from tunelab.engine.optim import lr_lambda, param_groups
 from tunelab.methods import get_method
 from tunelab.models import load_model
-from tunelab.stages.sft import sft_loss
+from tunelab.training.lm_loss import sft_loss
 
 
 @pytest.fixture(scope="module")

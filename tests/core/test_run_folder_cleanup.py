@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.engine.checkpoint import STATE_FILE
-from tunelab.stages.recipe import discard_unstarted_run
+from tunelab.training.setup import discard_unstarted_run
 
 BAD = '{"instruction": "hi", "output": "yo"}\n{"instruction": 5, "output": "x"}\n'  # record 2 is caught late
 

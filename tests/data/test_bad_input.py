@@ -189,7 +189,7 @@ def test_train_refuses_a_json_syntax_error_before_loading_a_model(tmp_path, monk
     """Record syntax is checked with the other file checks, so a broken line costs no model load."""
     import tunelab
     from tunelab.data.io import DataError
-    from tunelab.stages import recipe
+    from tunelab.training import setup as recipe
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the data was checked")

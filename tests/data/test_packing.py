@@ -10,7 +10,7 @@ from tunelab.data.io import read_records
 from tunelab.data.packing import best_fit_decreasing, collate_packed, model_inputs, pack
 from tunelab.data.pipeline import collate
 from tunelab.data.templates import IGNORE_INDEX, resolve_template, tokenize_conversation
-from tunelab.stages.sft import sft_loss
+from tunelab.training.lm_loss import sft_loss
 
 # fp32 on CPU: packed and padded runs differ only in summation order inside attention/matmuls.
 ATOL = 1e-5

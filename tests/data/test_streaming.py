@@ -29,7 +29,7 @@ from tunelab.data.templates import resolve_template
 from tunelab.engine.loop import TrainingInterrupted, fit
 from tunelab.methods import get_method
 from tunelab.models import load_model
-from tunelab.stages.sft import sft_loss
+from tunelab.training.lm_loss import sft_loss
 
 
 def write_jsonl(path, n, start=0):

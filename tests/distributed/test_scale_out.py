@@ -21,7 +21,7 @@ from tunelab.data.pipeline import epoch_order
 from tunelab.engine.launch import child_env
 from tunelab.engine.loop import fit, micro_batches
 from tunelab.methods import get_method
-from tunelab.stages.sft import sft_loss
+from tunelab.training.lm_loss import sft_loss
 
 from .common import (
     PER_RANK_BATCH,

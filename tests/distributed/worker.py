@@ -17,7 +17,7 @@ from tunelab.engine import distributed
 from tunelab.engine.loop import fit
 from tunelab.methods import get_method
 from tunelab.models import load_tokenizer
-from tunelab.stages.sft import sft_loss
+from tunelab.training.lm_loss import sft_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (

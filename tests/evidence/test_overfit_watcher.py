@@ -87,7 +87,7 @@ def test_always_added_by_the_training_recipe():
 
 def test_setup_run_attaches_the_watcher(tmp_path, shared_data):
     from tunelab.config import build_config
-    from tunelab.stages.recipe import setup_run
+    from tunelab.training.setup import setup_run
 
     cfg = build_config({"model": {"name": "tiny-llama"},
                         "data": {"train": str(shared_data / "fudan_news_val.jsonl")},

@@ -14,9 +14,10 @@ from tunelab.data.stage_formats import load_preference
 from tunelab.data.templates import resolve_template
 from tunelab.kernels.linear_logps import chunk_tokens, linear_sequence_logps, linear_token_logps
 from tunelab.models import load_model, load_tokenizer
-from tunelab.stages.common import sequence_logps
-from tunelab.stages.preference import PreferenceParams, answer_logps, collate_pairs, pair_samples, pair_step
-from tunelab.stages.reference import Reference
+from tunelab.training.common import sequence_logps
+from tunelab.stages.preference import PreferenceParams, answer_logps, pair_step
+from tunelab.training.pairs import collate_pairs, pair_samples
+from tunelab.training.reference import Reference
 
 
 def _inputs(n=37, h=16, v=50, bias=True, seed=0):

@@ -4,7 +4,8 @@ import torch
 
 from tunelab.config.speed import SpeedCfg
 from tunelab.engine.loop import loss_count
-from tunelab.stages.sft import pad_rows_to, sft_loss
+from tunelab.stages.sft import pad_rows_to
+from tunelab.training.lm_loss import sft_loss
 
 
 def test_short_last_batch_padded_with_empty_rows_keeps_the_loss():

@@ -247,7 +247,8 @@ def test_packed_rows_padded_to_max_length_give_the_same_loss():
     from tunelab.config.speed import SpeedCfg
     from tunelab.data.packing import collate_packed, pack
     from tunelab.data.templates import Tokenized
-    from tunelab.stages.sft import pad_rows_to, sft_loss
+    from tunelab.stages.sft import pad_rows_to
+    from tunelab.training.lm_loss import sft_loss
 
     gen = torch.Generator().manual_seed(0)
     samples = [Tokenized(torch.randint(1, 49152, (n,), generator=gen).tolist(),

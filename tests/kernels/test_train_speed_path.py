@@ -16,7 +16,7 @@ from tunelab.kernels.train import chunked_causal_lm_loss, lm_parts, speed_contex
 from tunelab.kernels.varlen import position_ids_from_lengths
 from tunelab.methods import get_method
 from tunelab.models import load_model
-from tunelab.stages.sft import sft_loss
+from tunelab.training.lm_loss import sft_loss
 
 SPEED = SpeedCfg(chunked_ce=True, ce_chunk=5)  # a chunk smaller than the batch: several chunks plus a remainder
 PLAIN = SpeedCfg(chunked_ce=False)

@@ -19,7 +19,7 @@ from tunelab.engine import regularise as ewc_module
 from tunelab.run import Run
 from tunelab.runfolder import EWC_STATE_FILE, RunFolder
 from tunelab.stages import preference
-from tunelab.stages.preference import PairSample, pair_samples
+from tunelab.training.pairs import PairSample, pair_samples
 
 MAX_LEN = 48
 

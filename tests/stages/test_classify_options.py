@@ -15,8 +15,8 @@ from tunelab.data.templates import render, resolve_template
 from tunelab.engine.optim import lr_multipliers
 from tunelab.models import load_model, load_tokenizer
 from tunelab.run import Run
-from tunelab.stages.classify import fit_prompt, head_input
-from tunelab.stages.heads import ScoreModel, decoder_of, load_scorer
+from tunelab.training.classes import fit_prompt, head_input
+from tunelab.training.heads import ScoreModel, decoder_of, load_scorer
 
 
 def test_mean_pooling_averages_the_real_tokens_and_ignores_padding() -> None:

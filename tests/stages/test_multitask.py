@@ -21,7 +21,7 @@ from tunelab.data.templates import resolve_template, tokenize_conversation
 from tunelab.engine.loop import evaluate_loss, evaluate_sets
 from tunelab.models import load_model
 from tunelab.run import Run
-from tunelab.stages.sft import sft_loss
+from tunelab.training.lm_loss import sft_loss
 
 DEMO = "llamafactory_demo"
 
@@ -99,7 +99,7 @@ def test_stages_reading_one_file_refuse_several_tasks() -> None:
 
 def test_a_one_file_stage_given_two_tasks_fails_before_loading_anything(tmp_path: Path) -> None:
     from tunelab.config import ConfigError
-    from tunelab.stages.recipe import load_split
+    from tunelab.training.setup import load_split
 
     loaded = []
     cfg = DataCfg(train=[{"path": str(tmp_path / "a.json")}, {"path": str(tmp_path / "b.json")}])

@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 import tunelab
-from tunelab.stages.grpo import completion_batch, group_advantages
-from tunelab.stages.rewards import (
+from tunelab.stages.grpo import group_advantages
+from tunelab.training.rollout import completion_batch
+from tunelab.training.rewards import (
     answer_match,
     correct_final_number,
     correct_number,
@@ -105,7 +106,7 @@ def test_cli_refuses_an_unknown_builtin_reward_before_loading_the_model(prompts_
     from typer.testing import CliRunner
 
     from tunelab.cli import app
-    from tunelab.stages import recipe
+    from tunelab.training import setup as recipe
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the rewards were checked")

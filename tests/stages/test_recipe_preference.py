@@ -16,7 +16,7 @@ from tunelab.data.stage_formats import load_preference
 from tunelab.data.templates import resolve_template
 from tunelab.models import load_model, load_tokenizer
 from tunelab.run import Run
-from tunelab.stages.common import sequence_logps, target_counts
+from tunelab.training.common import sequence_logps, target_counts
 from tunelab.stages.preference import (
     PreferenceLogps,
     PreferenceParams,

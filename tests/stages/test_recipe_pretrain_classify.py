@@ -16,8 +16,8 @@ from tunelab.data.stage_formats import load_text
 from tunelab.eval.metrics import classification_metrics
 from tunelab.models import load_model, load_tokenizer
 from tunelab.run import Run
-from tunelab.stages.classify import label_answers
-from tunelab.stages.heads import load_scorer
+from tunelab.training.classes import label_answers
+from tunelab.training.heads import load_scorer
 from tunelab.stages.pretrain import chunk_documents
 
 DOCS = ["The river runs past the old mill and into the valley.",

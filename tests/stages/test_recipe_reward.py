@@ -15,8 +15,8 @@ from tunelab.data.stage_formats import load_preference
 from tunelab.data.templates import resolve_template
 from tunelab.models import load_model, load_tokenizer
 from tunelab.run import Run
-from tunelab.stages.heads import ScoreModel, load_scorer
-from tunelab.stages.preference import collate_pairs, pair_samples
+from tunelab.training.heads import ScoreModel, load_scorer
+from tunelab.training.pairs import collate_pairs, pair_samples
 from tunelab.stages.reward import bradley_terry_loss
 
 MAX_LEN = 40

@@ -22,15 +22,15 @@ from tunelab.data.pipeline import collate
 from tunelab.data.stage_formats import ClassExample
 from tunelab.data.templates import resolve_template, tokenize_conversation
 from tunelab.models import load_model, load_tokenizer
-from tunelab.stages.classify import collate_classes, head_input
-from tunelab.stages.heads import ScoreModel, load_scorer
-from tunelab.stages.pseudo_label import (
+from tunelab.training.classes import collate_classes, head_input
+from tunelab.training.heads import ScoreModel, load_scorer
+from tunelab.stages.selftrain.pseudo_label import (
     answer_pattern,
     load_unlabelled,
     selection,
     with_label,
 )
-from tunelab.stages.selftrain import select
+from tunelab.stages.selftrain.rejection import select
 
 # --- pseudo_label: selection --------------------------------------------------------------------------------
 
@@ -112,7 +112,7 @@ def fresh_loss(texts: list[str], targets: list[int]) -> float:
 
 
 def _sample(tok, text: str, target: int):
-    from tunelab.stages.classify import ClassSample
+    from tunelab.training.classes import ClassSample
 
     return ClassSample([head_input(ClassExample("?", text=text), tok, "", 32)], target)
 

@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 from trl_oracle import trl_batch_logps
 
-from tunelab.stages.common import KL_ESTIMATORS, masked_mean, masked_whiten, sequence_logps, target_counts, token_logps
+from tunelab.training.common import KL_ESTIMATORS, masked_mean, masked_whiten, sequence_logps, target_counts, token_logps
 
 
 @pytest.fixture()

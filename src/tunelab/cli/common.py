@@ -21,7 +21,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunelab.export.base import ExportError
     from tunelab.models import ModelNotFound
     from tunelab.run import RunNotFound
-    from tunelab.stages.recipe import RunFolderError
+    from tunelab.training.setup import RunFolderError
     from tunelab.tracking import MissingExtra
     from tunelab.utils.io import DiskFullError
     from tunelab.utils.userfiles import UserFileError

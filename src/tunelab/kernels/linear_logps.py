@@ -99,7 +99,7 @@ def linear_sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, bias: 
                           chunk_size: int | None = None) -> Tensor:
     """Summed answer log-probs ``(B,)`` from hidden states ``(B, T, H)`` and input-aligned labels ``(B, T)``.
 
-    The chunked equal of ``tunelab.stages.common.sequence_logps(hidden @ weight.T, labels)``: position ``t``
+    The chunked equal of ``tunelab.training.common.sequence_logps(hidden @ weight.T, labels)``: position ``t``
     predicts the label at ``t + 1``, ``-100`` marks positions that are not targets.
     """
     return linear_token_logps(hidden, weight, shift_labels(labels), bias, chunk_size=chunk_size).sum(-1)

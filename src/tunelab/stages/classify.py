@@ -1,7 +1,7 @@
 """Sequence classification on a decoder, two ways (``classify.mode``).
 
 ``head``: a linear head on the hidden state of the last real token, or on the mean of the real tokens'
-    states (``classify.pooling``; ``tunelab.stages.heads.ScoreModel``), trained with the configured method
+    states (``classify.pooling``; ``tunelab.training.heads.ScoreModel``), trained with the configured method
     (LoRA or full) and saved with the run as ``head.safetensors``. Raw ``text`` is tokenized as is (keeping its
     start when too long); a ``messages`` prompt is rendered with the chat template up to the assistant header,
     a too-long one shortened inside its longest message (``fit_prompt``).
@@ -18,182 +18,29 @@ AUC on the validation set via ``tunelab.eval.metrics.classification_metrics`` (s
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
 from tunelab.data.io import DataError
-from tunelab.data.pipeline import collate, epoch_order
-from tunelab.data.stage_formats import ClassExample, load_classification
-from tunelab.data.templates import IGNORE_INDEX, Tokenized, render
-from tunelab.engine.loop import LOSS_COUNT_KEY, fit
-from tunelab.stages.common import sequence_logps
-from tunelab.stages.heads import HeadMethod, ScoreModel
-from tunelab.stages.recipe import (
+from tunelab.data.pipeline import epoch_order
+from tunelab.data.stage_formats import load_classification
+from tunelab.engine.loop import fit
+from tunelab.training.classes import (
+    SCORERS,
+    class_weights,
+    classify_step,
+    collate_classes,
+    make_samples,
+    predict,
+    write_eval,
+)
+from tunelab.training.heads import HeadMethod, ScoreModel
+from tunelab.training.setup import (
     finish_run,
     load_split,
     recount_parameters,
     say,
     setup_run,
 )
-from tunelab.stages.tokens import encode, tokenize_answer
-from tunelab.runfolder import RunFolder
-from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
-
-
-@dataclass
-class ClassSample:
-    """One example: the token sequences scored (one for ``head``, one per label for ``label_tokens``) and its class."""
-
-    seqs: list[Tokenized]
-    target: int
-
-
-def class_weights(setting, labels: list[str], train: list[ClassExample]) -> Tensor | None:
-    """Cross-entropy weights per class: None, ``balanced`` (n / (K n_c)) or the configured list."""
-    if setting == "none":
-        return None
-    if isinstance(setting, list):
-        return torch.tensor(setting, dtype=torch.float32)
-    counts = Counter(ex.label for ex in train)
-    n, k = len(train), len(labels)
-    return torch.tensor([n / (k * counts[lab]) if counts[lab] else 0.0 for lab in labels], dtype=torch.float32)
-
-
-def head_input(ex: ClassExample, tokenizer, template: str, max_length: int, as_text: bool = False) -> Tokenized:
-    """The head's input: raw text (start kept) or the rendered prompt up to the assistant header (`fit_prompt`).
-
-    ``as_text`` reads a ``messages`` prompt's last user turn as raw text instead (``classify.head_input: text``):
-    no system prompt, no template, so all of ``max_length`` goes to the document.
-    """
-    text = ex.text if ex.text is not None or not as_text else \
-        next(m["content"] for m in reversed(ex.prompt) if m["role"] == "user")
-    if text is not None:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
-    else:
-        ids = fit_prompt(tokenizer, template, ex.prompt, max_length)
-    return Tokenized(ids, [IGNORE_INDEX] * len(ids), truncated=False)
-
-
-def fit_prompt(tokenizer, template: str, messages: list[dict], max_length: int) -> list[int]:
-    """The prompt rendered up to the assistant header in at most ``max_length`` tokens.
-
-    A prompt that is too long is shortened inside its longest message (the document to classify): that
-    message keeps its start (a news title and lead, an e-mail's subject) and its last few tokens (the question
-    that often follows the document), so the system prompt, the question and the assistant header survive.
-    Cutting the rendered prompt's start instead would drop the system prompt and the document's beginning,
-    the most informative part of most texts. Prompts whose other messages alone exceed the budget keep their end.
-    """
-    ids = encode(tokenizer, render(tokenizer, template, messages, add_generation_prompt=True))
-    longest = max(range(len(messages)), key=lambda i: len(messages[i]["content"]))
-    content = tokenizer(messages[longest]["content"], add_special_tokens=False)["input_ids"]
-    keep = len(content) - (len(ids) - max_length)
-    for _ in range(4):  # re-tokenizing the cut text can move the count by a token or two
-        if len(ids) <= max_length or keep <= 0:
-            break
-        tail = min(24, keep // 4)
-        cut = tokenizer.decode(content[:keep - tail]) + tokenizer.decode(content[len(content) - tail:]) if tail \
-            else tokenizer.decode(content[:keep])
-        shorter = [*messages[:longest], {**messages[longest], "content": cut}, *messages[longest + 1:]]
-        ids = encode(tokenizer, render(tokenizer, template, shorter, add_generation_prompt=True))
-        keep -= max(1, len(ids) - max_length)
-    return ids[-max_length:]
-
-
-def label_answers(ex: ClassExample, labels: list[str]) -> list[str]:
-    """The answer text for each label, following the record's own answer pattern when it has one."""
-    if ex.answer and ex.label in ex.answer:
-        return [ex.answer.replace(ex.label, lab) for lab in labels]
-    return list(labels)
-
-
-def label_inputs(ex: ClassExample, labels: list[str], tokenizer, template: str, max_length: int) -> list[Tokenized]:
-    """One prompt + answer(label) sequence per label, labels on the answer tokens."""
-    prompt = ex.prompt if ex.prompt is not None else [{"role": "user", "content": ex.text}]
-    return [tokenize_answer(tokenizer, template, prompt, answer, max_length, ex.where)
-            for answer in label_answers(ex, labels)]
-
-
-def make_samples(examples: list[ClassExample], labels: list[str], mode: str, tokenizer, template: str,
-                 max_length: int, as_text: bool = False) -> list[ClassSample]:
-    """Tokenize examples for the chosen mode; an unknown label names the record."""
-    index = {lab: i for i, lab in enumerate(labels)}
-    out = []
-    for ex in examples:
-        if ex.label not in index:
-            raise DataError(f"{ex.where}: label {ex.label!r} is not one of classify.labels {labels}; "
-                            "add it there (or leave classify.labels null to use every label in the data)")
-        seqs = ([head_input(ex, tokenizer, template, max_length, as_text)] if mode == "head"
-                else label_inputs(ex, labels, tokenizer, template, max_length))
-        out.append(ClassSample(seqs, index[ex.label]))
-    return out
-
-
-def collate_classes(samples: list[ClassSample], pad_id: int) -> dict:
-    """(B * S, T) sequences (S = 1 for head, K for label_tokens) with the (B,) class targets."""
-    batch = collate([seq for s in samples for seq in s.seqs], pad_id)
-    batch["targets"] = torch.tensor([s.target for s in samples])  # (B,)
-    batch[LOSS_COUNT_KEY] = len(samples)
-    return batch
-
-
-def head_scores(model, batch: dict) -> Tensor:
-    """Class logits ``(B, K)`` from the head on the last token."""
-    return model(batch["input_ids"], batch["attention_mask"]).float()
-
-
-def label_token_scores(model, batch: dict) -> Tensor:
-    """Class logits ``(B, K)``: each label's answer log-probability ``log p(answer | prompt)``."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return sequence_logps(out.logits, batch["labels"]).view(batch["targets"].numel(), -1)  # (B*K,) -> (B, K)
-
-
-SCORERS: dict[str, Callable[[torch.nn.Module, dict], Tensor]] = {"head": head_scores,
-                                                                  "label_tokens": label_token_scores}
-
-
-def classify_step(model, batch: dict, scorer, weights: Tensor | None):
-    """(summed weighted cross-entropy, examples, metrics) for one batch."""
-    logits = scorer(model, batch)  # (B, K)
-    targets = batch["targets"]
-    w = None if weights is None else weights.to(logits.device)
-    loss = F.cross_entropy(logits, targets, weight=w, reduction="none").sum()
-    accuracy = (logits.argmax(-1) == targets).float().mean()
-    return loss, targets.numel(), {"accuracy": accuracy.detach()}
-
-
-@torch.no_grad()
-def predict(model, samples: list[ClassSample], collate_fn, scorer, batch_size: int, device) -> Tensor:
-    """Class probabilities ``(N, K)`` for samples, restricted to the label set."""
-    model.eval()
-    probs = []
-    for i in range(0, len(samples), batch_size):
-        batch = {k: v.to(device) if isinstance(v, Tensor) else v
-                 for k, v in collate_fn(samples[i:i + batch_size]).items()}
-        probs.append(scorer(model, batch).softmax(-1).cpu())
-    return torch.cat(probs)
-
-
-def write_eval(run_dir, data: str, examples: list[ClassExample], labels: list[str], probs: Tensor,
-               settings: dict) -> dict:
-    """Accuracy / macro-F1 / AUC on the validation set -> eval/<data>-<time>.json and its predictions."""
-    from tunelab.eval.metrics import classification_metrics
-
-    preds = [labels[i] for i in probs.argmax(-1).tolist()]
-    truth = [ex.label for ex in examples]
-    metrics = classification_metrics(truth, preds, labels, probs.tolist())
-    out = RunFolder(run_dir).eval_path(settings["split"])
-    rows = [{"prompt": ex.text if ex.text is not None else ex.prompt[-1]["content"], "reference": ex.label,
-             "prediction": p, "probs": dict(zip(labels, [round(x, 6) for x in row]))}
-            for ex, p, row in zip(examples, preds, probs.tolist())]
-    atomic_write_jsonl(RunFolder.predictions_path(out), rows)
-    atomic_write_json(out, {"data": data, "metrics": metrics, "settings": settings, "n": len(examples)})
-    return metrics
 
 
 def run(cfg, progress: bool = True):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tunelab.engine.loss import count_targets
-from tunelab.stages.common import IGNORE_INDEX, masked_mean, pick, token_logps
+from tunelab.training.common import IGNORE_INDEX, masked_mean, pick, token_logps
 
 Divergence = Callable[[Tensor, Tensor, float], Tensor]
 
@@ -146,7 +146,7 @@ def run(cfg, progress: bool = True):
 
     from tunelab.data.pipeline import collate, epoch_order, prepare_data
     from tunelab.engine.loop import fit
-    from tunelab.stages.recipe import chat_reference_data, finish_run, say, setup_run
+    from tunelab.training.setup import chat_reference_data, finish_run, say, setup_run
 
     if cfg.distill is None:
         raise ValueError("stage distill needs a distill: section with a teacher, e.g. distill: {teacher: smollm2-135m}")

@@ -26,26 +26,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import Tensor
 
 from tunelab.data.pipeline import epoch_order, load_conversations
-from tunelab.data.templates import IGNORE_INDEX, prompt_ids, stop_token_ids
+from tunelab.data.templates import stop_token_ids
 from tunelab.engine import distributed
 from tunelab.engine.loop import LOSS_COUNT_KEY, fit
-from tunelab.stages.common import (
+from tunelab.training.common import (
     check_same_shape,
     kl_k3,
     masked_mean,
     pick,
     token_logps,
 )
-from tunelab.stages.recipe import finish_run, load_split, say, setup_run
-from tunelab.stages.reference import Reference
-from tunelab.stages.rewards import load_rewards, score
+from tunelab.training.setup import finish_run, load_split, say, setup_run
+from tunelab.training.reference import Reference
+from tunelab.training.rewards import load_rewards, score
+from tunelab.training.rollout import collate_prompts, completion_batch, prompt_samples, sample_completions
 
 Reduction = Callable[[Tensor, Tensor], Tensor]
 
@@ -146,71 +146,6 @@ def grpo_loss(
 # The recipe (stage grpo): prompts -> k sampled completions each -> rewards -> group advantages -> clipped loss.
 # One policy update per sampled batch, so the update is on-policy (rho = 1 in value, gradient A * grad log pi).
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PromptSample:
-    """A prompt (messages ending with the user turn), its token ids and the reference answer."""
-
-    prompt: list[dict]
-    ids: list[int]
-    answer: str
-
-
-def prompt_samples(cfg_data, tokenizer, template: str, convs: list) -> list[PromptSample]:
-    """Prompts from conversations: every message before the last assistant turn; that turn is the answer."""
-    out = []
-    for conv in convs:
-        msgs = conv.messages
-        ids = prompt_ids(tokenizer, template, msgs[:-1])[-cfg_data.max_length:]
-        out.append(PromptSample(msgs[:-1], ids, msgs[-1]["content"]))
-    return out
-
-
-def collate_prompts(samples: list[PromptSample], pad_id: int) -> dict:
-    """Left-padded (B, P) prompts (generation continues from each row's last token) and their answers."""
-    width = max(len(s.ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(samples):
-        ids[i, width - len(s.ids):] = torch.tensor(s.ids)
-        mask[i, width - len(s.ids):] = 1
-    return {"input_ids": ids, "attention_mask": mask, LOSS_COUNT_KEY: len(samples),
-            "answers": [s.answer for s in samples], "prompts": [s.prompt for s in samples]}
-
-
-def completion_batch(sequences: Tensor, prompt_mask: Tensor, stop_ids: list[int], pad_id: int) -> dict:
-    """Inputs, labels and positions for scoring sampled sequences ``(N, P + L)``.
-
-    A completion runs up to and including its first stop token; later positions are masked. Position ids
-    follow the attention mask, as they did during generation with left-padded prompts.
-    """
-    width = prompt_mask.size(1)
-    completion = sequences[:, width:]  # (N, L)
-    is_stop = torch.isin(completion, torch.tensor(stop_ids, device=completion.device))
-    after_stop = (is_stop.cumsum(-1) - is_stop.long()) > 0  # positions after the first stop token
-    completion_mask = (~after_stop).long()  # (N, L)
-    attention = torch.cat([prompt_mask, completion_mask], dim=1)  # (N, P + L)
-    labels = torch.full_like(sequences, IGNORE_INDEX)
-    labels[:, width:] = completion.masked_fill(after_stop, IGNORE_INDEX)
-    input_ids = sequences.masked_fill(attention == 0, pad_id)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "position_ids": positions}
-
-
-@torch.no_grad()
-def sample_completions(model, batch: dict, n: int, gen, stop_ids: list[int], pad_id: int) -> Tensor:
-    """``n`` sampled continuations of each left-padded prompt: ``(B * n, P + L)``, prompt p's at rows p*n .. p*n+n-1.
-
-    ``gen`` carries ``temperature``, ``top_p`` and ``max_new_tokens``. Sampling runs in eval mode (no dropout).
-    """
-    was_training = model.training
-    model.eval()
-    out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True,
-                         temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
-                         num_return_sequences=n, eos_token_id=stop_ids, pad_token_id=pad_id)
-    model.train(was_training)
-    return out
 
 
 class GrpoStep:

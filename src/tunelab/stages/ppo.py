@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tunelab.stages.common import (
+from tunelab.training.common import (
     KL_ESTIMATORS,
     check_same_shape,
     masked_mean,
@@ -28,7 +28,7 @@ def kl_penalty(logps: Tensor, ref_logps: Tensor, mask: Tensor, estimator: str = 
     """Per-token KL(pi || pi_ref) estimate on sampled tokens, 0 where masked; ``(B, T) -> (B, T)``.
 
     ``estimator``: ``k1`` (``log pi - log pi_ref``, unbiased, the classic RLHF penalty), ``k2`` or ``k3``
-    (non-negative, lower variance); see ``tunelab.stages.common.KL_ESTIMATORS``.
+    (non-negative, lower variance); see ``tunelab.training.common.KL_ESTIMATORS``.
     """
     check_same_shape(logps=logps, ref_logps=ref_logps, mask=mask)
     return pick(KL_ESTIMATORS, estimator, "KL estimator")(logps, ref_logps) * mask
@@ -132,12 +132,12 @@ class PolicyWithValue(torch.nn.Module):
     """The policy (a causal LM, adapters included) with a per-token value head on its last hidden state.
 
     The head is the critic; it shares the policy's body (as TRL's ``AutoModelForCausalLMWithValueHead``)
-    and is saved with the run as ``head.safetensors`` (see ``tunelab.stages.heads.HeadMethod``).
+    and is saved with the run as ``head.safetensors`` (see ``tunelab.training.heads.HeadMethod``).
     """
 
     def __init__(self, lm: torch.nn.Module, seed: int = 0):
         super().__init__()
-        from tunelab.stages.heads import ScoreModel
+        from tunelab.training.heads import ScoreModel
 
         self.lm = lm
         self.head = ScoreModel(lm, 1, seed=seed).head  # same initialisation as the reward head
@@ -179,8 +179,8 @@ class PpoStep:
 
     def __call__(self, model, batch: dict):
         from tunelab.engine.loop import LOSS_COUNT_KEY
-        from tunelab.stages.common import token_logps
-        from tunelab.stages.grpo import completion_batch, sample_completions
+        from tunelab.training.common import token_logps
+        from tunelab.training.rollout import completion_batch, sample_completions
 
         pad = self.tok.pad_token_id
         sequences = sample_completions(model, batch, 1, self.cfg, self.stop_ids, pad)  # (B, P + L)
@@ -231,16 +231,16 @@ def run(cfg, progress: bool = True):
     from tunelab.engine.loop import fit
     from tunelab.run import Run
     from tunelab.runfolder import RunFolder
-    from tunelab.stages.grpo import collate_prompts, prompt_samples
-    from tunelab.stages.heads import HeadMethod, load_scorer
-    from tunelab.stages.recipe import (
+    from tunelab.training.rollout import collate_prompts, prompt_samples
+    from tunelab.training.heads import HeadMethod, load_scorer
+    from tunelab.training.setup import (
         finish_run,
         load_split,
         recount_parameters,
         say,
         setup_run,
     )
-    from tunelab.stages.reference import Reference
+    from tunelab.training.reference import Reference
 
     if cfg.ppo is None:
         raise ValueError("stage ppo needs a ppo: section with a reward model, e.g. ppo: {reward_model: runs/my-rm}")

@@ -1,6 +1,6 @@
 """Preference optimization: DPO (sigmoid / IPO / hinge), ORPO, SimPO and KTO losses.
 
-Every loss here takes per-sequence log-probabilities (see ``tunelab.stages.common.sequence_logps``) and
+Every loss here takes per-sequence log-probabilities (see ``tunelab.training.common.sequence_logps``) and
 returns ``(loss, metrics)``. They are collected in ``PREFERENCE_LOSSES`` so a recipe picks one by name:
 
     loss, metrics = PREFERENCE_LOSSES["sigmoid"](logps, PreferenceParams(beta=0.1))
@@ -32,10 +32,11 @@ from tunelab.data.templates import Tokenized
 from tunelab.engine.loop import LOSS_COUNT_KEY, fit
 from tunelab.kernels.linear_logps import linear_sequence_logps
 from tunelab.kernels.train import lm_parts, note_once
-from tunelab.stages.common import check_same_shape, pick, sequence_logps, target_counts
-from tunelab.stages.recipe import finish_run, load_split, say, setup_run
-from tunelab.stages.reference import Reference
-from tunelab.stages.tokens import encode, join_truncated, split_prompt_answer
+from tunelab.training.common import check_same_shape, pick, sequence_logps, target_counts
+from tunelab.training.setup import finish_run, load_split, say, setup_run
+from tunelab.training.reference import Reference
+from tunelab.training.pairs import collate_pairs, pair_samples
+from tunelab.training.tokens import encode, join_truncated, split_prompt_answer
 
 Metrics = dict[str, Tensor]
 
@@ -276,15 +277,6 @@ STAGE_LOSS = {"orpo": "orpo", "simpo": "simpo", "kto": "kto"}
 
 
 @dataclass
-class PairSample:
-    """A tokenized preference pair; ``ref`` holds precomputed reference log-probs (chosen, rejected)."""
-
-    chosen: Tokenized
-    rejected: Tokenized
-    ref: tuple[float, float] | None = None
-
-
-@dataclass
 class KtoSample:
     """A tokenized KTO example and its mismatched pair (this prompt, another example's answer) for the KL term."""
 
@@ -292,18 +284,6 @@ class KtoSample:
     label: bool
     kl_seq: Tokenized | None = None
     ref: tuple[float, float] | None = None  # (reference log-prob of seq, of kl_seq)
-
-
-def pair_samples(examples: list, tokenizer, template: str, max_length: int) -> list[PairSample]:
-    """Tokenize preference examples into chosen/rejected sequences sharing the prompt."""
-    out = []
-    for ex in examples:
-        prompt_text, chosen_text = split_prompt_answer(tokenizer, template, ex.prompt, ex.chosen, ex.where)
-        _, rejected_text = split_prompt_answer(tokenizer, template, ex.prompt, ex.rejected, ex.where)
-        prompt = encode(tokenizer, prompt_text)
-        out.append(PairSample(join_truncated(prompt, encode(tokenizer, chosen_text), max_length),
-                              join_truncated(prompt, encode(tokenizer, rejected_text), max_length)))
-    return out
 
 
 def kto_samples(examples: list, tokenizer, template: str, max_length: int, with_kl: bool) -> list[KtoSample]:
@@ -317,15 +297,6 @@ def kto_samples(examples: list, tokenizer, template: str, max_length: int, with_
         kl = join_truncated(prompt, parts[(i + 1) % len(parts)][1], max_length) if with_kl and len(parts) > 1 else None
         out.append(KtoSample(join_truncated(prompt, answer, max_length), label, kl))
     return out
-
-
-def collate_pairs(samples: list[PairSample], pad_id: int) -> dict:
-    """One (2B, T) batch: rows 0..B-1 chosen, rows B..2B-1 rejected (one forward pass scores both)."""
-    batch = collate([s.chosen for s in samples] + [s.rejected for s in samples], pad_id)
-    batch[LOSS_COUNT_KEY] = len(samples)  # the loss is a mean over pairs
-    if all(s.ref is not None for s in samples):
-        batch["ref_logps"] = torch.tensor([s.ref[0] for s in samples] + [s.ref[1] for s in samples])  # (2B,)
-    return batch
 
 
 def collate_kto(samples: list[KtoSample], pad_id: int) -> dict:

@@ -28,8 +28,8 @@ from tunelab.data.stage_formats import TextDocument, load_text
 from tunelab.data.templates import Tokenized
 from tunelab.engine.loop import fit
 from tunelab.run import add_run_info
-from tunelab.stages.recipe import chat_reference_data, finish_run, load_split, say, setup_run
-from tunelab.stages.sft import sft_loss
+from tunelab.training.setup import chat_reference_data, finish_run, load_split, say, setup_run
+from tunelab.training.lm_loss import sft_loss
 
 CHAT_KEYS = ("messages", "conversations", "instruction")
 """A first record with one of these (and no `text`) makes the file a chat-format set: its user turns are read."""

@@ -16,10 +16,10 @@ from torch import Tensor
 from tunelab.data.pipeline import epoch_order
 from tunelab.data.stage_formats import load_preference
 from tunelab.engine.loop import LOSS_COUNT_KEY, fit
-from tunelab.stages.common import check_same_shape
-from tunelab.stages.heads import HeadMethod, ScoreModel
-from tunelab.stages.preference import collate_pairs, pair_samples
-from tunelab.stages.recipe import (
+from tunelab.training.common import check_same_shape
+from tunelab.training.heads import HeadMethod, ScoreModel
+from tunelab.training.pairs import collate_pairs, pair_samples
+from tunelab.training.setup import (
     finish_run,
     load_split,
     read_metrics,
@@ -87,7 +87,7 @@ def run(cfg, progress: bool = True):
     """Train a pairwise reward model end to end and return the run folder path.
 
     The scorer is the base model's decoder (trained by the configured method) with a one-output linear head
-    on the last token; the head is saved with the run (see ``tunelab.stages.heads``).
+    on the last token; the head is saved with the run (see ``tunelab.training.heads``).
     """
     setup = setup_run(cfg, progress)
     train_ex, val_ex = load_split(cfg.data, load_preference, cfg.train.seed, stage=cfg.stage)

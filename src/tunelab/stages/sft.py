@@ -15,34 +15,16 @@ import torch
 from rich.console import Console
 
 from tunelab.config import RunCfg
-from tunelab.config.speed import SpeedCfg
-from tunelab.data.packing import collate_packed, model_inputs
+from tunelab.data.packing import collate_packed
 from tunelab.data.pipeline import collate, epoch_order, prepare_data
 from tunelab.data.streaming import check_streaming, prepare_stream
-from tunelab.engine.loop import LOSS_COUNT_KEY, fit
-from tunelab.engine.loss import causal_lm_loss_sum, count_targets
+from tunelab.engine.loop import fit
 from tunelab.engine.optim import resolve_name
-from tunelab.kernels.train import chunked_causal_lm_loss, speed_context, with_block_mask
+from tunelab.kernels.train import speed_context
 from tunelab.models import pick_device
 from tunelab.run import add_run_info
-from tunelab.stages.recipe import chat_reference_data, finish_run, setup_run
-
-
-def sft_loss(model, batch: dict, label_smoothing: float = 0.0, speed: SpeedCfg | None = None):
-    """(summed next-token loss over assistant tokens, their count) for one batch.
-
-    With `speed.chunked_ce` (train.speed's default; speed=None means the plain path) the loss comes from the
-    final hidden states and lm_head chunk by chunk (tunelab.kernels.train), never holding (B, T, V) logits;
-    same value and gradients as the plain path.
-    """
-    inputs = with_block_mask(model, model_inputs(batch))  # packed: position_ids (+ flex block mask) instead of a mask
-    count = batch.get(LOSS_COUNT_KEY) or count_targets(batch["labels"])  # the loop counts on the host: no sync
-    if speed is not None and speed.wants("chunked_ce", batch["labels"].device.type):
-        loss = chunked_causal_lm_loss(model, inputs, batch["labels"], label_smoothing, speed)
-        if loss is not None:
-            return loss, count
-    out = model(**inputs, use_cache=False)
-    return causal_lm_loss_sum(out.logits, batch["labels"], label_smoothing), count
+from tunelab.training.lm_loss import sft_loss
+from tunelab.training.setup import chat_reference_data, finish_run, setup_run
 
 
 def packing_by_default(cfg: RunCfg) -> bool:

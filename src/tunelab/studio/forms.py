@@ -165,7 +165,7 @@ def ref_problem(ref: RefValue, settings: Settings) -> str | None:
     """
     if ref.kind == "code":
         if is_builtin(ref.value):  # it must also name a registered reward (`builtin:../../evil` does not)
-            from tunelab.stages.rewards import reward_problem
+            from tunelab.training.rewards import reward_problem
 
             return reward_problem(ref.value, ref.key)
         return (f"{ref.key}: {ref.value}: the studio runs built-in reward functions only (builtin:...); "

@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
 
-from tunelab.stages.common import pick
+from tunelab.training.common import pick
 
 RewardFn = Callable[[list[str], list[str], list[list[dict]]], list[float]]
 

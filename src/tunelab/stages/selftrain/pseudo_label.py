@@ -42,7 +42,7 @@ from tunelab.engine import distributed
 from tunelab.engine.loop import fit
 from tunelab.methods import get_method
 from tunelab.models import load_model
-from tunelab.stages.classify import (
+from tunelab.training.classes import (
     SCORERS,
     ClassSample,
     class_weights,
@@ -52,8 +52,8 @@ from tunelab.stages.classify import (
     predict,
     write_eval,
 )
-from tunelab.stages.heads import HeadMethod, ScoreModel
-from tunelab.stages.recipe import (
+from tunelab.training.heads import HeadMethod, ScoreModel
+from tunelab.training.setup import (
     finish_run,
     load_split,
     recount_parameters,

@@ -1,22 +1,7 @@
-"""Self-training, two ways (``selftrain.mode``).
-
-``pseudo_label`` (the default): a classifier trained on a few labels labels an unlabelled pool, its confident
-predictions join the training data, and it is trained again, round after round: ``tunelab.stages.pseudo_label``.
-
-``rejection``: sample answers from the model, keep those a reward judges good, fine-tune on them.
-Rejection-sampling fine-tuning (STaR, Zelikman et al. 2022; RFT, Yuan et al. 2023): for every training
-prompt the model (as it is before this stage) samples ``samples_per_prompt`` answers; the reward functions
-(the same ones as GRPO, ``tunelab.stages.rewards``) score them; answers reaching ``min_reward`` are kept
-(the best one per prompt, or all) and the model is trained on them with the SFT loss. Validation uses the
-data's own reference answers, so ``eval_loss`` says how close the model stays to them.
-
-The run folder gets ``selftrain_samples.jsonl`` (every sample, its rewards and whether it was kept) and
-``selftrain_data.jsonl`` (the kept conversations, in messages format, reusable as SFT data).
-"""
+"""Self-training by rejection sampling (``selftrain.mode: rejection``); the stage is described in the package."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -26,16 +11,15 @@ from tunelab.data.io import DataError
 from tunelab.data.pipeline import collate, epoch_order, load_conversations
 from tunelab.data.templates import stop_token_ids, tokenize_conversation
 from tunelab.engine.loop import fit
-from tunelab.stages import pseudo_label
-from tunelab.stages.grpo import (
+from tunelab.training.rollout import (
     collate_prompts,
     completion_batch,
     prompt_samples,
     sample_completions,
 )
-from tunelab.stages.recipe import chat_reference_data, finish_run, load_split, say, setup_run
-from tunelab.stages.rewards import load_rewards, score
-from tunelab.stages.sft import sft_loss
+from tunelab.training.setup import chat_reference_data, finish_run, load_split, say, setup_run
+from tunelab.training.rewards import load_rewards, score
+from tunelab.training.lm_loss import sft_loss
 from tunelab.runfolder import RunFolder
 from tunelab.utils.io import atomic_write_jsonl
 
@@ -113,11 +97,3 @@ def run_rejection(cfg, progress: bool = True):
     stats = {"format": "selftrain", "prompts": len(train_convs), "samples": len(rows), "train_samples": len(train),
              "val_samples": len(val), "mean_reward": sum(r["reward"] for r in rows) / len(rows)}
     return finish_run(setup, result.summary, stats)
-
-
-MODES: dict[str, Callable] = {"pseudo_label": pseudo_label.run, "rejection": run_rejection}
-
-
-def run(cfg, progress: bool = True):
-    """Self-train the way ``selftrain.mode`` names; return the run folder path."""
-    return MODES[cfg.selftrain.mode](cfg, progress)
