@@ -76,8 +76,9 @@ def load_tuned(run: Run, checkpoint: Path | None):
 
     from tunelab.models import load_model
 
-    base = load_model(run.base_model_name(), device="cpu")
-    return PeftModel.from_pretrained(base, str(checkpoint / "weights")), run.load_tokenizer(), run.chat_template()
+    cfg = run.config.model
+    base = load_model(run.base_model_name, cfg.dtype, "cpu", cfg.trust_remote_code)  # as Run.load_model does
+    return PeftModel.from_pretrained(base, str(checkpoint / "weights")), run.load_tokenizer(), run.chat_template
 
 
 def score(run_dir: Path, data: Path, max_length: int | None, batch_size: int, checkpoint: Path | None = None) -> dict:
