@@ -256,16 +256,16 @@ def export(
     Example: tunelab export runs/quick --format gguf --quant q8_0
     """
     _quiet_library_warnings()
-    from tunelab.export import ExportError, check_export
+    from tunelab.export import check_export
     from tunelab.methods import NotMergeable
     from tunelab.run import Run
 
     options = {k: v for k, v in {"quant": quant, "system": system, "model_name": model_name,
                                  "with_past": with_past}.items() if v is not None}
     try:
-        check_export(fmt, options)  # a wrong --format or option fails before the run's model is loaded
+        check_export(fmt, options)  # a wrong --format or option fails before the run folder is even read
         path = Run(run_dir).export(fmt, out, **options)
-    except (*_user_errors(), ExportError, NotMergeable) as e:
+    except (*_user_errors(), NotMergeable) as e:  # ExportError is a user error
         _fail(e)
     err.print(f"[green]exported[/] {run_dir} as {fmt}")
     typer.echo(str(path))

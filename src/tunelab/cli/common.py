@@ -55,7 +55,7 @@ def _set_threads() -> int:
         raise  # unreachable: _fail exits
 
 
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer; the config's train.seed has the same bound
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer (the config's train.seed is narrower: 0..2**32-1)
 
 
 def check_option(name: str, value: float | int | None, low: float | None = None, high: float | None = None,
