@@ -17,6 +17,13 @@ case $PHASE in
     timeout 480 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab,trl,trl-gc,tunelab-lean --timeout 200
     TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 75 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_speed_gpu.py -x 2>&1 | tail -15 | tee $OUT/gpu_tests.txt
     ;;
+  w)  # 1.5B whole 200-step runs: tunelab on a fresh machine (cold compile), again (inductor cache warm), TRL
+    timeout 540 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab,tunelab-warm,trl --timeout 200
+    ;;
+  7)  # 7B: LoRA steady rate against TRL; QLoRA's peak (load included) in lean mode
+    timeout 370 $E2E --shape qwen2.5-7b --data $HH --steps 20 --runs tunelab,trl --timeout 170
+    timeout 170 $E2E --shape qwen2.5-7b --data $HH --steps 20 --bs 2 --method qlora --runs tunelab-lean --timeout 160
+    ;;
   c)  # memory-lean mode against TRL with gradient checkpointing
     timeout 330 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab-lean,trl-gc --timeout 180
     ;;

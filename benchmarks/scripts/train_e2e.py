@@ -45,12 +45,21 @@ def make_model(shape: str, tok: str, out: Path) -> None:
 
 
 def run(cmd: list[str], log: Path, timeout: float) -> tuple[float, int]:
+    """Run `cmd`, writing each output line to `log` prefixed with the seconds since launch (where the
+    fixed cost of a whole command goes: imports, loading, data, compilation, saving)."""
     t = time.perf_counter()
     with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            for line in proc.stdout:
+                f.write(f"[{time.perf_counter() - t:7.1f}s] {line}")
+                if time.perf_counter() - t > timeout:
+                    raise subprocess.TimeoutExpired(cmd, timeout)
+            rc = proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t)))
         except subprocess.TimeoutExpired:
+            proc.kill()
             rc = 124
+        f.write(f"[{time.perf_counter() - t:7.1f}s] exit {rc}\n")
     return time.perf_counter() - t, rc
 
 
@@ -73,9 +82,25 @@ def tunelab_row(name: str, a, model: Path, work: Path) -> dict:
         row.update(steady_tok_s=round(s["steady_tokens_per_s"]), first_step_s=s["first_step_s"],
                    peak_gib=round(max(mem), 2), tokens_seen=s["tokens"], loss_tokens=s["loss_tokens"],
                    train_loss=s["train_loss"], train_s=s["train_s"])
-    speed_line = [ln for ln in (work / f"{name}.log").read_text().splitlines() if ln.startswith("speed:")]
+    speed_line = [ln.split("] ", 1)[1] for ln in (work / f"{name}.log").read_text().splitlines()
+                  if "] speed:" in ln]
     row["speed_line"] = speed_line[0] if speed_line else None
+    row["timeline_s"] = timeline(work / f"{name}.log")
     return row
+
+
+MARKS = {"loaded": " on cuda", "data": "] data:", "step1": "] step 1/", "done": "] done:", "exit": "] exit "}
+
+
+def timeline(log: Path) -> dict[str, float]:
+    """Seconds since launch at which the run's log first showed each phase (model loaded, data ready, the
+    first step logged, training done, process exit)."""
+    found: dict[str, float] = {}
+    for ln in log.read_text().splitlines():
+        for key, mark in MARKS.items():
+            if key not in found and mark in ln and ln.startswith("["):
+                found[key] = float(ln[1:ln.index("s]")])
+    return found
 
 
 def trl_row(name: str, a, model: Path, work: Path) -> dict:
@@ -98,7 +123,7 @@ def peft_row(name: str, a, model: Path, work: Path) -> dict:
     cmd += ["--gc"] if "gc" in name else []
     wall, rc = run(cmd, work / f"{name}.log", a.timeout)
     row = {"rc": rc, "per_step_only": True}
-    lines = [ln for ln in (work / f"{name}.log").read_text().splitlines() if ln.startswith("{")]
+    lines = [ln.split("] ", 1)[1] for ln in (work / f"{name}.log").read_text().splitlines() if "] {" in ln]
     if rc == 0 and lines:
         p = json.loads(lines[-1])
         row.update(steady_tok_s=p["tok_s"], peak_gib=p["peak_gib"], data="random full rows")

@@ -68,6 +68,29 @@ def test_dpo_losses_match_trl(loss_type: str, beta: float) -> None:
     assert_close(mine.grad, theirs.grad)  # same gradient on every token's log-prob
 
 
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_dpo_sft_term_matches_trl(loss_type: str) -> None:
+    """preference.sft_weight (RPO) equals TRL's loss_type=[loss, "sft"] with loss_weights=[1, w]."""
+    mask, per_token = completion_batch(2 * B, seed=3)
+    ref = -3 * torch.rand(2 * B, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * mask[:, 1:].sum(-1)
+    mine = per_token.clone().requires_grad_(True)
+    theirs = per_token.clone().requires_grad_(True)
+
+    params = PreferenceParams(beta=0.1, sft_weight=0.5)
+    loss, metrics = preference_loss(loss_type, as_logps(mine, mask, ref), params)
+    trl_loss, _ = trl_dpo(loss_type, theirs, ref, mask, beta=0.1, sft_weight=0.5)
+    plain, _ = preference_loss(loss_type, as_logps(per_token, mask, ref), PreferenceParams(beta=0.1))
+
+    assert_close(loss, trl_loss)
+    assert not torch.allclose(loss, plain)  # the term is really there
+    chosen_mask = mask[:B, 1:].bool()
+    assert_close(metrics["nll_loss"], -per_token[:B][chosen_mask].mean())
+    loss.backward()
+    trl_loss.backward()
+    on_completion = mask[:, 1:].to(per_token.dtype)  # off the completion the fixture's log-probs are constant 0
+    assert_close(mine.grad * on_completion, theirs.grad * on_completion)
+
+
 def test_kto_matches_trl_unpaired_and_weighted() -> None:
     rows = 7
     mask, per_token = completion_batch(rows, seed=3)

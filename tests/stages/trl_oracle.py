@@ -69,9 +69,10 @@ def _last(metrics: dict[str, list[float]]) -> dict[str, float]:
 
 
 def trl_dpo(loss_type: str, per_token: Tensor, ref_logps: Tensor, completion_mask: Tensor, beta: float,
-            label_smoothing: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+            label_smoothing: float = 0.0, sft_weight: float = 0.0) -> tuple[Tensor, dict[str, float]]:
     """TRL's DPO on a batch laid out as TRL does: rows ``[chosen..., rejected...]``.
 
+    ``sft_weight`` > 0 adds TRL's ``"sft"`` loss type with that weight (``loss_weights=[1, sft_weight]``).
     ``per_token`` ``(2B, T-1)`` are policy log-probs (0 off the completion), ``ref_logps`` ``(2B,)`` summed
     reference log-probs, ``completion_mask`` ``(2B, T)``.
     """
@@ -80,7 +81,8 @@ def trl_dpo(loss_type: str, per_token: Tensor, ref_logps: Tensor, completion_mas
     model = ScriptedLM().train()
     input_ids = torch.arange(completion_mask.numel()).view_as(completion_mask)
     model.add(input_ids, per_token)
-    trainer = _bare(DPOTrainer, model=model, ref_model=None, beta=beta, loss_types=[loss_type], loss_weights=[1.0],
+    trainer = _bare(DPOTrainer, model=model, ref_model=None, beta=beta, loss_types=[loss_type] + (["sft"] if sft_weight else []),
+                    loss_weights=[1.0] + ([sft_weight] if sft_weight else []),
                     ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
                     label_smoothing=label_smoothing, use_weighting=False)
     ref_chosen, ref_rejected = ref_logps.chunk(2)

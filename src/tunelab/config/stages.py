@@ -39,6 +39,11 @@ class PreferenceCfg(Section):
     kto_kl: bool = Field(
         True, description="KTO: estimate the KL baseline from mismatched (prompt, completion) pairs of each "
         "batch (costs one more forward pass); false uses 0.")
+    sft_weight: float = Field(
+        0.0, ge=0, description="Stage dpo: weight of an SFT term, the token-mean negative log-likelihood of the "
+        "chosen answers, added to the DPO/IPO/hinge loss (RPO; TRL's loss_type [..., 'sft'] with loss_weights). "
+        "DPO alone only widens the chosen-rejected gap relative to the reference and can lower both; this keeps "
+        "the chosen answers' likelihood rising. 0 = plain DPO.")
     precompute_ref: bool = Field(
         False, description="Compute the reference model's log-probs once before training (one pass over the data) "
         "instead of in every step.")

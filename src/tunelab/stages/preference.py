@@ -79,6 +79,8 @@ class PreferenceParams:
     """KTO weight on desirable examples' losses."""
     undesirable_weight: float = 1.0
     """KTO weight on undesirable examples' losses."""
+    sft_weight: float = 0.0
+    """DPO losses (sigmoid, ipo, hinge): weight of the chosen answers' token-mean NLL added to the loss (RPO)."""
 
 
 PreferenceLoss = Callable[[PreferenceLogps, PreferenceParams], tuple[Tensor, Metrics]]
@@ -263,9 +265,23 @@ REFERENCE_FREE = frozenset({"orpo", "simpo"})
 """Losses that do not read reference-model log-probs (a recipe can skip the reference forward pass)."""
 
 
+SFT_TERM_LOSSES = frozenset({"sigmoid", "ipo", "hinge"})
+"""Losses that take ``PreferenceParams.sft_weight`` (ORPO has its own NLL term; SimPO and KTO take none)."""
+
+
 def preference_loss(name: str, logps: PreferenceLogps, params: PreferenceParams) -> tuple[Tensor, Metrics]:
-    """Run the loss registered as ``name``; an unknown name raises a ValueError listing the choices."""
-    return pick(PREFERENCE_LOSSES, name, "preference loss")(logps, params)
+    """Run the loss registered as ``name``; an unknown name raises a ValueError listing the choices.
+
+    With ``params.sft_weight`` > 0 a DPO loss also gets ``sft_weight * NLL(chosen)``, the token-mean negative
+    log-likelihood of the chosen answers over the batch (RPO; TRL's ``loss_type=[name, "sft"]``).
+    """
+    loss, metrics = pick(PREFERENCE_LOSSES, name, "preference loss")(logps, params)
+    if params.sft_weight and name in SFT_TERM_LOSSES:
+        chosen, n_chosen = _require(logps, name, "chosen", "chosen_tokens")
+        nll = -chosen.sum() / n_chosen.sum().clamp(min=1)
+        loss = loss + params.sft_weight * nll
+        metrics["nll_loss"] = nll.detach()
+    return loss, metrics
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -411,7 +427,7 @@ def run(cfg, progress: bool = True):
     loss_name = STAGE_LOSS.get(cfg.stage, pcfg.loss)
     params = PreferenceParams(beta=pcfg.beta_for(cfg.stage), label_smoothing=pcfg.label_smoothing,
                               gamma=pcfg.gamma, desirable_weight=pcfg.desirable_weight,
-                              undesirable_weight=pcfg.undesirable_weight)
+                              undesirable_weight=pcfg.undesirable_weight, sft_weight=pcfg.sft_weight)
     tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
     if is_kto:
         train_ex, val_ex = load_split(cfg.data, load_kto, cfg.train.seed, stage=cfg.stage)
