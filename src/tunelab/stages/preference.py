@@ -28,7 +28,8 @@ from torch import Tensor
 from tunelab.config.speed import SpeedCfg
 from tunelab.data.pipeline import collate
 from tunelab.data.stage_formats import load_kto, load_preference
-from tunelab.data.templates import Tokenized
+from tunelab.data.templates import Tokenized, split_prompt_answer
+from tunelab.data.tokenize import encode, join_truncated
 from tunelab.engine.loop import LOSS_COUNT_KEY, Recipe, fit
 from tunelab.kernels.linear_logps import linear_sequence_logps
 from tunelab.kernels.train import lm_parts, note_once
@@ -36,7 +37,6 @@ from tunelab.training.common import check_same_shape, pick, sequence_logps, targ
 from tunelab.training.setup import finish_run, load_split, say, setup_run
 from tunelab.training.reference import Reference
 from tunelab.training.pairs import collate_pairs, pair_samples
-from tunelab.training.tokens import encode, join_truncated, split_prompt_answer
 
 Metrics = dict[str, Tensor]
 
