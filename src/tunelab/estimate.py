@@ -71,7 +71,7 @@ def model_config(name: str):
     from transformers import AutoConfig, LlamaConfig
 
     from tunelab.models import MODEL_ALIASES, TINY_MODELS, ModelNotFound, resolve_model
-    from tunelab.models.loader import cache_root, smollm2_gguf_path
+    from tunelab.models.gguf import cache_root, smollm2_gguf_path
     from tunelab.models.tiny import tiny_config
 
     if name in TINY_MODELS:

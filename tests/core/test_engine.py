@@ -13,6 +13,7 @@ from tunelab.data.formats import Conversation
 from tunelab.data.pipeline import collate, epoch_order
 from tunelab.data.templates import resolve_template, tokenize_conversation
 from tunelab.engine.loop import TrainingDiverged, TrainingInterrupted, accumulate_gradients, fit
+from tunelab.engine.recipe import Recipe, Setup
 from tunelab.engine.optim import lr_lambda, param_groups
 from tunelab.methods import get_method
 from tunelab.models import load_model
@@ -66,8 +67,9 @@ def test_four_micro_batches_equal_one_batch_of_four(samples):
 def run_fit(model, samples, run_dir, loss_fn=sft_loss, val=(), **train):
     cfg = TrainCfg(**{"max_steps": 10, "batch_size": 2, "grad_accum": 2, "lr": 5e-3, "warmup_ratio": 0.1,
                       "seed": 7, **train})
-    return fit(model, get_method("lora"), samples, list(val), partial(collate, pad_id=2), loss_fn, cfg, run_dir,
-               torch.device("cpu"), [], epoch_order, progress=False)
+    return fit(Setup(model, get_method("lora"), run_dir, torch.device("cpu"), []),
+               Recipe(train=cfg, samples=samples, val=list(val), collate=partial(collate, pad_id=2), loss=loss_fn,
+                      order=epoch_order), progress=False)
 
 
 def lora_state(model):

@@ -1,4 +1,5 @@
-"""The layer order in CONTRIBUTING.md holds: a lower layer never imports a higher one."""
+"""The layer order in CONTRIBUTING.md holds: a lower layer never imports a higher one, modules of one layer import
+each other without cycles, and no recipe (stages/*) imports another."""
 
 import ast
 from pathlib import Path
@@ -68,3 +69,63 @@ def test_no_recipe_imports_another():
                     bad.append(f"stages/{rel}: imports {name} (another recipe; "
                                "move what both need to a module of tunelab.training)")
     assert not bad, "\n".join(bad)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """{module: tunelab modules it imports} over src/, counting imports inside functions too (as above).
+
+    `from a.b import c` counts as importing a.b.c when that is a module; relative imports are resolved.
+    """
+    modules: dict[str, tuple[Path, bool]] = {}
+    for f in SRC.rglob("*.py"):
+        parts = list(f.relative_to(SRC.parent).with_suffix("").parts)
+        package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if package else parts)] = (f, package)
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for mod, (f, package) in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    here = mod.split(".") if package else mod.split(".")[:-1]
+                    here = here[:len(here) - (node.level - 1)]
+                    base = ".".join(here + ([node.module] if node.module else []))
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            for name in names:
+                if name.startswith("tunelab") and (target := known(name)) and target != mod:
+                    targets.add(target)
+        graph[mod] = targets
+    return graph
+
+
+def test_no_import_cycles_within_a_layer():
+    """Modules of one layer import each other in one direction only (no a -> b -> ... -> a), so each can be read,
+    tested and moved on its own; a cycle names the piece that belongs in a module below both."""
+    graph = _module_graph()
+    level = {m: LAYERS[layer] for m in graph if (layer := layer_of(m))}
+    cycles, done = [], set()
+
+    def visit(mod: str, path: list[str]) -> None:
+        if mod in path:
+            cycles.append(" -> ".join(path[path.index(mod):] + [mod]))
+            return
+        if mod in done:
+            return
+        for other in sorted(graph[mod]):
+            if level.get(other) == level[mod]:
+                visit(other, path + [mod])
+        done.add(mod)
+
+    for mod in sorted(level):
+        visit(mod, [])
+    assert not cycles, "import cycles within a layer:\n" + "\n".join(cycles)

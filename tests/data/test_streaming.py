@@ -27,6 +27,7 @@ from tunelab.data.streaming import (
 )
 from tunelab.data.templates import resolve_template
 from tunelab.engine.loop import TrainingInterrupted, fit
+from tunelab.engine.recipe import Recipe, Setup
 from tunelab.methods import get_method
 from tunelab.models import load_model
 from tunelab.training.lm_loss import sft_loss
@@ -60,8 +61,9 @@ def lora_state(model):
 def run_fit(model, run_dir, samples=(), stream=None, loss_fn=sft_loss, **train):
     cfg = TrainCfg(**{"max_steps": 10, "batch_size": 2, "grad_accum": 2, "lr": 5e-3, "warmup_ratio": 0.1,
                       "seed": 7, **train})
-    return fit(model, get_method("lora"), list(samples), [], partial(collate, pad_id=2), loss_fn, cfg, run_dir,
-               torch.device("cpu"), [], epoch_order, progress=False, train_stream=stream)
+    return fit(Setup(model, get_method("lora"), run_dir, torch.device("cpu"), []),
+               Recipe(train=cfg, samples=list(samples), val=[], collate=partial(collate, pad_id=2), loss=loss_fn,
+                      order=epoch_order, stream=stream), progress=False)
 
 
 # --- the shuffle buffer -----------------------------------------------------------------------------------

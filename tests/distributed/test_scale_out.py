@@ -20,6 +20,7 @@ import torch
 from tunelab.data.pipeline import epoch_order
 from tunelab.engine.launch import child_env
 from tunelab.engine.loop import fit, micro_batches
+from tunelab.engine.recipe import Recipe, Setup
 from tunelab.methods import get_method
 from tunelab.training.lm_loss import sft_loss
 
@@ -57,8 +58,9 @@ def single_process(method_name: str, samples: list, run_dir: Path, **train):
     """The reference: one process, batch_size = the 2-rank global micro-batch."""
     model = make_model(method_name)
     seen: list = []
-    result = fit(model, get_method(method_name), samples, [], recording_collate(samples, seen), sft_loss,
-                 train_cfg(GLOBAL_BATCH, **train), run_dir, torch.device("cpu"), [], epoch_order, progress=False)
+    result = fit(Setup(model, get_method(method_name), run_dir, torch.device("cpu"), []),
+                 Recipe(train=train_cfg(GLOBAL_BATCH, **train), samples=samples, val=[],
+                        collate=recording_collate(samples, seen), loss=sft_loss, order=epoch_order), progress=False)
     return model, result, seen
 
 

@@ -15,6 +15,7 @@ from tunelab.config.parallel import ParallelCfg
 from tunelab.data.pipeline import epoch_order
 from tunelab.engine import distributed
 from tunelab.engine.loop import fit
+from tunelab.engine.recipe import Recipe, Setup
 from tunelab.methods import get_method
 from tunelab.models import load_tokenizer
 from tunelab.training.lm_loss import sft_loss
@@ -49,8 +50,9 @@ def main(out: Path) -> None:
 
         distributed.shard = shard
         try:
-            result = fit(model, method, samples, [], collate_fn, sft_loss, train_cfg(PER_RANK_BATCH), out / name,
-                         torch.device("cpu"), [], epoch_order, progress=False)
+            result = fit(Setup(model, method, out / name, torch.device("cpu"), []),
+                         Recipe(train=train_cfg(PER_RANK_BATCH), samples=samples, val=[], collate=collate_fn,
+                                loss=sft_loss, order=epoch_order), progress=False)
         finally:
             distributed.shard = real_shard
         distributed.save_weights(model, method, out / name / "final")

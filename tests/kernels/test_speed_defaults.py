@@ -213,9 +213,9 @@ def test_device_side_nan_guard_skips_the_update_and_names_the_step(tmp_path, add
     seen = {}
     real_fit = loop.fit
 
-    def spy_fit(model, *a, **k):
-        seen["model"] = model
-        return real_fit(model, *a, **k)
+    def spy_fit(setup, *a, **k):
+        seen["model"] = setup.model
+        return real_fit(setup, *a, **k)
 
     monkeypatch.setattr(sft, "fit", spy_fit)
     cfg = run_cfg(addition_file, tmp_path / "nan", max_steps=4, log_every=4, speed={"prefetch": True})

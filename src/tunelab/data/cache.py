@@ -59,7 +59,7 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 def tokenized_root() -> Path:
     """The folder holding every tokenized-data entry: `cache_root()/tokenized` (set TUNELAB_CACHE to move it)."""
-    from tunelab.models.loader import cache_root
+    from tunelab.models.gguf import cache_root
 
     return cache_root() / "tokenized"
 

@@ -2,20 +2,25 @@
 
 The tokenizer's own template comes first; named fallbacks cover tokenizers without one.
 The template actually used is saved with the run, so chat and serve render exactly what
-training saw.
+training saw. Prompt + answer tokenization (`tokenize_conversation`, `tokenize_answer`, `prompt_ids`) lives
+here too; its one truncation rule, IGNORE_INDEX and Tokenized live in data/tokenize.py.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.data.formats import Conversation
 from tunelab.data.io import DataError
+from tunelab.data.tokenize import (  # IGNORE_INDEX and Tokenized are defined there, importable from here too
+    IGNORE_INDEX,
+    Tokenized,
+    encode,
+    join_truncated,
+    truncate_labeled,
+)
 from tunelab.utils.userfiles import read_text
-
-IGNORE_INDEX = -100
 
 NAMED_TEMPLATES: dict[str, str] = {
     "chatml": (
@@ -240,19 +245,6 @@ def _prefix_spans(tokenizer, template: str, msgs: list[dict], tools, text: str,
     return spans
 
 
-@dataclass
-class Tokenized:
-    """One training sample: token ids and labels (IGNORE_INDEX where the loss is masked)."""
-
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool = False
-
-    @property
-    def n_targets(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
-
-
 def tokenize_conversation(tokenizer, template: str, conv: Conversation, max_length: int) -> Tokenized:
     """Tokenize with labels on assistant turns only; truncate without ever cutting the whole response."""
     text, spans = assistant_spans(tokenizer, template, conv)
@@ -264,23 +256,33 @@ def tokenize_conversation(tokenizer, template: str, conv: Conversation, max_leng
             labels[k] = ids[k]
     if not any(label != IGNORE_INDEX for label in labels):
         raise DataError(f"{conv.meta.get('where', 'a record')}: no trainable tokens after rendering (empty answer?)")
-    if len(ids) <= max_length:
-        return Tokenized(ids, labels)
-    return _truncate(ids, labels, max_length)
-
-
-def _truncate(ids: list[int], labels: list[int], max_length: int) -> Tokenized:
-    """Keep the response: the prompt keeps its most recent tokens; the response keeps its start."""
-    first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
-    prompt_ids, rest_ids, rest_labels = ids[:first], ids[first:], labels[first:]
-    rest_budget = max(max_length - len(prompt_ids), max_length // 2)
-    rest_ids, rest_labels = rest_ids[:rest_budget], rest_labels[:rest_budget]
-    keep_prompt = max_length - len(rest_ids)
-    prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:] if keep_prompt > 0 else []
-    return Tokenized(prompt_ids + rest_ids, [IGNORE_INDEX] * len(prompt_ids) + rest_labels, truncated=True)
+    return truncate_labeled(ids, labels, max_length)  # the one truncation rule (data/tokenize.py)
 
 
 def prompt_ids(tokenizer, template: str, messages: list[dict]) -> list[int]:
     """Token ids of a prompt ending in the assistant header, ready for generation."""
     text = render(tokenizer, template, messages, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def split_prompt_answer(tokenizer, template: str, prompt: list[dict], answer: str,
+                        where: str = "a record") -> tuple[str, str]:
+    """(prompt text ending in the assistant header, answer text with its end marker) under `template`.
+
+    The answer is the rest of the rendered conversation (its text plus the template's end-of-turn marker), so
+    the scored tokens are exactly those SFT trains on and chat generates.
+    """
+    prompt_text = render(tokenizer, template, prompt, add_generation_prompt=True)
+    full = render(tokenizer, template, [*prompt, {"role": "assistant", "content": answer}])
+    if not full.startswith(prompt_text):
+        raise DataError(f"{where}: the chat template renders the prompt differently once an answer follows, so "
+                        "the answer's tokens cannot be located; set model.chat_template to a named template "
+                        "such as chatml")
+    return prompt_text, full[len(prompt_text):]
+
+
+def tokenize_answer(tokenizer, template: str, prompt: list[dict], answer: str, max_length: int,
+                    where: str = "a record") -> Tokenized:
+    """Token ids of prompt + answer with labels on the answer only (preference, KTO, label scoring)."""
+    prompt_text, answer_text = split_prompt_answer(tokenizer, template, prompt, answer, where)
+    return join_truncated(encode(tokenizer, prompt_text), encode(tokenizer, answer_text), max_length)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from tunelab.config.loader import ConfigError
 from tunelab.config.parallel import ParallelCfg
+from tunelab.engine.loss import add_metrics, loss_count, mean_metrics
 from tunelab.utils.io import atomic_dir
 
 
@@ -304,8 +305,6 @@ def accumulate(model, batches: list[dict], pads: list[bool], loss_fn, autocast,
     result is the gradient of the whole global batch with one token-normalized loss. Returns the global
     (mean loss per target token, target tokens).
     """
-    from tunelab.engine.loop import _add_metrics, _mean_metrics, loss_count
-
     local = sum(0 if pad else loss_count(b) for b, pad in zip(batches, pads))
     n_tokens = all_sum(local)
     if n_tokens == 0:
@@ -322,9 +321,9 @@ def accumulate(model, batches: list[dict], pads: list[bool], loss_fn, autocast,
             (loss_sum * scale).backward()
         total += float(loss_sum.detach())
         if not pad:
-            _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
+            add_metrics(metrics, out[2] if len(out) > 2 else None, count)
     if metrics is not None:
-        _mean_metrics(metrics)
+        mean_metrics(metrics)
     return all_sum(total) / n_tokens, n_tokens
 
 

@@ -1,7 +1,8 @@
-"""The training loop shared by every stage.
+"""The training loop shared by every stage: `fit(setup, recipe)`.
 
-A stage hands over its samples, a collate function and a loss function returning
-(summed loss, target-token count); the loop does the rest: ordering, accumulation with
+A stage hands over a Setup (model, method, run folder, device, trackers) and a Recipe (its samples, a
+collate function, a loss function returning (summed loss, target-token count), and its config sections;
+engine/recipe.py); the loop does the rest: ordering, accumulation with
 token-normalized loss, clipping, schedules, evaluation, early stopping, checkpoints,
 signals and the NaN guard. One place to look, top to bottom.
 """
@@ -12,10 +13,9 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
@@ -24,51 +24,19 @@ from tunelab.config.schema import TrainCfg
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import check_checkpoint, latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.engine.dcp import load_any_checkpoint, save_any_checkpoint
+from tunelab.engine.loss import LOSS_COUNT_KEY, add_metrics, loss_count, mean_metrics
 from tunelab.engine.optim import (
     build_optimizer,
     build_regulariser,
     build_scheduler,
 )
+from tunelab.engine.recipe import LossFn, Recipe, Setup
 from tunelab.kernels.lora import unwrapped
 from tunelab.runfolder import RunFolder
 from tunelab.tracking.progress import TrainProgress
 
-# loss_fn(model, batch) -> (summed loss tensor, number of target tokens in the batch), optionally with a third
-# element: a dict of scalar metrics for that batch (e.g. rewards/margins), logged as count-weighted means.
-LossFn = Callable[[torch.nn.Module, dict], tuple]
-
-LOSS_COUNT_KEY = "loss_count"
-"""Batch key a collator sets when its loss is not per target token (pairs, examples): the normalizer it adds."""
-
-
-def loss_count(batch: dict) -> int:
-    """What a batch adds to the accumulated normalizer: its `loss_count` if set, else its target tokens.
-
-    Stages whose loss is a mean over pairs or examples (DPO, reward, classify) set `loss_count` in their
-    collator and return `(mean loss * n, n)`, so accumulation stays exact for them too.
-    """
-    from tunelab.engine.loss import count_targets
-
-    if LOSS_COUNT_KEY in batch:
-        return int(batch[LOSS_COUNT_KEY])
-    return count_targets(batch["labels"])
-
-
-def _add_metrics(into: dict | None, extra: dict | None, weight: int) -> None:
-    """Accumulate `weight`-weighted sums of scalar metrics (divided by the total weight in `_mean_metrics`)."""
-    if into is None or not extra:
-        return
-    into["__weight__"] = into.get("__weight__", 0) + weight
-    for k, v in extra.items():
-        into[k] = into.get(k, 0.0) + float(v) * weight
-
-
-def _mean_metrics(sums: dict) -> dict:
-    weight = sums.pop("__weight__", 0)
-    means = {k: v / weight for k, v in sums.items()} if weight else {}
-    sums.clear()
-    sums.update(means)
-    return means
+__all__ = ["LOSS_COUNT_KEY", "FitResult", "LossFn", "Recipe", "Setup", "TrainingDiverged", "TrainingInterrupted",
+           "accumulate_gradients", "evaluate_loss", "evaluate_sets", "fit", "loss_count", "micro_batches"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -124,9 +92,9 @@ def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
         loss_sum, count = out[0], out[1]
         (loss_sum / n_tokens).backward()
         total = total + (loss_sum.detach().float() if not sync else float(loss_sum.detach()))
-        _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
+        add_metrics(metrics, out[2] if len(out) > 2 else None, count)
     if metrics is not None:
-        _mean_metrics(metrics)
+        mean_metrics(metrics)
     return total / n_tokens, n_tokens
 
 
@@ -162,10 +130,10 @@ def evaluate_sets(model, sets: Mapping[str, Sequence], collate_fn, loss_fn: Loss
             loss_sum, count = out[0], out[1]
             total += float(loss_sum)
             n += count
-            _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
+            add_metrics(metrics, out[2] if len(out) > 2 else None, count)
         sums[name] = (total, n)
     if metrics is not None:
-        _mean_metrics(metrics)
+        mean_metrics(metrics)
     model.train(was_training)
     overall = sum(t for t, _ in sums.values()) / max(sum(n for _, n in sums.values()), 1)
     return overall, {name: t / max(n, 1) for name, (t, n) in sums.items()}
@@ -247,36 +215,31 @@ def _diverged(loss: float, step: int, run_dir: Path) -> "TrainingDiverged":
         f"Last good checkpoint: {last or 'none (set train.save_every)'}. "
         "Lower train.lr, keep train.max_grad_norm set, or check the data for empty answers")
 
-def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequence | Mapping[str, Sequence],
-        collate_fn, loss_fn: LossFn,
-        cfg: TrainCfg, run_dir: Path, device: torch.device, trackers: list, order_fn,
-        progress: bool = True, optim: OptimCfg | None = None, train_stream=None,
-        reference_data: Callable[[str], Sequence] | None = None) -> FitResult:
-    """Train `model` (already prepared by `method.apply`) and leave the final/best weights in it.
+def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
+    """Train `setup.model` (already prepared by `setup.method.apply`) on `recipe`; leave the final/best weights in it.
 
-    `val_samples` is one validation list, or named sets (a multi-task run's tasks): then each set's loss is
-    logged as eval_loss/<name> beside the overall eval_loss, which early stopping and best_step follow.
-    `optim` is the run's OptimCfg (optimizer, per-group rates, EWC), passed from the stage's config in memory
-    (never re-read from the run folder); None = the defaults. `reference_data(path)` turns a data file into this
-    stage's own samples (for optim.ewc.data), so a regulariser sees the same kind of batches as training.
-    `train_stream(batch_size, pos)`, when given, replaces `train_samples` (data.streaming): it yields
-    (micro_index, samples) from the position in `pos` and keeps its data position in `pos["stream"]`.
+    `setup` says what is trained and where (model, method, run folder, device, trackers); `recipe` says on what
+    and how (samples or a stream, validation sets, collate, loss, epoch order, the run's `train` and `optim`
+    settings from memory, EWC's reference data); see engine/recipe.py. `progress` shows the progress bar.
     """
-    run_dir = Path(run_dir)
+    model, method, device = setup.model, setup.method, setup.device
+    cfg, collate_fn, loss_fn, order_fn = recipe.train, recipe.collate, recipe.loss, recipe.order
+    train_samples, val_samples, train_stream = recipe.samples, recipe.val, recipe.stream
+    run_dir = Path(setup.run_dir)
     # --- distributed (engine/distributed.py): no-ops in a single process -------------------------------
     par = distributed.current()
     distributed.check_supported(cfg)
     global_batch = distributed.global_batch_cfg(cfg).batch_size  # batch_size x processes
     train_model = distributed.wrap(model)  # DDP wrapper / FSDP2 in place / model; before the optimizer
-    trackers = trackers if par.is_main else []
+    trackers = setup.trackers if par.is_main else []
     # -----------------------------------------------------------------------------------------------------
     n_train = len(train_samples) if train_stream is None else 0  # a stream has no length: max_steps is set
     total_steps = total_steps_for(distributed.global_batch_cfg(cfg), n_train)
     micro_per_epoch = math.ceil(n_train / global_batch)
-    optim = optim or OptimCfg()
+    optim = recipe.optim or OptimCfg()
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device, optim)
     regulariser = build_regulariser(optim, model, run_dir, train_samples, collate_fn, loss_fn, device, cfg.seed,
-                                    reference_data)
+                                    recipe.reference_data)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 

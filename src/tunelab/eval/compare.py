@@ -24,9 +24,7 @@ def load_other(run, spec: str, device: str = "auto") -> tuple[str, tuple[Any, An
         model = load_model(run.base_model_name, cfg.dtype, pick_device(device), cfg.trust_remote_code)
         model.eval()
         return f"base:{cfg.name}", (model, run.load_tokenizer(), run.chat_template)
-    from tunelab.run import Run
-
-    other = Run(spec)
+    other = type(run)(spec)  # another run folder, opened as this one was (tunelab.run imports eval, not back)
     if Path(spec).resolve() == Path(run.path).resolve():
         raise ValueError(f"--compare {spec}: that is the run being evaluated; compare with 'base' or another run")
     name = other.path.resolve().name

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from tunelab.data.templates import prompt_ids
+from tunelab.data.tokenize import prompt_tail
 
 
 def _encode(tokenizer, template: str, prompt: list[dict], continuation: str, max_length: int) -> tuple[list[int], int]:
@@ -27,7 +28,7 @@ def _encode(tokenizer, template: str, prompt: list[dict], continuation: str, max
     c = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     if not c:
         raise ValueError(f"continuation {continuation!r} has no tokens; every option needs text")
-    return p[-max_length:] + c, len(c)
+    return prompt_tail(p, max_length) + c, len(c)
 
 
 @torch.no_grad()
@@ -137,7 +138,7 @@ def option_logprobs(model, tokenizer, template: str, prompts: Sequence[list[dict
             if not c:
                 raise ValueError(f"continuation {text!r} has no tokens; every option needs text")
             conts.append(c)
-        p = prompt_ids(tokenizer, template, prompt)[-max_length:]
+        p = prompt_tail(prompt_ids(tokenizer, template, prompt), max_length)
         out = model(input_ids=torch.tensor([p], device=device), use_cache=True, logits_to_keep=1)
         if out.cache is None:  # a model that returns no cache (e.g. caching switched off in its config)
             results.append(continuation_logprobs(model, tokenizer, template, [prompt] * len(opts), list(opts),

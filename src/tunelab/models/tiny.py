@@ -15,7 +15,7 @@ def tiny_tokenizer():
     """SmolLM2's BPE tokenizer (49,152 tokens, with its ChatML template), loaded from the bundled model."""
     from transformers import AutoTokenizer
 
-    from tunelab.models.loader import gguf_as_hf_dir, smollm2_gguf_path
+    from tunelab.models.gguf import gguf_as_hf_dir, smollm2_gguf_path
 
     tok = AutoTokenizer.from_pretrained(str(gguf_as_hf_dir(smollm2_gguf_path())))
     if tok.pad_token is None:

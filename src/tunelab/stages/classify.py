@@ -21,9 +21,8 @@ from __future__ import annotations
 from functools import partial
 
 from tunelab.data.io import DataError
-from tunelab.data.pipeline import epoch_order
 from tunelab.data.stage_formats import load_classification
-from tunelab.engine.loop import fit
+from tunelab.engine.loop import Recipe, fit
 from tunelab.training.classes import (
     SCORERS,
     class_weights,
@@ -71,10 +70,11 @@ def run(cfg, progress: bool = True):
     collate_fn = partial(collate_classes, pad_id=tok.pad_token_id)
     say(progress, f"classify ({ccfg.mode}): {len(labels)} classes {labels}; {len(train)} train / {len(val)} "
         f"validation examples from {cfg.data.train}")
-    result = fit(setup.model, setup.method, train, val, collate_fn, partial(classify_step, scorer=scorer,
-                 weights=weights), cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order,
-                 progress=progress, optim=cfg.optim, reference_data=lambda path: make_samples(
-                     load_classification(path), labels, ccfg.mode, tok, tpl, cfg.data.max_length))
+    result = fit(setup, Recipe(
+        train=cfg.train, optim=cfg.optim, samples=train, val=val, collate=collate_fn,
+        loss=partial(classify_step, scorer=scorer, weights=weights),
+        reference_data=lambda path: make_samples(load_classification(path), labels, ccfg.mode, tok, tpl,
+                                                 cfg.data.max_length)), progress=progress)
     summary = dict(result.summary)
     if val:
         probs = predict(setup.model, val, collate_fn, scorer, cfg.train.batch_size, setup.device)

@@ -144,8 +144,8 @@ def run(cfg, progress: bool = True):
     """Distill a teacher into the student end to end and return the run folder path."""
     from functools import partial
 
-    from tunelab.data.pipeline import collate, epoch_order, prepare_data
-    from tunelab.engine.loop import fit
+    from tunelab.data.pipeline import collate, prepare_data
+    from tunelab.engine.loop import Recipe, fit
     from tunelab.training.setup import chat_reference_data, finish_run, say, setup_run
 
     if cfg.distill is None:
@@ -159,7 +159,7 @@ def run(cfg, progress: bool = True):
         f"{data.stats['train_samples']} train / {data.stats['val_samples']} validation samples")
     step = partial(distill_step, teacher=teacher, temperature=dcfg.temperature, alpha=dcfg.alpha,
                    divergence=dcfg.divergence, jsd_beta=dcfg.jsd_beta)
-    result = fit(setup.model, setup.method, data.train, data.val, partial(collate, pad_id=setup.tokenizer.pad_token_id),
-                 step, cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress,
-                 optim=cfg.optim, reference_data=chat_reference_data(cfg, setup))
+    result = fit(setup, Recipe(train=cfg.train, optim=cfg.optim, samples=data.train, val=data.val,
+                               collate=partial(collate, pad_id=setup.tokenizer.pad_token_id), loss=step,
+                               reference_data=chat_reference_data(cfg, setup)), progress=progress)
     return finish_run(setup, result.summary, {**data.stats, "teacher": dcfg.teacher})

@@ -31,10 +31,10 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from tunelab.data.pipeline import epoch_order, load_conversations
+from tunelab.data.pipeline import load_conversations
 from tunelab.data.templates import stop_token_ids
 from tunelab.engine import distributed
-from tunelab.engine.loop import LOSS_COUNT_KEY, fit
+from tunelab.engine.loop import LOSS_COUNT_KEY, Recipe, fit
 from tunelab.training.common import (
     check_same_shape,
     kl_k3,
@@ -223,9 +223,9 @@ def run(cfg, progress: bool = True):
     from tunelab.runfolder import RunFolder
 
     step = GrpoStep(gcfg, rewards, tok, tpl, reference, RunFolder(setup.run_dir).completions_path)
-    result = fit(setup.model, setup.method, train, val, partial(collate_prompts, pad_id=tok.pad_token_id), step,
-                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress,
-                 optim=cfg.optim)
+    result = fit(setup, Recipe(train=cfg.train, optim=cfg.optim, samples=train, val=val,
+                               collate=partial(collate_prompts, pad_id=tok.pad_token_id), loss=step),
+                 progress=progress)
     stats = {"format": "prompts", "train_samples": len(train), "val_samples": len(val),
              "rewards": list(gcfg.rewards), "group_size": gcfg.group_size}
     return finish_run(setup, result.summary, stats)

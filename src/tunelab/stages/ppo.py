@@ -227,8 +227,8 @@ def run(cfg, progress: bool = True):
     """Train with PPO against a reward run end to end and return the run folder path."""
     from functools import partial
 
-    from tunelab.data.pipeline import epoch_order, load_conversations
-    from tunelab.engine.loop import fit
+    from tunelab.data.pipeline import load_conversations
+    from tunelab.engine.loop import Recipe, fit
     from tunelab.run import Run
     from tunelab.runfolder import RunFolder
     from tunelab.training.rollout import collate_prompts, prompt_samples
@@ -264,9 +264,9 @@ def run(cfg, progress: bool = True):
     train, val = prompt_samples(cfg.data, tok, tpl, train_convs), prompt_samples(cfg.data, tok, tpl, val_convs)
     say(progress, f"ppo: {len(train)} train / {len(val)} validation prompts; reward model {pcfg.reward_model}")
     step = PpoStep(pcfg, scorer, reference, tok, tpl, RunFolder(setup.run_dir).completions_path)
-    result = fit(setup.model, setup.method, train, val, partial(collate_prompts, pad_id=tok.pad_token_id), step,
-                 cfg.train, setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress,
-                 optim=cfg.optim)
+    result = fit(setup, Recipe(train=cfg.train, optim=cfg.optim, samples=train, val=val,
+                               collate=partial(collate_prompts, pad_id=tok.pad_token_id), loss=step),
+                 progress=progress)
     stats = {"format": "prompts", "train_samples": len(train), "val_samples": len(val),
              "reward_model": pcfg.reward_model}
     return finish_run(setup, result.summary, stats)

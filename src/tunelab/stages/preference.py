@@ -26,17 +26,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tunelab.config.speed import SpeedCfg
-from tunelab.data.pipeline import collate, epoch_order
+from tunelab.data.pipeline import collate
 from tunelab.data.stage_formats import load_kto, load_preference
-from tunelab.data.templates import Tokenized
-from tunelab.engine.loop import LOSS_COUNT_KEY, fit
+from tunelab.data.templates import Tokenized, split_prompt_answer
+from tunelab.data.tokenize import encode, join_truncated
+from tunelab.engine.loop import LOSS_COUNT_KEY, Recipe, fit
 from tunelab.kernels.linear_logps import linear_sequence_logps
 from tunelab.kernels.train import lm_parts, note_once
 from tunelab.training.common import check_same_shape, pick, sequence_logps, target_counts
 from tunelab.training.setup import finish_run, load_split, say, setup_run
 from tunelab.training.reference import Reference
 from tunelab.training.pairs import collate_pairs, pair_samples
-from tunelab.training.tokens import encode, join_truncated, split_prompt_answer
 
 Metrics = dict[str, Tensor]
 
@@ -453,9 +453,9 @@ def run(cfg, progress: bool = True):
            else "adapters off" if reference.shares_weights else "frozen copy"))
     step = (partial(kto_step, params=params, reference=reference, speed=cfg.train.speed) if is_kto
             else partial(pair_step, loss_name=loss_name, params=params, reference=reference, speed=cfg.train.speed))
-    result = fit(setup.model, setup.method, train, val, collate_fn, step, cfg.train, setup.run_dir, setup.device,
-                 setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
-                 reference_data=partial(reference_samples, cfg, setup, collate_fn, precomputed))
+    result = fit(setup, Recipe(train=cfg.train, optim=cfg.optim, samples=train, val=val, collate=collate_fn, loss=step,
+                               reference_data=partial(reference_samples, cfg, setup, collate_fn, precomputed)),
+                 progress=progress)
     stats = {"format": "kto" if is_kto else "preference", "train_samples": len(train), "val_samples": len(val),
              "loss": loss_name, "beta": params.beta,
              "truncated": sum(s.seq.truncated if is_kto else s.chosen.truncated or s.rejected.truncated

@@ -19,14 +19,13 @@ from tunelab.config.data import DataSource
 from tunelab.data.io import read_records
 from tunelab.data.pipeline import (
     collate,
-    epoch_order,
     load_conversations,
     mix_tasks,
     split_tasks,
 )
 from tunelab.data.stage_formats import TextDocument, load_text
 from tunelab.data.templates import Tokenized
-from tunelab.engine.loop import fit
+from tunelab.engine.loop import Recipe, fit
 from tunelab.run import add_run_info
 from tunelab.training.setup import chat_reference_data, finish_run, load_split, say, setup_run
 from tunelab.training.lm_loss import sft_loss
@@ -100,9 +99,9 @@ def run(cfg, progress: bool = True):
     say(progress, f"pretrain: {stats['train_documents']} documents from {cfg.data.train_label()} -> {len(train)} "
         f"blocks of {block} tokens ({stats['train_tokens']:,} tokens); {len(val)} validation blocks")
     add_run_info(setup.run_dir, {"tasks": stats["tasks"]} if "tasks" in stats else {})
-    result = fit(setup.model, setup.method, train, val_sets or val,
-                 partial(collate, pad_id=setup.tokenizer.pad_token_id),
-                 partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed), cfg.train,
-                 setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
-                 reference_data=chat_reference_data(cfg, setup))
+    result = fit(setup, Recipe(
+        train=cfg.train, optim=cfg.optim, samples=train, val=val_sets or val,
+        collate=partial(collate, pad_id=setup.tokenizer.pad_token_id),
+        loss=partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
+        reference_data=chat_reference_data(cfg, setup)), progress=progress)
     return finish_run(setup, result.summary, stats)

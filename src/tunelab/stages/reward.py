@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tunelab.data.pipeline import epoch_order
 from tunelab.data.stage_formats import load_preference
-from tunelab.engine.loop import LOSS_COUNT_KEY, fit
+from tunelab.engine.loop import LOSS_COUNT_KEY, Recipe, fit
 from tunelab.training.common import check_same_shape
 from tunelab.training.heads import HeadMethod, ScoreModel
 from tunelab.training.pairs import collate_pairs, pair_samples
@@ -97,10 +96,11 @@ def run(cfg, progress: bool = True):
     setup.method = HeadMethod(setup.method)
     recount_parameters(setup)
     say(progress, f"reward model: {len(train)} train / {len(val)} validation pairs from {cfg.data.train}")
-    result = fit(setup.model, setup.method, train, val, partial(collate_pairs, pad_id=tok.pad_token_id),
-                 partial(reward_step, center_coef=cfg.reward.center_coef), cfg.train, setup.run_dir, setup.device,
-                 setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
-                 reference_data=lambda path: pair_samples(load_preference(path), tok, tpl, max_len))
+    result = fit(setup, Recipe(
+        train=cfg.train, optim=cfg.optim, samples=train, val=val,
+        collate=partial(collate_pairs, pad_id=tok.pad_token_id),
+        loss=partial(reward_step, center_coef=cfg.reward.center_coef),
+        reference_data=lambda path: pair_samples(load_preference(path), tok, tpl, max_len)), progress=progress)
     evals = [m for m in read_metrics(setup.run_dir) if "eval_accuracy" in m]
     summary = {**result.summary, "eval_accuracy": evals[-1]["eval_accuracy"] if evals else None}
     stats = {"format": "preference", "train_samples": len(train), "val_samples": len(val),

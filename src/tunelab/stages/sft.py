@@ -16,9 +16,9 @@ from rich.console import Console
 
 from tunelab.config import RunCfg
 from tunelab.data.packing import collate_packed
-from tunelab.data.pipeline import collate, epoch_order, prepare_data
+from tunelab.data.pipeline import collate, prepare_data
 from tunelab.data.streaming import check_streaming, prepare_stream
-from tunelab.engine.loop import fit
+from tunelab.engine.loop import Recipe, fit
 from tunelab.engine.optim import resolve_name
 from tunelab.kernels.train import speed_context
 from tunelab.models import pick_device
@@ -104,11 +104,10 @@ def run(cfg: RunCfg, progress: bool = True):
     with speed_context(setup.model, cfg.train, setup.device, packed=bool(cfg.data.packing), optimizer=optimizer,
                        say=progress):  # every wrapper is undone before the final save
         val = getattr(data, "val_sets", None) or data.val  # named per task in a multi-task run; streaming has none
-        result = fit(setup.model, setup.method, data.train, val, collate_fn,
-                     partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
-                     cfg.train, setup.run_dir,
-                     setup.device, setup.trackers, epoch_order, progress=progress,
-                     train_stream=getattr(data, "stream", None), optim=cfg.optim,
-                     reference_data=chat_reference_data(cfg, setup))
+        result = fit(setup, Recipe(
+            train=cfg.train, optim=cfg.optim, samples=data.train, val=val, stream=getattr(data, "stream", None),
+            collate=collate_fn,
+            loss=partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
+            reference_data=chat_reference_data(cfg, setup)), progress=progress)
     return finish_run(setup, result.summary, data.stats)
 

@@ -18,11 +18,11 @@ from torch import Tensor
 from tunelab.data.io import DataError
 from tunelab.data.pipeline import collate
 from tunelab.data.stage_formats import ClassExample
-from tunelab.data.templates import IGNORE_INDEX, Tokenized, render
+from tunelab.data.templates import IGNORE_INDEX, Tokenized, render, tokenize_answer
+from tunelab.data.tokenize import encode, prompt_tail, text_head
 from tunelab.engine.loop import LOSS_COUNT_KEY
 from tunelab.runfolder import RunFolder
 from tunelab.training.common import sequence_logps
-from tunelab.training.tokens import encode, tokenize_answer
 from tunelab.utils.io import atomic_write_json, atomic_write_jsonl
 
 
@@ -48,13 +48,14 @@ def class_weights(setting, labels: list[str], train: list[ClassExample]) -> Tens
 def head_input(ex: ClassExample, tokenizer, template: str, max_length: int, as_text: bool = False) -> Tokenized:
     """The head's input: raw text (start kept) or the rendered prompt up to the assistant header (`fit_prompt`).
 
+    Both follow the one truncation rule (data/tokenize.py): a text alone keeps its start, a prompt its end.
     ``as_text`` reads a ``messages`` prompt's last user turn as raw text instead (``classify.head_input: text``):
     no system prompt, no template, so all of ``max_length`` goes to the document.
     """
     text = ex.text if ex.text is not None or not as_text else \
         next(m["content"] for m in reversed(ex.prompt) if m["role"] == "user")
     if text is not None:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
+        ids = text_head(tokenizer(text, add_special_tokens=True)["input_ids"], max_length)
     else:
         ids = fit_prompt(tokenizer, template, ex.prompt, max_length)
     return Tokenized(ids, [IGNORE_INDEX] * len(ids), truncated=False)
@@ -82,7 +83,7 @@ def fit_prompt(tokenizer, template: str, messages: list[dict], max_length: int) 
         shorter = [*messages[:longest], {**messages[longest], "content": cut}, *messages[longest + 1:]]
         ids = encode(tokenizer, render(tokenizer, template, shorter, add_generation_prompt=True))
         keep -= max(1, len(ids) - max_length)
-    return ids[-max_length:]
+    return prompt_tail(ids, max_length)
 
 
 def label_answers(ex: ClassExample, labels: list[str]) -> list[str]:

@@ -1,6 +1,6 @@
 """Preference pairs: a prompt with a chosen and a rejected answer, tokenized and batched (preference, reward).
 
-Both answers share the prompt's tokens and the shared truncation rule (tunelab.training.tokens.join_truncated);
+Both answers share the prompt's tokens and the shared truncation rule (tunelab.data.tokenize.join_truncated);
 one batch scores chosen and rejected rows in one forward pass.
 """
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.pipeline import collate
-from tunelab.data.templates import Tokenized
+from tunelab.data.templates import Tokenized, split_prompt_answer
+from tunelab.data.tokenize import encode, join_truncated
 from tunelab.engine.loop import LOSS_COUNT_KEY
-from tunelab.training.tokens import encode, join_truncated, split_prompt_answer
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from tunelab.data.templates import IGNORE_INDEX, prompt_ids
+from tunelab.data.tokenize import prompt_tail
 from tunelab.engine.loop import LOSS_COUNT_KEY
 
 
@@ -29,7 +30,7 @@ def prompt_samples(cfg_data, tokenizer, template: str, convs: list) -> list[Prom
     out = []
     for conv in convs:
         msgs = conv.messages
-        ids = prompt_ids(tokenizer, template, msgs[:-1])[-cfg_data.max_length:]
+        ids = prompt_tail(prompt_ids(tokenizer, template, msgs[:-1]), cfg_data.max_length)  # the one rule
         out.append(PromptSample(msgs[:-1], ids, msgs[-1]["content"]))
     return out
 

@@ -7,7 +7,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
@@ -16,6 +15,7 @@ from tunelab.config import RunCfg
 from tunelab.data.templates import resolve_template
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
+from tunelab.engine.recipe import Setup
 from tunelab.methods import count_parameters, get_method
 from tunelab.models import load_model, load_tokenizer, pick_device
 from tunelab.models.loader import base_chain
@@ -29,17 +29,13 @@ class RunFolderError(ValueError):
 
 
 @dataclass
-class RunSetup:
-    """A model ready to train, with everything the stage needs around it."""
+class RunSetup(Setup):
+    """A model ready to train, with everything the stage needs around it: the engine's Setup (model, method,
+    run_dir, device, trackers; what `fit(setup, recipe)` takes) plus the run's config, tokenizer and template."""
 
     cfg: RunCfg
-    run_dir: Path
-    model: torch.nn.Module
     tokenizer: object
     template: str
-    method: ModuleType
-    device: torch.device
-    trackers: list
 
 
 def check_output_dir(cfg: RunCfg) -> Path:
@@ -134,7 +130,8 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     trackers = trackers if main else []
     for t in trackers:
         t.start(run_dir, cfg.model_dump(mode="json"))
-    return RunSetup(cfg, run_dir, model, tokenizer, template, method, device, trackers)
+    return RunSetup(model=model, method=method, run_dir=run_dir, device=device, trackers=trackers, cfg=cfg,
+                    tokenizer=tokenizer, template=template)
 
 
 def finish_run(setup: RunSetup, summary: dict, data_stats: dict) -> Path:

@@ -36,10 +36,9 @@ import torch
 from torch import Tensor
 
 from tunelab.data.io import DataError, Record, read_records
-from tunelab.data.pipeline import epoch_order
 from tunelab.data.stage_formats import CLASS_FORMATS, ClassExample, load_classification
 from tunelab.engine import distributed
-from tunelab.engine.loop import fit
+from tunelab.engine.loop import Recipe, fit
 from tunelab.methods import get_method
 from tunelab.models import load_model
 from tunelab.training.classes import (
@@ -215,11 +214,11 @@ def train_round(cfg, setup, data: RoundData, r: int, kept: list[tuple[int, int]]
     train = make_samples(examples, data.labels, ccfg.mode, setup.tokenizer, setup.template, cfg.data.max_length)
     step = partial(classify_step, scorer=data.scorer, weights=class_weights(ccfg.class_weights, data.labels, examples))
     round_dir = RunFolder(setup.run_dir).round_dir(r)  # its own checkpoints: steps restart every round
-    result = fit(setup.model, setup.method, train, data.val, data.collate_fn, step, cfg.train, round_dir,
-                 setup.device, [RoundTracker(t, r, offset) for t in setup.trackers], epoch_order,
-                 progress=progress, optim=cfg.optim, reference_data=lambda path: make_samples(
-                     load_classification(path), data.labels, ccfg.mode, setup.tokenizer, setup.template,
-                     cfg.data.max_length))
+    in_round = replace(setup, run_dir=round_dir, trackers=[RoundTracker(t, r, offset) for t in setup.trackers])
+    result = fit(in_round, Recipe(
+        train=cfg.train, optim=cfg.optim, samples=train, val=data.val, collate=data.collate_fn, loss=step,
+        reference_data=lambda path: make_samples(load_classification(path), data.labels, ccfg.mode, setup.tokenizer,
+                                                 setup.template, cfg.data.max_length)), progress=progress)
     if distributed.current().is_main:  # early stopping's scratch copy (rank 0 wrote it), already loaded
         shutil.rmtree(RunFolder(round_dir).best_dir, ignore_errors=True)
     return result

@@ -8,9 +8,9 @@ import torch
 
 from tunelab.data.formats import Conversation
 from tunelab.data.io import DataError
-from tunelab.data.pipeline import collate, epoch_order, load_conversations
+from tunelab.data.pipeline import collate, load_conversations
 from tunelab.data.templates import stop_token_ids, tokenize_conversation
-from tunelab.engine.loop import fit
+from tunelab.engine.loop import Recipe, fit
 from tunelab.training.rollout import (
     collate_prompts,
     completion_batch,
@@ -89,11 +89,10 @@ def run_rejection(cfg, progress: bool = True):
     val = [tokenize_conversation(tok, tpl, c, max_len) for c in val_convs]
     say(progress, f"selftrain: kept {len(kept)} of {len(rows)} samples ({len(train_convs)} prompts x "
         f"{scfg.samples_per_prompt}) at reward >= {scfg.min_reward}")
-    result = fit(setup.model, setup.method, train, val, partial(collate, pad_id=tok.pad_token_id),
-                 partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
-                 cfg.train, setup.run_dir,
-                 setup.device, setup.trackers, epoch_order, progress=progress, optim=cfg.optim,
-                 reference_data=chat_reference_data(cfg, setup))
+    result = fit(setup, Recipe(
+        train=cfg.train, optim=cfg.optim, samples=train, val=val, collate=partial(collate, pad_id=tok.pad_token_id),
+        loss=partial(sft_loss, label_smoothing=cfg.train.label_smoothing, speed=cfg.train.speed),
+        reference_data=chat_reference_data(cfg, setup)), progress=progress)
     stats = {"format": "selftrain", "prompts": len(train_convs), "samples": len(rows), "train_samples": len(train),
              "val_samples": len(val), "mean_reward": sum(r["reward"] for r in rows) / len(rows)}
     return finish_run(setup, result.summary, stats)
