@@ -7,6 +7,9 @@ seen in training. ``score`` reads a finished DPO run and scores each held-out pa
 rejected answer, under the base model (the run's adapters off) and under the tuned model. It prints
 
 - ``prefers_chosen``: share of pairs with ``log p(chosen | x) > log p(rejected | x)``, base and tuned;
+- ``prefers_chosen_per_token``: the same with each answer's log-probability divided by its scored tokens
+  (answers of different lengths compared by their mean token log-probability, as SimPO and lm-eval's
+  ``acc_norm`` do);
 - ``implicit_reward_accuracy``: DPO's own metric, share of pairs whose chosen log-ratio
   ``log pi / pi_ref`` is above the rejected one's.
 
@@ -29,7 +32,7 @@ import torch
 
 from tunelab.data.stage_formats import load_preference
 from tunelab.run import Run
-from tunelab.training.common import sequence_logps
+from tunelab.training.common import IGNORE_INDEX, sequence_logps
 from tunelab.training.pairs import collate_pairs, pair_samples
 from tunelab.utils.io import atomic_write_json
 
@@ -92,10 +95,14 @@ def score(run_dir: Path, data: Path, max_length: int | None, batch_size: int, ch
     with model.disable_adapter():  # the base model: the reference DPO trained against
         base_c, base_r = pair_logps(model, samples, tok.pad_token_id, batch_size)
     tuned_c, tuned_r = pair_logps(model, samples, tok.pad_token_id, batch_size)
+    counts = collate_pairs(samples, tok.pad_token_id)["labels"].ne(IGNORE_INDEX).sum(-1).clamp(min=1).float()
+    n_c, n_r = counts[:len(samples)], counts[len(samples):]  # answer tokens scored, chosen and rejected
     share = lambda a, b: round(float((a > b).float().mean()), 4)  # noqa: E731
     result = {"run": str(run_dir), "checkpoint": None if checkpoint is None else str(checkpoint), "data": str(data), "pairs": len(samples), "max_length": max_length,
               "prefers_chosen_base": share(base_c, base_r), "prefers_chosen_tuned": share(tuned_c, tuned_r),
               "implicit_reward_accuracy": share(tuned_c - base_c, tuned_r - base_r),
+              "prefers_chosen_per_token_base": share(base_c / n_c, base_r / n_r),
+              "prefers_chosen_per_token_tuned": share(tuned_c / n_c, tuned_r / n_r),
               "mean_margin_base": round(float((base_c - base_r).mean()), 3),
               "mean_margin_tuned": round(float((tuned_c - tuned_r).mean()), 3)}
     print(json.dumps(result))
