@@ -12,13 +12,25 @@ from tunelab.config.refs import ModelRef
 Targets = Literal["all-linear", "attention", "mlp"] | list[str]
 
 
-class FullCfg(Section):
-    """Train every weight."""
+class VisionSwitches(Section):
+    """What trains of a vision-language model besides the language model (ignored by text-only models' checks:
+    setting either on a text model is an error)."""
+
+    train_vision: bool = Field(False, description="Vision models: train the vision tower too (LoRA: adapters on its "
+                               "linear layers; full/freeze: its weights). Off by default: a pretrained encoder "
+                               "already sees well, and its activations cost most of a VLM's memory.")
+    train_projector: bool = Field(False, description="Vision models: train the projector (connector) between vision "
+                                  "tower and language model in full (LoRA: as modules_to_save). Turn it on for a "
+                                  "projector trained from scratch (LLaVA-style connector training).")
+
+
+class FullCfg(VisionSwitches):
+    """Train every weight (of a vision model: the language model, plus what train_vision/train_projector add)."""
 
     name: Literal["full"] = "full"
 
 
-class FreezeCfg(Section):
+class FreezeCfg(VisionSwitches):
     """Train a chosen part of the model and freeze the rest (no new parameters)."""
 
     name: Literal["freeze"] = "freeze"
@@ -37,7 +49,7 @@ class FreezeCfg(Section):
         return self
 
 
-class LoraCfg(Section):
+class LoraCfg(VisionSwitches):
     """Low-rank adapters on linear layers (Hu et al. 2021), through PEFT."""
 
     name: Literal["lora"] = "lora"
