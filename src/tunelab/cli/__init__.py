@@ -235,10 +235,11 @@ def generate(
 
     try:
         read_records(data)  # bad or missing records fail here, before the model is loaded
-        model, tok, template = Run(run_dir).load_model()
+        run = Run(run_dir)
+        model, tok, template = run.load_model()
         n = predict_file(model, tok, template, str(data), out, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, limit=limit,
-                         progress=True)
+                         progress=True, processor=run.load_processor() if run.is_vision else None)
     except _user_errors() as e:
         _fail(e)
     err.print(f"[green]wrote[/] {n} predictions to {out}")
