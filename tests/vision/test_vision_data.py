@@ -130,3 +130,20 @@ def test_prompt_longer_than_max_length_is_named(tmp_path):
     with pytest.raises(DataError, match=r"shapes\.jsonl:1: the prompt with its image\(s\) is \d+ tokens, more than "
                                          r"data\.max_length=10"):
         tokenize_vision(proc, proc.chat_template, convs[0], 10)
+
+
+def test_inspect_counts_images_and_marks_the_example(tmp_path):
+    from tunelab.data.inspect import inspect_data
+    from tunelab.models.tiny_vlm import tiny_vlm_dir
+    from tunelab.models.vision import load_processor
+
+    proc = load_processor(tiny_vlm_dir("tiny-llava"))
+    path = write_shapes(tmp_path, n=4)
+    report = inspect_data(path, proc.tokenizer, None, 256, processor=proc, example_index=1)
+    assert report.format == "vision" and report.images["images"] == 4
+    assert report.images["width"] == [24, 26, 27] and report.images["height"] == [20, 20, 20]
+    assert report.images["image_tokens"] == [16, 16, 16]
+    text = report.to_text()
+    assert "images: 4 in 4 records" in text and "image tokens per sample: 16/16/16" in text
+    assert "⟨image: 16 tokens⟩What colour?" in report.example_text()
+    assert report.example_text().endswith("⟦green<|im_end|>\n⟧")
