@@ -147,3 +147,15 @@ def test_inspect_counts_images_and_marks_the_example(tmp_path):
     assert "images: 4 in 4 records" in text and "image tokens per sample: 16/16/16" in text
     assert "⟨image: 16 tokens⟩What colour?" in report.example_text()
     assert report.example_text().endswith("⟦green<|im_end|>\n⟧")
+
+
+def test_a_text_model_refuses_image_records(tmp_path):
+    from tunelab.data.pipeline import tokenize_all
+    from tunelab.models import load_tokenizer
+
+    convs, _ = parse_records(read_records(write_shapes(tmp_path, n=2)))
+    tok = load_tokenizer("tiny-llama")
+    with pytest.raises(DataError, match=r"shapes\.jsonl:1: the record has images but the model is text-only"):
+        tokenize_all(tok, tok.chat_template, convs, 64, None)
+    rejects: list[dict] = []
+    assert tokenize_all(tok, tok.chat_template, convs, 64, rejects) == [] and len(rejects) == 2

@@ -111,3 +111,20 @@ def test_vision_switches_on_a_text_model_are_an_error(tmp_path, shapes):
     with pytest.raises(VisionModelError, match="method.train_vision: the model has no vision tower"):
         train({"model": {"name": "tiny-llama"}, "data": {"train": str(shapes)},
                "method": {"name": "lora", "train_vision": True}, "output_dir": str(tmp_path / "r")}, progress=False)
+
+
+def test_the_documented_example_trains_through_the_cli(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)  # the example's data path is relative to the repository root
+    res = CliRunner().invoke(app, ["train", "examples/sft_vision_lora.yaml", "train.max_steps=2",
+                                   "train.eval_every=null", "train.report=false", f"output_dir={tmp_path / 'r'}",
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["data"]["format"] == "vision" and summary["data"]["train_images"] == 14
