@@ -128,3 +128,12 @@ def test_the_documented_example_trains_through_the_cli(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["data"]["format"] == "vision" and summary["data"]["train_images"] == 14
+
+
+def test_a_stage_without_image_support_refuses_a_vision_model(tmp_path, shapes):
+    from tunelab.api import train
+    from tunelab.models.vision import VisionModelError
+
+    with pytest.raises(VisionModelError, match="stage: dpo does not train vision-language models yet"):
+        train({"model": {"name": "tiny-llava"}, "stage": "dpo", "data": {"train": str(shapes)},
+               "method": {"name": "lora"}, "output_dir": str(tmp_path / "r")}, progress=False)

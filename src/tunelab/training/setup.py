@@ -22,7 +22,8 @@ from tunelab.models.loader import base_chain
 from tunelab.models.vision import load_processor, vision_source
 from tunelab.runfolder import RunFolder
 from tunelab.tracking import ALWAYS_ON, make_tracker
-from tunelab.training.vision import check_switches, method_cfg_for_vision, set_trainable_parts
+from tunelab.models.vision import VisionModelError
+from tunelab.training.vision import VISION_STAGES, check_switches, method_cfg_for_vision, set_trainable_parts
 from tunelab.utils.threads import apply_threads
 
 
@@ -107,6 +108,9 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     main = distributed.current().is_main  # only rank 0 writes the run folder
     vision_dir = vision_source(cfg.model.name)  # an image-text-to-text model: tunelab.training.vision
     check_switches(cfg.method, vision_dir is not None)
+    if vision_dir is not None and cfg.stage not in VISION_STAGES:
+        raise VisionModelError(f"stage: {cfg.stage} does not train vision-language models yet (their images would "
+                               f"be ignored); use stage {' or '.join(VISION_STAGES)}")
     processor = None
     if vision_dir is not None:
         processor = load_processor(_processor_folder(cfg.model.name, vision_dir), cfg.model.trust_remote_code)

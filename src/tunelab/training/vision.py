@@ -16,6 +16,8 @@ from tunelab.models.vision import VisionModelError, family_of, language_linear_n
 __all__ = ["VISION_METHODS", "collate_vision", "method_cfg_for_vision", "check_switches", "set_trainable_parts",
            "vision_loss"]
 
+VISION_STAGES = ("sft",)
+"""Stages that train vision-language models (their samples carry images: tunelab.data.vision)."""
 VISION_METHODS = ("lora", "qlora", "full", "freeze")
 """Methods that train vision-language models (the others wrap a text-only decoder's inputs or layers)."""
 
