@@ -125,28 +125,6 @@ def load_processor(folder: str | Path, trust_remote_code: bool = False):
     return proc
 
 
-def image_token_text(processor) -> str:
-    """The text one image stands for before the processor expands it (e.g. '<image>', Qwen's
-    '<|vision_start|><|image_pad|><|vision_end|>'), as the processor's chat template writes it."""
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "\x00"}]}]
-    try:
-        text = processor.apply_chat_template(msgs, tokenize=False)
-        bare = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "\x00"}]}],
-                                             tokenize=False)
-    except Exception:  # noqa: BLE001 - a processor without a template: its image token
-        return getattr(processor, "image_token", "<image>")
-    head = text.split("\x00")[0]
-    bare_head = bare.split("\x00")[0]
-    return head[len(_common_prefix(head, bare_head)):] or getattr(processor, "image_token", "<image>")
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
-
-
 def language_linear_names(model, family: VisionFamily, suffixes: list[str] | None, vision_too: bool) -> list[str]:
     """Names of the nn.Linear modules LoRA should wrap: the language model's (and the vision tower's when
     `vision_too`), never the output head nor the projector (the projector trains in full, see methods)."""
