@@ -133,12 +133,15 @@ def build_tiny_vlm(name: str, out_dir: str | Path) -> Path:
 
 def tiny_vlm_dir(name: str) -> Path:
     """The cached folder of a tiny VLM, built on first use (atomically, so parallel tests never see half of it)."""
-    from tunelab.models.loader import cache_root
+    from tunelab.models.loader import ModelNotFound, cache_root
     from tunelab.utils.io import atomic_dir
 
     target = cache_root() / "tiny-vlm" / f"{name}-v{BUILD_VERSION}"
     if (target / "config.json").is_file():
         return target
-    with atomic_dir(target) as tmp:
-        build_tiny_vlm(name, tmp)
+    try:
+        with atomic_dir(target) as tmp:
+            build_tiny_vlm(name, tmp)
+    except ImportError as e:  # tiny-qwen2-vl without torchvision: a clear message, not a traceback
+        raise ModelNotFound(f"model {name}: {e}") from None
     return target
