@@ -118,7 +118,6 @@ def run(cfg: RunCfg, progress: bool = True):
     return finish_run(setup, result.summary, data.stats)
 
 
-
 def run_vision(cfg: RunCfg, setup, progress: bool = True):
     """SFT of a vision-language model: processor-made samples (images expanded to image tokens, labels on the
     answers only), their image tensors batched beside the tokens, the plain next-token loss.

@@ -19,10 +19,9 @@ from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.methods import count_parameters, get_method
 from tunelab.models import load_model, load_tokenizer, pick_device
 from tunelab.models.loader import base_chain
-from tunelab.models.vision import load_processor, vision_source
+from tunelab.models.vision import VisionModelError, load_processor, vision_source
 from tunelab.runfolder import RunFolder
 from tunelab.tracking import ALWAYS_ON, make_tracker
-from tunelab.models.vision import VisionModelError
 from tunelab.training.vision import VISION_STAGES, check_switches, method_cfg_for_vision, set_trainable_parts
 from tunelab.utils.threads import apply_threads
 
@@ -131,9 +130,10 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     if main:
         folder.write_config(cfg)
         folder.write_template(template)
-        folder.write_tokenizer(tokenizer, template)
-        if processor is not None:  # the processor (image settings) travels with the run, beside the tokenizer
+        if processor is not None:  # the processor (image settings + tokenizer) travels with the run
             folder.write_processor(processor, template)
+        else:
+            folder.write_tokenizer(tokenizer, template)
     trainable, total = count_parameters(model)
     meta = {"tunelab_version": __version__, "base_model": cfg.model.name, "method": cfg.method.name,
             "stage": cfg.stage, "trainable_params": trainable, "total_params": total,
