@@ -25,8 +25,8 @@ def test_box_iou_against_hand_computed_values():
     # [0,0,10,10] vs [5,0,15,10]: intersection 50, union 150 -> 1/3; exact box -> 1; no box -> 0
     out = box_iou(["[0,0,10,10]", "[1,1,4,4]", "I don't know", "red"], ["[5,0,15,10]", "[1,1,4,4]", "[0,0,2,2]", "red"])
     assert out["boxes"] == 3
-    assert out["box_iou"] == pytest.approx((1 / 3 + 1 + 0) / 3)
-    assert out["box_iou@0.5"] == pytest.approx(1 / 3)
+    assert out["box_iou"] == pytest.approx(100 * (1 / 3 + 1 + 0) / 3)  # percent, like the other metrics
+    assert out["box_iou@0.5"] == pytest.approx(100 / 3)
 
 
 def test_eval_scores_answers_and_loss_like_a_direct_computation(llava_run, shapes, tmp_path):

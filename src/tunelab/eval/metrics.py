@@ -150,8 +150,8 @@ def parse_box(text: str) -> tuple[float, float, float, float] | None:
 def box_iou(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
     """Intersection over union of the predicted and reference boxes, over examples whose reference has a box.
 
-    A prediction without a box scores 0. Returns the mean IoU, the share with IoU >= 0.5 (the usual
-    grounding accuracy, Acc@0.5) and how many references had a box.
+    A prediction without a box scores 0. Returns the mean IoU and the share with IoU >= 0.5 (the usual
+    grounding accuracy, Acc@0.5), both in percent like the other metrics, and how many references had a box.
     """
     _check_lengths(preds, refs)
     ious = []
@@ -170,7 +170,7 @@ def box_iou(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
         ious.append(inter / union if union > 0 else float(box == ref))
     if not ious:
         return {"box_iou": 0.0, "box_iou@0.5": 0.0, "boxes": 0}
-    return {"box_iou": sum(ious) / len(ious), "box_iou@0.5": sum(i >= 0.5 for i in ious) / len(ious),
+    return {"box_iou": 100.0 * sum(ious) / len(ious), "box_iou@0.5": 100.0 * sum(i >= 0.5 for i in ious) / len(ious),
             "boxes": len(ious)}
 
 
