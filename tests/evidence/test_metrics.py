@@ -92,7 +92,7 @@ def test_exact_match_and_contains_normalize():
 
 
 def test_registry_and_errors():
-    assert set(GENERATION_METRICS) == {"bleu4", "rouge", "exact_match", "contains"}
+    assert set(GENERATION_METRICS) == {"bleu4", "rouge", "exact_match", "contains", "box_iou"}
     out = generation_metrics(["exact_match", "rouge"], ["a b"], ["a b"])
     assert out["exact_match"] == 100.0 and out["rougeL"] == pytest.approx(100.0)
     with pytest.raises(ValueError, match="unknown metric.*'blue'.*choose from bleu4"):

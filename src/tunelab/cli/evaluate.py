@@ -47,7 +47,7 @@ def eval_cmd(
     mc: Annotated[Path | None, typer.Option(
         "--mc", help="Multiple-choice file (MMLU/C-Eval style JSON/JSONL) scored by log-likelihood.")] = None,
     metrics: Annotated[str, typer.Option(
-        help="Comma-separated: exact_match, contains, bleu4, rouge, classification.")] = "exact_match,contains",
+        help="Comma-separated: exact_match, contains, bleu4, rouge, box_iou, classification.")] = "exact_match,contains",
     compare: Annotated[str | None, typer.Option(
         help="Also score 'base' (the run's base model, same template) or another run folder; shows deltas.")]
     = None,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
+from tunelab.data.images import IMAGE_TOKEN, has_images, resolve_image
 from tunelab.data.io import DataError, Record
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -27,6 +29,8 @@ class Conversation:
     messages: list[dict[str, Any]]
     tools: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    images: list[Any] = field(default_factory=list)
+    """The images of a `vision` record in order (tunelab.data.images.ImageRef); one `<image>` in the text each."""
 
     def assistant_turns(self) -> int:
         """How many messages will be trained on."""
@@ -76,6 +80,7 @@ SHAREGPT_ROLES = {
 
 def parse_sharegpt(rec: Record) -> Conversation:
     """ShareGPT: conversations [{from, value}] with human/gpt/system/function_call/observation roles."""
+    _no_images(rec, "sharegpt")
     conv = rec.data.get("conversations")
     if not isinstance(conv, list) or not conv:
         raise DataError(f"{rec.where}: field 'conversations' must be a non-empty list of {{from, value}} turns")
@@ -98,6 +103,7 @@ def parse_sharegpt(rec: Record) -> Conversation:
 
 def parse_messages(rec: Record) -> Conversation:
     """OpenAI messages: [{role, content}] with system/user/assistant/tool roles."""
+    _no_images(rec, "messages")
     raw = rec.data.get("messages")
     if not isinstance(raw, list) or not raw:
         raise DataError(f"{rec.where}: field 'messages' must be a non-empty list of {{role, content}} objects")
@@ -115,6 +121,13 @@ def parse_messages(rec: Record) -> Conversation:
             continue
         msgs.append({"role": m["role"], "content": _text(rec, f"messages[{i}].content", m.get("content"))})
     return Conversation(msgs, tools=_tools_text(rec, rec.data.get("tools")))
+
+
+def _no_images(rec: Record, fmt: str) -> None:
+    """A record with images read as a text format would silently train without them: refuse it."""
+    if rec.data.get("images"):
+        raise DataError(f"{rec.where}: this record has images, which data.format={fmt} ignores; set data.format "
+                        "to vision (or auto)")
 
 
 def _calls_from_text(rec: Record, key: str, text: str) -> list[dict]:
@@ -173,16 +186,69 @@ def _tools_text(rec: Record, tools: Any) -> str | None:
     raise DataError(f"{rec.where}: field 'tools' must be a JSON string or a list of tool schemas")
 
 
+def parse_vision(rec: Record) -> Conversation:
+    """A record with images -> Conversation whose text holds one IMAGE_TOKEN per image and `images` in order."""
+    base_dir = Path(rec.source).parent if rec.source else None
+    data = dict(rec.data)
+    listed = data.pop("images", None) or []
+    if not isinstance(listed, list):
+        raise DataError(f"{rec.where}: field 'images' must be a list of paths or data URLs")
+    inline: list[Any] = []
+    if isinstance(data.get("messages"), list):
+        data["messages"] = [_flatten_parts(rec, i, m, inline) for i, m in enumerate(data["messages"])]
+    if inline and listed:
+        raise DataError(f"{rec.where}: images are given both as content parts and in 'images'; use one of the two")
+    refs = inline or listed
+    plain = Record(data, rec.where, rec.source)
+    conv: Conversation = parse_messages(plain) if "messages" in data else parse_sharegpt(plain)
+    n_marks = sum(m["content"].count(IMAGE_TOKEN) for m in conv.messages)
+    if not listed and not inline:
+        return conv
+    if n_marks != len(refs):
+        raise DataError(f"{rec.where}: {len(refs)} image(s) but {n_marks} {IMAGE_TOKEN} placeholder(s) in the text; "
+                        f"put one {IMAGE_TOKEN} where each image goes (in order)")
+    for m in conv.messages:
+        if IMAGE_TOKEN in m["content"] and m["role"] != "user":
+            raise DataError(f"{rec.where}: {IMAGE_TOKEN} in a {m['role']} turn; images belong to user turns")
+    conv.images = [resolve_image(r, rec.where, k, base_dir) for k, r in enumerate(refs)]
+    return conv
+
+
+def _flatten_parts(rec: Record, i: int, m: Any, inline: list) -> Any:
+    """OpenAI content parts -> text with IMAGE_TOKEN where each image part was; the image refs go to `inline`."""
+    if not isinstance(m, dict) or not isinstance(m.get("content"), list):
+        return m
+    pieces = []
+    for j, part in enumerate(m["content"]):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            pieces.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            inline.append(url)
+            pieces.append(IMAGE_TOKEN)
+        elif kind == "image":
+            inline.append(part.get("image") or part.get("path") or part.get("url"))
+            pieces.append(IMAGE_TOKEN)
+        else:
+            raise DataError(f"{rec.where}: messages[{i}].content[{j}] has type {kind!r}; use text or image_url")
+    return {**m, "content": "".join(pieces)}
+
+
 FORMATS: dict[str, Callable[[Record], Conversation]] = {
     "alpaca": parse_alpaca,
     "sharegpt": parse_sharegpt,
     "messages": parse_messages,
+    "vision": parse_vision,
 }
 
 
 def detect_format(rec: Record) -> str:
     """Name the format of a record from its keys, or raise DataError listing what each format needs."""
     keys = set(rec.data)
+    if has_images(rec):
+        return "vision"
     if "messages" in keys:
         return "messages"
     if "conversations" in keys:
@@ -191,7 +257,8 @@ def detect_format(rec: Record) -> str:
         return "alpaca"
     raise DataError(
         f"{rec.where}: cannot tell the format from keys {sorted(keys)}; expected Alpaca (instruction/input/output), "
-        "ShareGPT (conversations) or OpenAI messages (messages). Set data.format to say which"
+        "ShareGPT (conversations), OpenAI messages (messages), or either with images (images / image_url parts). "
+        "Set data.format to say which"
     )
 
 
@@ -251,7 +318,12 @@ def parse_records(records: list[Record], fmt: str = "auto", rejects: list[dict] 
 
 
 def _detect_first(records: list[Record], lenient: bool) -> str:
-    """The format of the first record (or, when lenient, of the first record whose format can be told)."""
+    """The format of the first record (or, when lenient, of the first record whose format can be told);
+    `vision` when any record has images, so a file whose first records are text-only still keeps its images."""
+    from tunelab.data.images import has_images
+
+    if any(has_images(r) for r in records):
+        return "vision"
     if not lenient:
         return detect_format(records[0])
     for rec in records:
