@@ -143,16 +143,20 @@ def evaluate_loss(model, samples: Sequence, collate_fn, loss_fn: LossFn, batch_s
 
 @torch.no_grad()
 def evaluate_sets(model, sets: Mapping[str, Sequence], collate_fn, loss_fn: LossFn, batch_size: int, device,
-                  autocast, metrics: dict | None = None) -> tuple[float, dict[str, float]]:
+                  autocast, metrics: dict | None = None,
+                  on_batch: Callable[[int, int], None] | None = None) -> tuple[float, dict[str, float]]:
     """(mean per-token loss over the union of the named sets, {name: mean per-token loss of that set}).
 
     Each set is batched on its own, so a multi-task run's per-task losses are exactly what evaluating
     each task alone gives; the overall loss sums every set's loss and count before dividing, so it
     equals evaluating the union. Extra metrics from `loss_fn` are averaged over the union into `metrics`.
+    `on_batch(done, total)` is called after each batch (a progress display: evaluation can take minutes).
     """
     was_training = model.training
     model.eval()
     sums: dict[str, tuple[float, int]] = {}
+    n_batches = sum(math.ceil(len(samples) / batch_size) for samples in sets.values())
+    done = 0
     for name, samples in sets.items():
         total, n = 0.0, 0
         for i in range(0, len(samples), batch_size):
@@ -163,6 +167,9 @@ def evaluate_sets(model, sets: Mapping[str, Sequence], collate_fn, loss_fn: Loss
             total += float(loss_sum)
             n += count
             _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
+            done += 1
+            if on_batch is not None:
+                on_batch(done, n_batches)
         sums[name] = (total, n)
     if metrics is not None:
         _mean_metrics(metrics)
@@ -171,13 +178,28 @@ def evaluate_sets(model, sets: Mapping[str, Sequence], collate_fn, loss_fn: Loss
     return overall, {name: t / max(n, 1) for name, (t, n) in sums.items()}
 
 
-def eval_log_line(overall: float, per_set: Mapping[str, float], extra: Mapping[str, float]) -> dict:
-    """The metrics.jsonl eval line: eval_loss/eval_ppl overall, eval_loss/<set> and eval_ppl/<set> per named set."""
-    line = {"eval_loss": overall, "eval_ppl": _ppl(overall)}
+def eval_log_line(overall: float, per_set: Mapping[str, float], extra: Mapping[str, float],
+                  perplexity: bool = True) -> dict:
+    """The metrics.jsonl eval line: eval_loss (and eval_ppl) overall, eval_loss/<set> (eval_ppl/<set>) per named set.
+
+    `perplexity=False` for losses that are not a per-token cross-entropy (DPO, reward, classify...): exp of
+    such a loss is no perplexity (for DPO it starts at exp(0.693) = 2.0), so it is not logged.
+    """
+    line = {"eval_loss": overall, **({"eval_ppl": _ppl(overall)} if perplexity else {})}
     for name, loss in per_set.items():
         line[f"eval_loss/{name}"] = loss
-        line[f"eval_ppl/{name}"] = _ppl(loss)
+        if perplexity:
+            line[f"eval_ppl/{name}"] = _ppl(loss)
     return {**line, **{f"eval_{k}": v for k, v in extra.items()}}
+
+
+def has_perplexity(loss_fn: LossFn, collate_fn, samples: Sequence) -> bool:
+    """Whether exp(eval loss) is a perplexity: the loss is counted per target token (no `loss_count` in its
+    batches: pairs, examples and prompts set one) and the loss function does not say otherwise with a
+    ``perplexity = False`` attribute (distillation's KL mix is per token but no cross-entropy)."""
+    if getattr(loss_fn, "perplexity", True) is False or not len(samples):
+        return False
+    return LOSS_COUNT_KEY not in collate_fn(list(samples[:1]))
 
 
 def _ppl(loss: float) -> float:
@@ -313,6 +335,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     named = isinstance(val_samples, Mapping)
     eval_sets = dict(val_samples) if named else {"all": val_samples}
     has_val = any(len(v) for v in eval_sets.values())
+    perplexity = has_val and has_perplexity(loss_fn, collate_fn, next(v for v in eval_sets.values() if len(v)))
     last_by_set: dict[str, float] = {}
     flag: dict = {}
     # Ahead mode (train.speed.prefetch, CUDA by default): batches pinned and copied non_blocking, and the
@@ -433,8 +456,9 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                 t_eval = time.perf_counter()
                 eval_extra: dict = {}
                 last_eval, last_by_set = evaluate_sets(model, eval_sets, collate_fn, loss_fn, cfg.batch_size, device,
-                                                       autocast, eval_extra)
-                log(eval_log_line(last_eval, last_by_set if named else {}, eval_extra))
+                                                       autocast, eval_extra, on_batch=bar.eval_progress(step))
+                bar.eval_done()
+                log(eval_log_line(last_eval, last_by_set if named else {}, eval_extra, perplexity))
                 bar.update(step, {**metrics, "eval_loss": last_eval})
                 if pos["best_eval"] is None or last_eval < pos["best_eval"] - 1e-6:
                     pos.update(best_eval=last_eval, best_step=step, bad_evals=0)
