@@ -18,7 +18,7 @@ from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.methods import count_parameters, get_method
 from tunelab.models import load_model, load_tokenizer, pick_device
-from tunelab.models.loader import base_chain
+from tunelab.models.loader import base_chain, base_source
 from tunelab.runfolder import RunFolder
 from tunelab.tracking import ALWAYS_ON, make_tracker
 from tunelab.utils.threads import apply_threads
@@ -120,6 +120,7 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device": str(device), "threads": threads, "torch": torch.__version__,
             "processes": distributed.current().world_size}
+    meta.update(base_source(cfg.model.name))  # what other tools load as the base (see models.loader.base_source)
     if chain := base_chain(cfg.model.name):  # a run folder as the base: record what this run stands on
         meta.update(base_chain=chain, root_model=chain[-1]["base_model"])
     if main:
