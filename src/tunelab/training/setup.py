@@ -13,7 +13,7 @@ import torch
 
 from tunelab import __version__
 from tunelab.config import RunCfg
-from tunelab.data.templates import resolve_template
+from tunelab.data.templates import apply_template_options, resolve_template
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.methods import count_parameters, get_method
@@ -102,7 +102,8 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     device = distributed.init(cfg.parallel, device)  # joins torchrun's process group, if any; cuda:LOCAL_RANK
     main = distributed.current().is_main  # only rank 0 writes the run folder
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-    template = resolve_template(tokenizer, cfg.model.chat_template)
+    template = apply_template_options(resolve_template(tokenizer, cfg.model.chat_template),
+                                      **cfg.data.template_options.model_dump())
     torch.manual_seed(cfg.train.seed)
     method = get_method(cfg.method.name)
     quantize = method.load_settings(cfg.method) if hasattr(method, "load_settings") else None  # QLoRA: 4-bit at load
