@@ -24,6 +24,7 @@ from tunelab.config.schema import TrainCfg
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import check_checkpoint, latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.engine.dcp import load_any_checkpoint, save_any_checkpoint
+from tunelab.engine.precision import Precision
 from tunelab.engine.optim import (
     build_optimizer,
     build_regulariser,
@@ -105,7 +106,8 @@ def micro_batches(samples: Sequence, batch_size: int, seed: int, start: int, ord
 
 
 def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
-                         metrics: dict | None = None, sync: bool = True) -> tuple[float | torch.Tensor, int]:
+                         metrics: dict | None = None, sync: bool = True,
+                         scale: Callable | None = None) -> tuple[float | torch.Tensor, int]:
     """Backpropagate a whole accumulated batch with the loss normalized by its total target tokens.
 
     Returns (mean loss per target token, target tokens). Dividing each micro-batch's summed loss
@@ -113,6 +115,7 @@ def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
     If `metrics` is a dict, the loss function's extra metrics are averaged into it (weighted by count).
     `sync=False` returns the mean loss as a 0-dim device tensor (no wait for the GPU); batches that
     carry `loss_count` (set by the loop from the host copy) are counted without touching the device.
+    `scale(loss)` (fp16 loss scaling, engine/precision.py) is applied before backward when given.
     """
     n_tokens = sum(loss_count(b) for b in batches)
     if n_tokens == 0:
@@ -122,7 +125,7 @@ def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
         with autocast():
             out = loss_fn(model, b)
         loss_sum, count = out[0], out[1]
-        (loss_sum / n_tokens).backward()
+        (scale(loss_sum / n_tokens) if scale is not None else loss_sum / n_tokens).backward()
         total = total + (loss_sum.detach().float() if not sync else float(loss_sum.detach()))
         _add_metrics(metrics, out[2] if len(out) > 2 else None, count)
     if metrics is not None:
@@ -300,10 +303,12 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     regulariser = build_regulariser(optim, model, run_dir, train_samples, collate_fn, loss_fn, device, cfg.seed,
                                     reference_data)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    precision = Precision(cfg.precision, device)  # autocast and fp16 loss scaling (engine/precision.py)
+    if precision.scaler is not None and par.distributed:
+        raise ValueError("train.precision: fp16 loss scaling runs in one process for now; use bf16 or fp32 with "
+                         "torchrun")
+    autocast = precision.autocast
+    loss_scale = precision.scale if precision.scaler is not None else None
 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -321,6 +326,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
                 saved = load_checkpoint(resume_from, model, method, optimizer, scheduler)
         step = saved.pop("step")
         pos.update(saved)
+        precision.load(pos)
         if par.is_main:
             _trim_metrics(RunFolder(run_dir).metrics_path, step)
 
@@ -344,7 +350,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
     # device too: with fused AdamW a non-finite loss sets the optimizer's `found_inf` (the AMP grad-scaler
     # protocol), which skips that update and every later one, and the readback raises TrainingDiverged.
     ahead = cfg.speed.wants("prefetch", device.type) and not par.distributed and train_stream is None
-    device_guard = ahead and bool(getattr(optimizer, "defaults", {}).get("fused"))
+    device_guard = ahead and bool(getattr(optimizer, "defaults", {}).get("fused")) and precision.scaler is None
     bad = torch.zeros((), dtype=torch.float32, device=device) if device_guard else None
     pending: list[tuple[int, object, object, int, float]] = []  # (step, loss, grad_norm, tokens, lr) not read yet
     for key in ("loss_tokens", "eval_s", "train_s"):
@@ -361,6 +367,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
 
     def checkpoint() -> Path:
         pos["elapsed_s"] = time.perf_counter() - t_start
+        pos.update(precision.state())
         with unwrapped(model):
             if par.distributed:
                 return save_any_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos),
@@ -414,14 +421,16 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
             if par.distributed:  # normalized by the token count of every rank's batches
                 loss, n_targets = distributed.accumulate(train_model, batches, pads, loss_fn, autocast, extra)
             else:
-                loss, n_targets = accumulate_gradients(model, batches, loss_fn, autocast, extra, sync=not ahead)
+                loss, n_targets = accumulate_gradients(model, batches, loss_fn, autocast, extra, sync=not ahead,
+                                                       scale=loss_scale)
             if regulariser is not None:  # its gradient joins the step's (the logged loss stays the task loss)
-                regulariser.penalty().backward()
+                precision.scale(regulariser.penalty()).backward()  # scaled like the loss: unscale_ divides both
             if device_guard:  # no wait: a non-finite loss skips this update and all later ones (found_inf)
                 bad = torch.maximum(bad, (~torch.isfinite(loss)).float())
                 optimizer.found_inf = bad
             elif not math.isfinite(float(loss)):
                 raise _diverged(float(loss), step + 1, run_dir)
+            precision.unscale(optimizer)  # fp16: true gradients before clipping
             if par.fsdp:  # sharded gradients: the norm needs every shard
                 grad_norm = distributed.grad_norm(params, cfg.max_grad_norm)
             elif cfg.max_grad_norm:
@@ -429,7 +438,8 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
             else:
                 grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            precision.step(optimizer)  # fp16: skipped (and counted) when the gradients overflowed
+            extra.update(precision.metrics())
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -501,6 +511,7 @@ def fit(model, method: ModuleType, train_samples: Sequence, val_samples: Sequenc
         "first_step_s": pos.get("first_step_s"), "train_s": round(pos["train_s"], 3),
         "eval_s": round(pos["eval_s"], 3), "elapsed_s": round(elapsed, 3),
         "stopped": stopped if stopped != "completed" or not cfg.max_steps else "max_steps",
+        "precision": precision.name, **({"skipped_steps": precision.skipped_steps} if precision.scaler else {}),
     }
     if named and last_by_set:
         summary["eval_loss_per_task"] = last_by_set

@@ -185,7 +185,13 @@ def gguf_as_hf_dir(gguf_path: str | Path) -> Path:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """cuda when asked for or available (auto), else cpu."""
+    """cuda when asked for or available (auto), mps (Apple GPU) when asked for and torch supports it, else cpu."""
+    if requested == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise RuntimeError("train.device=mps but this torch has no usable Apple GPU backend (needs macOS 12.3+ "
+                               "on Apple silicon and a torch build with MPS); use device=auto or cpu")
+        return torch.device("mps")
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device=cuda but no CUDA device is visible; use device=auto or cpu")
