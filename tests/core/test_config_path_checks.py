@@ -6,7 +6,6 @@ listing keys: a new path field is covered by declaring its kind.
 
 from __future__ import annotations
 
-import typing
 
 import pytest
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 from .cases import ALPACA, OUTSIDE, WORK, Case, generate
 from .harness import Outcome, make_sandbox, new_root, run_cli, run_http

@@ -12,7 +12,7 @@ import torch
 
 import tunelab
 from tunelab.config import LoraCfg, TrainCfg
-from tunelab.kernels.lora import FusedLoraLinear, dropout_mask, fuse_lora, lora_linear_ops, unfuse_lora
+from tunelab.kernels.lora import dropout_mask, fuse_lora, lora_linear_ops, unfuse_lora
 from tunelab.kernels.regions import CheckpointedLayer, checkpoint_layers, uncheckpoint_layers
 from tunelab.kernels.train import plan_speed, speed_context
 from tunelab.methods import get_method

@@ -107,10 +107,16 @@ def config_keys() -> None:
 
     from tunelab.config import schema_lines
 
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: tab-separated lines, nothing cut to a terminal's width
+        for row in schema_lines():
+            typer.echo("\t".join(str(x) for x in row))
+        return
     table = Table("key", "type", "default", "meaning", show_lines=False)
     for row in schema_lines():
         table.add_row(*(escape(x) for x in row))
-    Console().print(table)
+    table.columns[0].no_wrap = True  # a key is never cut or wrapped: the meaning column gives way
+    console.print(table)
 
 
 @app.command()
@@ -207,9 +213,9 @@ def _check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> No
 @app.command()
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `tunelab train`.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Records to answer (any training format; the last "
-                                       "assistant turn, if present, is kept as the reference).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions JSONL to write.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Records to answer: {\"prompt\": ...}, Alpaca, "
+                                       "messages or ShareGPT; a final answer, if present, is kept as the reference.")],
+    out: Annotated[Path, typer.Option("--out", "--output", "-o", help="Predictions JSONL to write (--output is the same).")],
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when temperature > 0.")] = 1.0,
@@ -218,6 +224,13 @@ def generate(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N records.")] = None,
 ) -> None:
     """Batch prediction: answer every record of a file with the run's template; writes JSONL atomically.
+
+    Input records (a final answer, when present, is kept as the reference):
+
+    {"prompt": "What is 2 + 2?"} (prompt only; also "system", "reference"; generate's own output reads back)
+    {"prompt": [{"role": "user", "content": "..."}]} (TRL style)
+    {"instruction": "...", "input": "...", "output": "..."} (Alpaca, output optional)
+    {"messages": [...]} or {"conversations": [...]} (OpenAI messages, ShareGPT)
 
     Example: tunelab generate runs/quick --data test.jsonl --out preds.jsonl --temperature 0.7
     CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
@@ -266,7 +279,7 @@ def demo(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `tunelab train`.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="merged (safetensors), gguf, ollama, onnx or triton.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output path (default RUN_DIR/export/FORMAT).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "--output", "-o", help="Output path (default RUN_DIR/export/FORMAT).")] = None,
     quant: Annotated[Optional[str], typer.Option(help="gguf/ollama: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0.")]
     = None,
     system: Annotated[Optional[str], typer.Option(help="ollama: a SYSTEM prompt for the Modelfile.")] = None,

@@ -24,7 +24,7 @@ out = Console()
 err = Console(stderr=True)
 
 InputArg = Annotated[Path, typer.Argument(help="Records file: .json (array) or .jsonl.", show_default=False)]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (.json or .jsonl). "
+OutputOpt = Annotated[Optional[Path], typer.Option("--out", "--output", "-o", help="Output file (.json or .jsonl). "
                                                    "Default: beside the input, e.g. data.clean.json.")]
 RejectedOpt = Annotated[Optional[Path], typer.Option("--rejected", help="Side file (JSONL) for dropped rows with "
                                                      "reason and position. Default: <output>.rejected.jsonl.")]
@@ -188,7 +188,7 @@ def extract_dialogue_cmd(
     merge: Annotated[bool, typer.Option("--merge-consecutive/--no-merge", help="Merge consecutive lines of one "
                                         "speaker into one turn, or keep one record per script line (the layout "
                                         "of the published Chat-嬛嬛 set).")] = True,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file. Default: <script "
+    output: Annotated[Optional[Path], typer.Option("--out", "--output", "-o", help="Output file. Default: <script "
                                                    "stem>.<character>.json (several scripts: <character>.json "
                                                    "beside the first).")] = None,
     encoding: Annotated[Optional[str], typer.Option(help="Script encoding. Default: UTF-8, then GB18030.")] = None,

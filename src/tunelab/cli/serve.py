@@ -162,7 +162,7 @@ def serve_profile(
     data: Annotated[Path, typer.Argument(
         help="training data (.json/.jsonl: messages, sharegpt, alpaca, prompt, text)")],
     base: Annotated[str, typer.Option("--model", "-m", help="base model whose tokenizer and embeddings to use")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="profile JSON to write")],
+    out: Annotated[Path, typer.Option("--out", "--output", "-o", help="profile JSON to write")],
     bins: Annotated[int, typer.Option(help="length bins")] = 10,
     top_k: Annotated[int, typer.Option(help="most frequent tokens kept apart; the rest share one bucket")] = 1000,
 ) -> None:

@@ -35,6 +35,18 @@ class DataSource(Section):
         return self.task or Path(self.path).stem
 
 
+class TemplateOptions(Section):
+    """Reasoning-model settings written into the run's chat template, so training, chat and serve agree."""
+
+    enable_thinking: bool | None = Field(
+        None, description="Thinking mode of templates that have one (Qwen3's own, named qwen3 and deepseek): false "
+        "= answers start with an empty <think></think> block (also added to training answers without one), true = "
+        "the model thinks first; null = the template's default.")
+    think_loss: Literal["keep", "mask"] = Field(
+        "keep", description="keep = <think>...</think> content in the answers is trained on like the rest; mask = "
+        "it is left out of the loss (the model learns the final answers only).")
+
+
 class DataCfg(Section):
     train: DataPath | list[DataSource] = Field(
         ..., min_length=1, description="Training data: one file (JSON array, JSONL, CSV, TSV, Parquet or a datasets.save_to_disk "
@@ -62,6 +74,8 @@ class DataCfg(Section):
                             "memory independent of file size) through a seeded shuffle buffer; needs train.max_steps.")
     shuffle_buffer: int = Field(10_000, gt=0, description="With streaming: records held in the shuffle buffer; "
                                 "a buffer as large as the file gives the same order as data.streaming: false.")
+    template_options: TemplateOptions = Field(default_factory=TemplateOptions, description="Chat-template "
+                                              "options for reasoning models (thinking on/off, <think> in the loss).")
     val_records: int = Field(0, ge=0, description="With streaming and no data.eval: hold out the first N records "
                              "of data.train for validation (val_size is not used when streaming).")
 

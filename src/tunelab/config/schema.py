@@ -76,7 +76,11 @@ class TrainCfg(Section):
     resume: Literal["auto", "never"] | CheckpointPath = Field(
         "never", description="auto = continue the latest checkpoint in output_dir; or a checkpoint path."
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks CUDA if present.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where to train; auto picks CUDA if present (mps = Apple GPU, where torch supports it).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Mixed precision: bf16 autocast; fp16 autocast with dynamic loss scaling (skipped "
+        "steps logged); fp32; auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU and mps.")
     threads: int | None = Field(
         None, gt=0, description="CPU threads for torch (torch.set_num_threads). null = the TUNELAB_THREADS or "
         "OMP_NUM_THREADS environment variable, else the cores this process may use (CPU affinity, cgroup quota).")

@@ -108,8 +108,9 @@ class GrpoCfg(Section):
     rewards: list[CodeRef] = Field(
         default_factory=lambda: ["builtin:answer_match"], min_length=1,
         description="Reward functions, summed (times reward_weights): builtin:answer_match, builtin:correct_number, "
-        "builtin:correct_final_number, builtin:format_regex, builtin:length, or file.py:function for your own "
-        "(called with completions, answers, prompts).")
+        "builtin:correct_final_number, builtin:format_regex, builtin:length, or file.py:function for your own: "
+        "tunelab's f(completions, answers, prompts) or TRL's f(completions, **kwargs) (keywords prompts, "
+        "completions, completion_ids and the record's other columns).")
     reward_weights: list[float] | None = Field(None, description="One weight per reward function; null = all 1.")
     format_regex: str = Field(r"\\boxed\{.+?\}", description="builtin:format_regex gives 1 when the completion "
                               "contains a match of this regular expression, else 0.")

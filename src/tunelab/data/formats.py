@@ -244,6 +244,14 @@ FORMATS: dict[str, Callable[[Record], Conversation]] = {
 }
 
 
+CONVERSATION_KEYS = frozenset({"messages", "conversations", "instruction", "input", "history", "system", "tools"})
+"""Record keys the conversation is built from; a record's other keys are its extra columns (``meta["columns"]``:
+an ``answer`` or ``solution`` that TRL-convention reward functions receive by name)."""
+
+CHAT_FORMATS = frozenset({"messages", "sharegpt"})
+"""Formats whose records are conversations in TRL's sense (its reward functions then get message lists)."""
+
+
 def detect_format(rec: Record) -> str:
     """Name the format of a record from its keys, or raise DataError listing what each format needs."""
     keys = set(rec.data)
@@ -313,6 +321,8 @@ def parse_records(records: list[Record], fmt: str = "auto", rejects: list[dict] 
                           "record": rec.data})
             continue
         conv.meta["where"] = rec.where
+        conv.meta["format"] = fmt
+        conv.meta["columns"] = {k: v for k, v in rec.data.items() if k not in CONVERSATION_KEYS}
         out.append(conv)
     return out, fmt
 

@@ -34,6 +34,10 @@ def read_records(path: str | Path) -> list[Record]:
     `tunelab.utils.userfiles.MAX_DEPTH` and lone surrogate escapes ("\\ud800") are DataErrors naming
     the file and line (or index).
     """
+    from tunelab.data.registry import is_registry_ref, read_registry
+
+    if is_registry_ref(path):  # registry.json#name: a LLaMA-Factory dataset entry
+        return read_registry(path)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")

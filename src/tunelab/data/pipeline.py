@@ -82,7 +82,12 @@ def check_data_files(cfg: DataCfg) -> None:
     parsed as it is read). Each format's fields are checked when the stage reads the records.
     """
     paths = [p for s in cfg.sources() for p in (s.path, s.eval) if p] + ([cfg.eval] if cfg.eval else [])
+    from tunelab.data.registry import is_registry_ref, registry_entry
+
     for p in dict.fromkeys(paths):
+        if is_registry_ref(p):  # a LLaMA-Factory registry entry: the registry and the entry's file must exist
+            registry_entry(p)
+            continue
         path = Path(p)
         if path.is_dir():
             continue  # a save_to_disk folder: datasets checks it when it is read

@@ -106,7 +106,11 @@ READERS: dict[str, Callable[[Path], list[Record]]] = {
 
 
 def read_any(path: str | Path) -> list[Record]:
-    """Records from any supported file or a save_to_disk folder, chosen by suffix."""
+    """Records from any supported file, a save_to_disk folder or a LLaMA-Factory registry entry (registry.json#name)."""
+    from tunelab.data.registry import is_registry_ref, read_registry
+
+    if is_registry_ref(path):
+        return read_registry(path)
     path = Path(path)
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():

@@ -52,6 +52,11 @@ def iter_jsonl(path: str | Path) -> Iterator[Record]:
 
     A JSON array cannot be read lazily here: it raises DataError telling how to convert it to JSONL.
     """
+    from tunelab.data.registry import is_registry_ref
+
+    if is_registry_ref(path):
+        raise DataError(f"{path}: data.streaming reads a JSONL file, not a dataset registry entry; set "
+                        "data.streaming: false (the entry is read whole) or point data.train at the entry's file")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file (data.streaming reads a JSONL file)")

@@ -9,6 +9,7 @@ here too; its one truncation rule, IGNORE_INDEX and Tokenized live in data/token
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tunelab.data.formats import Conversation
@@ -77,13 +78,76 @@ NAMED_TEMPLATES: dict[str, str] = {
         "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
+    # Qwen3: ChatML without a default system turn. `enable_thinking` (data.template_options) false adds the empty
+    # think block Qwen3 answers with in non-thinking mode, to the generation prompt and to answers lacking one.
+    "qwen3": (
+        "{%- for message in messages %}{%- if message['role'] == 'assistant' %}"
+        "{%- set content = message['content'] %}"
+        "{%- if enable_thinking is defined and enable_thinking is false and '<think>' not in content %}"
+        "{%- set content = '<think>\n\n</think>\n\n' + content %}{%- endif %}"
+        "{{- '<|im_start|>assistant\n' + content + '<|im_end|>\n' }}"
+        "{%- else %}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endif %}"
+        "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+        "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}"
+        "{%- endif %}{%- endif %}"
+    ),
+    # Gemma and Gemma 2 (one template): no system role, so a system message is put before the first user turn.
+    "gemma": (
+        "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}{% else %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + message['content'] | trim"
+        " + '<end_of_turn>\n' }}{% if role == 'user' %}{% set ns.system = '' %}{% endif %}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+    # Mistral instruct ([INST] ... [/INST]); a system message goes before the first user message.
+    "mistral": (
+        "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+        "{% elif message['role'] == 'user' %}{{ '[INST] ' + ns.system + message['content'] + ' [/INST]' }}"
+        "{% set ns.system = '' %}{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+    ),
+    # Phi-3 / Phi-3.5: its own template without the eos it appends after a whole conversation (turns end at <|end|>).
+    "phi3": (
+        "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    ),
+    # DeepSeek-R1 (distill) and V3 markup. enable_thinking true prefills `<think>\n` as R1's template does; false
+    # prefills an empty think block; unset leaves the answer's start to the model.
+    "deepseek": (
+        "{% set ns = namespace(system='') %}{% for message in messages %}{% if message['role'] == 'system' %}"
+        "{% set ns.system = message['content'] %}{% endif %}{% endfor %}{{ bos_token }}{{ ns.system }}"
+        "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
+        "{% elif message['role'] == 'assistant' %}{{ '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}"
+        "{% if enable_thinking is defined and enable_thinking %}{{ '<think>\n' }}"
+        "{% elif enable_thinking is defined %}{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}"
+    ),
 }
+
+THINK_MASK_MARK = "{#- tunelab: think_loss=mask -#}"
+"""Marks a template whose `<think>...</think>` content is left out of the loss (data.template_options.think_loss).
+A Jinja comment renders nothing; the mark travels in the run's saved template, so evaluation masks alike."""
+THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+
+
+def apply_template_options(template: str, enable_thinking: bool | None = None, think_loss: str = "keep") -> str:
+    """The template with the run's reasoning options written into it, so training, chat and serve agree:
+    ``enable_thinking`` becomes a Jinja ``set`` at its top (Qwen3's and the named qwen3/deepseek templates read
+    it), ``think_loss="mask"`` adds THINK_MASK_MARK. No options: the template unchanged."""
+    head = ""
+    if enable_thinking is not None:
+        head += "{%- set enable_thinking = " + ("true" if enable_thinking else "false") + " -%}"
+    if think_loss == "mask":
+        head += THINK_MASK_MARK
+    return head + template
 
 TOOLS_SYSTEM_PREAMBLE = ("You can call these tools. To call one, answer with a JSON object "
                          '{"name": <tool name>, "arguments": {...}}.\nTools: ')
 
 # End-of-turn markers a template may use; generation stops on those present in the template.
-TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
+TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>",
+                    "<｜end▁of▁sentence｜>")
 
 
 class TemplateError(ValueError):
@@ -251,8 +315,9 @@ def tokenize_conversation(tokenizer, template: str, conv: Conversation, max_leng
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE_INDEX] * len(ids)
+    masked = [m.span() for m in THINK_BLOCK.finditer(text)] if THINK_MASK_MARK in template else []
     for k, (start, _end) in enumerate(offsets):
-        if any(s <= start < e for s, e in spans):
+        if any(s <= start < e for s, e in spans) and not any(s <= start < e for s, e in masked):
             labels[k] = ids[k]
     if not any(label != IGNORE_INDEX for label in labels):
         raise DataError(f"{conv.meta.get('where', 'a record')}: no trainable tokens after rendering (empty answer?)")

@@ -13,7 +13,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from tunelab.engine import distributed
 from tunelab.engine.checkpoint import check_checkpoint, latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from tunelab.engine.dcp import load_any_checkpoint, save_any_checkpoint
 from tunelab.engine.loss import LOSS_COUNT_KEY, add_metrics, loss_count, mean_metrics
+from tunelab.engine.precision import Precision
 from tunelab.engine.optim import (
     build_optimizer,
     build_regulariser,
@@ -73,7 +74,8 @@ def micro_batches(samples: Sequence, batch_size: int, seed: int, start: int, ord
 
 
 def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
-                         metrics: dict | None = None, sync: bool = True) -> tuple[float | torch.Tensor, int]:
+                         metrics: dict | None = None, sync: bool = True,
+                         scale: Callable | None = None) -> tuple[float | torch.Tensor, int]:
     """Backpropagate a whole accumulated batch with the loss normalized by its total target tokens.
 
     Returns (mean loss per target token, target tokens). Dividing each micro-batch's summed loss
@@ -81,6 +83,7 @@ def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
     If `metrics` is a dict, the loss function's extra metrics are averaged into it (weighted by count).
     `sync=False` returns the mean loss as a 0-dim device tensor (no wait for the GPU); batches that
     carry `loss_count` (set by the loop from the host copy) are counted without touching the device.
+    `scale(loss)` (fp16 loss scaling, engine/precision.py) is applied before backward when given.
     """
     n_tokens = sum(loss_count(b) for b in batches)
     if n_tokens == 0:
@@ -90,7 +93,7 @@ def accumulate_gradients(model, batches: list[dict], loss_fn: LossFn, autocast,
         with autocast():
             out = loss_fn(model, b)
         loss_sum, count = out[0], out[1]
-        (loss_sum / n_tokens).backward()
+        (scale(loss_sum / n_tokens) if scale is not None else loss_sum / n_tokens).backward()
         total = total + (loss_sum.detach().float() if not sync else float(loss_sum.detach()))
         add_metrics(metrics, out[2] if len(out) > 2 else None, count)
     if metrics is not None:
@@ -111,16 +114,20 @@ def evaluate_loss(model, samples: Sequence, collate_fn, loss_fn: LossFn, batch_s
 
 @torch.no_grad()
 def evaluate_sets(model, sets: Mapping[str, Sequence], collate_fn, loss_fn: LossFn, batch_size: int, device,
-                  autocast, metrics: dict | None = None) -> tuple[float, dict[str, float]]:
+                  autocast, metrics: dict | None = None,
+                  on_batch: Callable[[int, int], None] | None = None) -> tuple[float, dict[str, float]]:
     """(mean per-token loss over the union of the named sets, {name: mean per-token loss of that set}).
 
     Each set is batched on its own, so a multi-task run's per-task losses are exactly what evaluating
     each task alone gives; the overall loss sums every set's loss and count before dividing, so it
     equals evaluating the union. Extra metrics from `loss_fn` are averaged over the union into `metrics`.
+    `on_batch(done, total)` is called after each batch (a progress display: evaluation can take minutes).
     """
     was_training = model.training
     model.eval()
     sums: dict[str, tuple[float, int]] = {}
+    n_batches = sum(math.ceil(len(samples) / batch_size) for samples in sets.values())
+    done = 0
     for name, samples in sets.items():
         total, n = 0.0, 0
         for i in range(0, len(samples), batch_size):
@@ -131,6 +138,9 @@ def evaluate_sets(model, sets: Mapping[str, Sequence], collate_fn, loss_fn: Loss
             total += float(loss_sum)
             n += count
             add_metrics(metrics, out[2] if len(out) > 2 else None, count)
+            done += 1
+            if on_batch is not None:
+                on_batch(done, n_batches)
         sums[name] = (total, n)
     if metrics is not None:
         mean_metrics(metrics)
@@ -139,13 +149,28 @@ def evaluate_sets(model, sets: Mapping[str, Sequence], collate_fn, loss_fn: Loss
     return overall, {name: t / max(n, 1) for name, (t, n) in sums.items()}
 
 
-def eval_log_line(overall: float, per_set: Mapping[str, float], extra: Mapping[str, float]) -> dict:
-    """The metrics.jsonl eval line: eval_loss/eval_ppl overall, eval_loss/<set> and eval_ppl/<set> per named set."""
-    line = {"eval_loss": overall, "eval_ppl": _ppl(overall)}
+def eval_log_line(overall: float, per_set: Mapping[str, float], extra: Mapping[str, float],
+                  perplexity: bool = True) -> dict:
+    """The metrics.jsonl eval line: eval_loss (and eval_ppl) overall, eval_loss/<set> (eval_ppl/<set>) per named set.
+
+    `perplexity=False` for losses that are not a per-token cross-entropy (DPO, reward, classify...): exp of
+    such a loss is no perplexity (for DPO it starts at exp(0.693) = 2.0), so it is not logged.
+    """
+    line = {"eval_loss": overall, **({"eval_ppl": _ppl(overall)} if perplexity else {})}
     for name, loss in per_set.items():
         line[f"eval_loss/{name}"] = loss
-        line[f"eval_ppl/{name}"] = _ppl(loss)
+        if perplexity:
+            line[f"eval_ppl/{name}"] = _ppl(loss)
     return {**line, **{f"eval_{k}": v for k, v in extra.items()}}
+
+
+def has_perplexity(loss_fn: LossFn, collate_fn, samples: Sequence) -> bool:
+    """Whether exp(eval loss) is a perplexity: the loss is counted per target token (no `loss_count` in its
+    batches: pairs, examples and prompts set one) and the loss function does not say otherwise with a
+    ``perplexity = False`` attribute (distillation's KL mix is per token but no cross-entropy)."""
+    if getattr(loss_fn, "perplexity", True) is False or not len(samples):
+        return False
+    return LOSS_COUNT_KEY not in collate_fn(list(samples[:1]))
 
 
 def _ppl(loss: float) -> float:
@@ -241,10 +266,12 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
     regulariser = build_regulariser(optim, model, run_dir, train_samples, collate_fn, loss_fn, device, cfg.seed,
                                     recipe.reference_data)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    precision = Precision(cfg.precision, device)  # autocast and fp16 loss scaling (engine/precision.py)
+    if precision.scaler is not None and par.distributed:
+        raise ValueError("train.precision: fp16 loss scaling runs in one process for now; use bf16 or fp32 with "
+                         "torchrun")
+    autocast = precision.autocast
+    loss_scale = precision.scale if precision.scaler is not None else None
 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -262,6 +289,7 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
                 saved = load_checkpoint(resume_from, model, method, optimizer, scheduler)
         step = saved.pop("step")
         pos.update(saved)
+        precision.load(pos)
         if par.is_main:
             _trim_metrics(RunFolder(run_dir).metrics_path, step)
 
@@ -276,6 +304,7 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
     named = isinstance(val_samples, Mapping)
     eval_sets = dict(val_samples) if named else {"all": val_samples}
     has_val = any(len(v) for v in eval_sets.values())
+    perplexity = has_val and has_perplexity(loss_fn, collate_fn, next(v for v in eval_sets.values() if len(v)))
     last_by_set: dict[str, float] = {}
     flag: dict = {}
     # Ahead mode (train.speed.prefetch, CUDA by default): batches pinned and copied non_blocking, and the
@@ -284,7 +313,7 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
     # device too: with fused AdamW a non-finite loss sets the optimizer's `found_inf` (the AMP grad-scaler
     # protocol), which skips that update and every later one, and the readback raises TrainingDiverged.
     ahead = cfg.speed.wants("prefetch", device.type) and not par.distributed and train_stream is None
-    device_guard = ahead and bool(getattr(optimizer, "defaults", {}).get("fused"))
+    device_guard = ahead and bool(getattr(optimizer, "defaults", {}).get("fused")) and precision.scaler is None
     bad = torch.zeros((), dtype=torch.float32, device=device) if device_guard else None
     pending: list[tuple[int, object, object, int, float]] = []  # (step, loss, grad_norm, tokens, lr) not read yet
     for key in ("loss_tokens", "eval_s", "train_s"):
@@ -301,6 +330,7 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
 
     def checkpoint() -> Path:
         pos["elapsed_s"] = time.perf_counter() - t_start
+        pos.update(precision.state())
         with unwrapped(model):
             if par.distributed:
                 return save_any_checkpoint(run_dir, step, model, method, optimizer, scheduler, dict(pos),
@@ -354,14 +384,16 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
             if par.distributed:  # normalized by the token count of every rank's batches
                 loss, n_targets = distributed.accumulate(train_model, batches, pads, loss_fn, autocast, extra)
             else:
-                loss, n_targets = accumulate_gradients(model, batches, loss_fn, autocast, extra, sync=not ahead)
+                loss, n_targets = accumulate_gradients(model, batches, loss_fn, autocast, extra, sync=not ahead,
+                                                       scale=loss_scale)
             if regulariser is not None:  # its gradient joins the step's (the logged loss stays the task loss)
-                regulariser.penalty().backward()
+                precision.scale(regulariser.penalty()).backward()  # scaled like the loss: unscale_ divides both
             if device_guard:  # no wait: a non-finite loss skips this update and all later ones (found_inf)
                 bad = torch.maximum(bad, (~torch.isfinite(loss)).float())
                 optimizer.found_inf = bad
             elif not math.isfinite(float(loss)):
                 raise _diverged(float(loss), step + 1, run_dir)
+            precision.unscale(optimizer)  # fp16: true gradients before clipping
             if par.fsdp:  # sharded gradients: the norm needs every shard
                 grad_norm = distributed.grad_norm(params, cfg.max_grad_norm)
             elif cfg.max_grad_norm:
@@ -369,7 +401,8 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
             else:
                 grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            precision.step(optimizer)  # fp16: skipped (and counted) when the gradients overflowed
+            extra.update(precision.metrics())
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -396,8 +429,9 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
                 t_eval = time.perf_counter()
                 eval_extra: dict = {}
                 last_eval, last_by_set = evaluate_sets(model, eval_sets, collate_fn, loss_fn, cfg.batch_size, device,
-                                                       autocast, eval_extra)
-                log(eval_log_line(last_eval, last_by_set if named else {}, eval_extra))
+                                                       autocast, eval_extra, on_batch=bar.eval_progress(step))
+                bar.eval_done()
+                log(eval_log_line(last_eval, last_by_set if named else {}, eval_extra, perplexity))
                 bar.update(step, {**metrics, "eval_loss": last_eval})
                 if pos["best_eval"] is None or last_eval < pos["best_eval"] - 1e-6:
                     pos.update(best_eval=last_eval, best_step=step, bad_evals=0)
@@ -440,6 +474,7 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
         "first_step_s": pos.get("first_step_s"), "train_s": round(pos["train_s"], 3),
         "eval_s": round(pos["eval_s"], 3), "elapsed_s": round(elapsed, 3),
         "stopped": stopped if stopped != "completed" or not cfg.max_steps else "max_steps",
+        "precision": precision.name, **({"skipped_steps": precision.skipped_steps} if precision.scaler else {}),
     }
     if named and last_by_set:
         summary["eval_loss_per_task"] = last_by_set

@@ -222,14 +222,33 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
+def find_run_dirs(root: Path, max_depth: int = 4) -> list[Path]:
+    """Run folders under `root` at any depth up to `max_depth` (runs/project/exp1/...), in path order; a run's own
+    subfolders (checkpoints, exports) are not searched, nor hidden folders or symlinked ones (no loops)."""
+    found: list[Path] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        for d in sorted(folder.iterdir()):
+            if not d.is_dir() or d.is_symlink() or d.name.startswith("."):
+                continue
+            if RunFolder(d).has_marker():
+                found.append(d)
+            elif depth < max_depth:
+                walk(d, depth + 1)
+
+    walk(root, 1)
+    return found
+
+
 def list_runs(root: str | Path, sort: str = "created", desc: bool = False) -> list[dict[str, Any]]:
-    """Summaries of every run folder directly under `root`, sorted by `sort` (missing values last)."""
+    """Summaries of every run folder under `root` (nested ones too, named by their path below `root`), sorted
+    by `sort` (missing values last)."""
     root = Path(root)
     if not root.is_dir():
         raise ReportError(f"{root}: no such folder")
     if sort not in RUN_COLUMNS:
         raise ReportError(f"cannot sort by {sort!r}; choose from {', '.join(RUN_COLUMNS)}")
-    runs = [summarize_run(d) for d in sorted(root.iterdir()) if d.is_dir() and RunFolder(d).has_marker()]
+    runs = [{**summarize_run(d), "name": d.relative_to(root).as_posix()} for d in find_run_dirs(root)]
     present = [r for r in runs if r[sort] is not None]
     absent = [r for r in runs if r[sort] is None]
     # numbers compare as numbers, anything else as text

@@ -14,14 +14,40 @@ from tunelab.infer.generate import generate
 from tunelab.utils.io import atomic_write_jsonl
 
 
+def _prompt_record(rec: Record) -> Conversation:
+    """A prompt-only record: {"prompt": text or messages, optional "system", optional "reference"/"completion"}."""
+    d = rec.data
+    prompt, system = d["prompt"], d.get("system")
+    if isinstance(prompt, str):
+        msgs = ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + \
+            [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
+        msgs = FORMATS["messages"](Record({"messages": prompt}, rec.where)).messages
+    else:
+        raise DataError(f"{rec.where}: field 'prompt' must be a string or a list of {{role, content}} messages")
+    ref = d.get("reference", d.get("completion"))
+    if isinstance(ref, list) and ref and isinstance(ref[-1], dict):  # TRL conversational completion
+        ref = ref[-1].get("content")
+    if isinstance(ref, str) and ref:
+        msgs.append({"role": "assistant", "content": ref})
+    return Conversation(msgs)
+
+
 def read_prompts(path: str) -> list[Conversation]:
-    """Conversations to answer: like training records, but the answer may be absent (Alpaca without output)."""
+    """Conversations to answer: like training records, but the answer may be absent (Alpaca without output),
+    or prompt-only records ``{"prompt": ...}`` (see INPUT_FORMS)."""
     records = read_records(path)
     if not records:
         raise DataError(f"{path}: no records to answer (the file is empty)")
-    fmt = "vision" if any(has_images(r) for r in records) else detect_format(records[0])
+    fmt = ("prompt" if "prompt" in records[0].data else "vision" if any(has_images(r) for r in records)
+           else _detect(records[0]))
     out = []
     for rec in records:
+        if fmt == "prompt":
+            if "prompt" not in rec.data:
+                raise DataError(f"{rec.where}: field 'prompt' is missing (the file's first record has one)")
+            out.append(_prompt_record(rec))
+            continue
         if fmt == "alpaca" and "output" not in rec.data:
             rec = Record({**rec.data, "output": ""}, rec.where, rec.source)
         conv = FORMATS[fmt](rec)
@@ -29,6 +55,13 @@ def read_prompts(path: str) -> list[Conversation]:
             raise DataError(f"{rec.where}: no user turn to answer")
         out.append(conv)
     return out
+
+
+def _detect(rec: Record) -> str:
+    try:
+        return detect_format(rec)
+    except DataError as e:
+        raise DataError(f"{e}, or a prompt-only record {{\"prompt\": ...}}") from None
 
 
 def predict_file(model, tokenizer, template: str, data: str, out: str | Path, max_new_tokens: int = 128,

@@ -6,8 +6,12 @@ up-projection starts at zero, so the adapted model starts exactly equal to the b
 
 Placement is public module replacement: each decoder layer's `self_attn` / `mlp` child is
 replaced by `WithAdapter(child, bottleneck)`, whose forward calls the original module and adds
-the bottleneck to its output. The run stores only the adapter tensors (safetensors) plus an
-`adapter_config.json`; adapters are non-linear, so they cannot be merged into the base.
+the bottleneck to its output. The run stores only the adapter tensors (`bottleneck_adapter.safetensors`) plus
+`bottleneck_config.json`; adapters are non-linear, so they cannot be merged into the base.
+
+The file names are our own on purpose: this is not a PEFT adapter, and PEFT's names (adapter_config.json,
+adapter_model.safetensors) would make PeftModel, vLLM or LLaMA-Factory misread the folder. Runs written before
+the rename (with PEFT's names and ``"tunelab_method": "adapter"``) still load.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from tunelab.methods import NotMergeable, decoder_layers
 __all__ = ["WEIGHTS_DIR", "Bottleneck", "WithAdapter", "apply", "load_for_inference", "load_state", "merge", "save"]
 
 WEIGHTS_DIR = "adapter"
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "bottleneck_config.json"
+WEIGHTS_FILE = "bottleneck_adapter.safetensors"
+OLD_FILES = ("adapter_config.json", "adapter_model.safetensors")  # (config, weights) of runs before the rename
 PLACES: dict[str, tuple[str, ...]] = {"houlsby": ("self_attn", "mlp"), "pfeiffer": ("mlp",)}
 ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "silu": torch.nn.SiLU}
 
@@ -87,14 +92,23 @@ def save(model, out_dir: Path) -> None:
     """Write the adapter tensors (safetensors) and the settings that rebuild them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(_adapter_state(model), str(out_dir / WEIGHTS_FILE))
-    (out_dir / CONFIG_FILE).write_text(json.dumps({"tunelab_method": "adapter", **model.tunelab_adapter_cfg},
-                                                  indent=2), encoding="utf-8")
+    save_file(_adapter_state(model), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt", "tunelab_method":
+                                                                              "adapter"})
+    base = getattr(model, "name_or_path", None) or None
+    (out_dir / CONFIG_FILE).write_text(json.dumps({"tunelab_method": "adapter", "base_model_name_or_path": base,
+                                                   **model.tunelab_adapter_cfg}, indent=2), encoding="utf-8")
+
+
+def _file(out_dir: Path, which: int) -> Path:
+    """The config (0) or weights (1) file of a saved adapter: today's name, else the name runs used before."""
+    new = Path(out_dir) / (CONFIG_FILE, WEIGHTS_FILE)[which]
+    old = Path(out_dir) / OLD_FILES[which]
+    return new if new.is_file() or not old.is_file() else old
 
 
 def load_state(model, out_dir: Path) -> None:
     """Copy saved adapter tensors into a model prepared by `apply`."""
-    state = load_file(str(Path(out_dir) / WEIGHTS_FILE))
+    state = load_file(str(_file(out_dir, 1)))
     own = _adapter_state(model)
     if set(state) != set(own):
         raise ValueError(f"{out_dir}: adapter does not match the model "
@@ -106,8 +120,9 @@ def load_for_inference(base_model, out_dir: Path):
     """Rebuild the adapters from adapter_config.json on the base model and load their weights."""
     from tunelab.config.methods import AdapterCfg
 
-    settings = json.loads((Path(out_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    settings = json.loads(_file(out_dir, 0).read_text(encoding="utf-8"))
     settings.pop("tunelab_method", None)
+    settings.pop("base_model_name_or_path", None)
     model = apply(base_model, AdapterCfg(**settings))
     load_state(model, out_dir)
     return model

@@ -20,6 +20,8 @@ import torch
 from tunelab.models.gguf import ModelNotFound, gguf_as_hf_dir, smollm2_gguf_path
 from tunelab.runfolder import RunBase, RunFileError, RunFolder, RunNotFound
 
+SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The Hugging Face model the bundled GGUF is a quantized copy of (recorded as an adapter's base)."""
 MODEL_ALIASES = ("smollm2-135m", "smollm2-135m-instruct")
 """Names of the bundled SmolLM2-135M-Instruct GGUF that model.name may use instead of a path."""
 
@@ -150,7 +152,13 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """cuda when asked for or available (auto), else cpu."""
+    """cuda when asked for or available (auto), mps (Apple GPU) when asked for and torch supports it, else cpu."""
+    if requested == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise RuntimeError("train.device=mps but this torch has no usable Apple GPU backend (needs macOS 12.3+ "
+                               "on Apple silicon and a torch build with MPS); use device=auto or cpu")
+        return torch.device("mps")
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device=cuda but no CUDA device is visible; use device=auto or cpu")
@@ -218,7 +226,31 @@ def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu
     else:
         path = gguf_as_hf_dir(src.path) if src.kind == "gguf" else src.path
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    source = base_source(name)
+    if source["base_model_name_or_path"]:  # PEFT records this in adapter_config.json (AutoPeft, vLLM read it)
+        model.name_or_path = source["base_model_name_or_path"]
+        model.config._name_or_path = source["base_model_name_or_path"]
     return model.to(device)
+
+
+def base_source(name: str) -> dict:
+    """What a model name really is, for the tools that load an adapter without tunelab.
+
+    ``base_model_name_or_path``: what PeftModel/AutoPeftModelForCausalLM/vLLM should load as the base: a local
+    HF folder's absolute path, a hub id as written, the bundled SmolLM2's Hugging Face id
+    (HuggingFaceTB/SmolLM2-135M-Instruct), a GGUF file's converted HF folder, a run folder's path; None for
+    the tiny test models (built in memory, nothing to load them from). ``base_model_path``: the local files
+    tunelab loaded (the converted folder for a GGUF, the hub cache snapshot for a hub id), or None.
+    """
+    src = resolve_model(name)
+    if src.kind == "tiny":
+        return {"base_model_name_or_path": None, "base_model_path": None}
+    if src.kind == "gguf":
+        local = str(gguf_as_hf_dir(src.path))
+        return {"base_model_name_or_path": SMOLLM2_HF_ID if name in MODEL_ALIASES else local, "base_model_path": local}
+    if src.kind == "hf_dir" and not Path(name).expanduser().is_dir():  # a hub id found in the local cache
+        return {"base_model_name_or_path": name, "base_model_path": src.path}
+    return {"base_model_name_or_path": src.path, "base_model_path": src.path}
 
 
 def _load_quantized(path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool, settings: dict):

@@ -77,6 +77,7 @@ def run(cfg, progress: bool = True):
                                                  cfg.data.max_length)), progress=progress)
     summary = dict(result.summary)
     if val:
+        say(progress, f"scoring {len(val)} validation examples")
         probs = predict(setup.model, val, collate_fn, scorer, cfg.train.batch_size, setup.device)
         settings = {"split": "validation", "mode": ccfg.mode, "labels": labels,
                     "class_weights": None if weights is None else weights.tolist()}

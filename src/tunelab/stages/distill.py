@@ -159,6 +159,7 @@ def run(cfg, progress: bool = True):
         f"{data.stats['train_samples']} train / {data.stats['val_samples']} validation samples")
     step = partial(distill_step, teacher=teacher, temperature=dcfg.temperature, alpha=dcfg.alpha,
                    divergence=dcfg.divergence, jsd_beta=dcfg.jsd_beta)
+    step.perplexity = dcfg.alpha == 0  # exp(loss) is a perplexity only when the loss is the cross-entropy alone
     result = fit(setup, Recipe(train=cfg.train, optim=cfg.optim, samples=data.train, val=data.val,
                                collate=partial(collate, pad_id=setup.tokenizer.pad_token_id), loss=step,
                                reference_data=chat_reference_data(cfg, setup)), progress=progress)

@@ -44,8 +44,9 @@ from tunelab.training.common import (
 )
 from tunelab.training.setup import finish_run, load_split, say, setup_run
 from tunelab.training.reference import Reference
-from tunelab.training.rewards import load_rewards, score
-from tunelab.training.rollout import collate_prompts, completion_batch, prompt_samples, sample_completions
+from tunelab.training.rewards import check_columns, load_rewards, score
+from tunelab.training.rollout import (collate_prompts, completion_batch, prompt_samples, reward_context,
+                                     sample_completions)
 
 Reduction = Callable[[Tensor, Tensor], Tensor]
 
@@ -172,11 +173,12 @@ class GrpoStep:
         prompt_mask = batch["attention_mask"].repeat_interleave(g, dim=0)  # (N, P)
         scored = completion_batch(sequences, prompt_mask, self.stop_ids, self.tok.pad_token_id)
         width = prompt_mask.size(1)
-        texts = [self.tok.decode(row[keep], skip_special_tokens=True)  # the completion up to its stop token
-                 for row, keep in zip(sequences[:, width:], scored["attention_mask"][:, width:].bool())]
+        ids = [row[keep].tolist()  # the completion up to its stop token
+               for row, keep in zip(sequences[:, width:], scored["attention_mask"][:, width:].bool())]
+        texts = [self.tok.decode(row, skip_special_tokens=True) for row in ids]
         answers = [a for a in batch["answers"] for _ in range(g)]
         prompts = [p for p in batch["prompts"] for _ in range(g)]
-        per_fn = score(self.rewards, texts, answers, prompts)
+        per_fn = score(self.rewards, texts, answers, prompts, **reward_context(batch, g, ids))
         total = torch.tensor([sum(w * v[i] for w, v in zip(self.weights, per_fn.values()))
                               for i in range(len(texts))], device=sequences.device)  # (N,)
         advantages = group_advantages(total, g, scale=self.cfg.scale_rewards)
@@ -217,6 +219,7 @@ def run(cfg, progress: bool = True):
     tok, tpl = setup.tokenizer, setup.template
     train = prompt_samples(cfg.data, tok, tpl, train_convs)
     val = prompt_samples(cfg.data, tok, tpl, val_convs)
+    check_columns(rewards, train[0].columns if train else {}, "grpo.rewards")
     reference = Reference(setup.model) if gcfg.beta > 0 else None
     say(progress, f"grpo: {len(train)} train / {len(val)} validation prompts, {gcfg.group_size} completions each; "
         f"rewards {', '.join(gcfg.rewards)}")

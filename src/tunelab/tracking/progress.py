@@ -71,6 +71,34 @@ class TrainProgress:
             eta = elapsed / max(done, 1) * (self.total - step)
             print(f"step {step}/{self.total}  {self.describe(metrics)}  ETA {eta:,.0f}s", file=sys.stderr, flush=True)
 
+    def eval_progress(self, step: int):
+        """A callback ``(done, total)`` showing an evaluation's batches: a second bar on terminals, else a line
+        at most every ~10% (an evaluation of a large validation set takes minutes after the last step)."""
+        if not self.enabled:
+            return None
+        state = {"task": None, "shown": -1}
+
+        def tick(done: int, total: int) -> None:
+            if self.live:
+                if state["task"] is None:
+                    state["task"] = self._bar.add_task("eval", total=total, completed=0, info=f"after step {step}")
+                self._bar.update(state["task"], completed=done)
+                return
+            tenth = done * 10 // max(total, 1)
+            if total > 1 and tenth > state["shown"]:
+                state["shown"] = tenth
+                print(f"eval at step {step}: batch {done}/{total}", file=sys.stderr, flush=True)
+
+        self._eval_state = state
+        return tick
+
+    def eval_done(self) -> None:
+        """Remove the evaluation bar (terminals); the plain display needs nothing."""
+        state = getattr(self, "_eval_state", None)
+        if self.live and state and state["task"] is not None:
+            self._bar.remove_task(state["task"])
+        self._eval_state = None
+
     def note(self, text: str) -> None:
         if self.enabled:
             self.console.print(text)

@@ -1,18 +1,26 @@
-"""Reward functions for GRPO: built-ins by name and your own from a Python file.
+"""Reward functions for GRPO and selftrain: built-ins by name and your own from a Python file.
 
-A reward function scores a batch of sampled completions, one float each:
+A reward function scores a batch of sampled completions, one float each. Two signatures are accepted:
 
-    def my_reward(completions: list[str], answers: list[str], prompts: list[list[dict]]) -> list[float]
+    def my_reward(completions: list[str], answers: list[str], prompts: list[list[dict]]) -> list[float]   # tunelab
+    def my_reward(completions, **kwargs) -> list[float]                                                 # TRL
 
-``answers`` are the reference answers of the prompts (the record's final assistant turn), repeated for
-every completion of the same prompt. The config names functions as ``builtin:<name>`` (``BUILTIN_REWARDS``)
-or ``path/to/file.py:function`` (path relative to the working directory). A file named in the config is run
-as Python: name only files you wrote or trust.
+tunelab's is called positionally: ``answers`` are the reference answers of the prompts (the record's final
+assistant turn), repeated for every completion of the same prompt. TRL's (GRPOTrainer's convention) is called
+with keywords only: ``prompts``, ``completions``, ``completion_ids`` and every other column of the record
+(``answer``, ``solution``...); as in TRL, records in a chat format (messages, sharegpt) give conversational
+values (a completion is ``[{"role": "assistant", "content": text}]``, a prompt its messages) and other records
+give strings. A TRL function that returns None for a completion (TRL's "no reward") scores 0 there.
+
+The config names functions as ``builtin:<name>`` (``BUILTIN_REWARDS``) or ``path/to/file.py:function`` (path
+relative to the working directory). A file named in the config is run as Python: name only files you wrote or
+trust.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -21,7 +29,14 @@ from pathlib import Path
 
 from tunelab.training.common import pick
 
-RewardFn = Callable[[list[str], list[str], list[list[dict]]], list[float]]
+RewardFn = Callable[..., list[float]]
+"""Called as ``fn(completions, answers, prompts, **context)``; context: ``completion_ids``, ``columns``,
+``conversational`` (what a TRL-convention function needs; tunelab's own functions never receive it)."""
+
+ACCEPTED_SIGNATURES = ("tunelab's f(completions, answers, prompts) or TRL's f(completions, **kwargs) (called with "
+                       "keywords prompts, completions, completion_ids and the record's other columns, e.g. answer)")
+TRL_KEYWORDS = ("prompts", "completions", "completion_ids")
+_TRL_ONLY = {"completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
 
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
@@ -159,7 +174,90 @@ def load_reward(spec: str, format_pattern: str = r"\\boxed\{.+?\}", length_targe
     if not callable(fn):
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
         raise ValueError(f"{key}: {path} has no function {name!r}; it defines {', '.join(found) or 'none'}")
-    return fn
+    convention = reward_convention(fn)
+    if convention is None:
+        raise ValueError(f"{key}: {spec}{_signature_text(fn)} fits neither accepted signature: {ACCEPTED_SIGNATURES}")
+    return fn if convention == "tunelab" else TrlReward(fn, spec)
+
+
+def _signature_text(fn) -> str:
+    try:
+        return str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def reward_convention(fn) -> str | None:
+    """How a reward function is called: ``"tunelab"`` (positionally: completions, answers, prompts), ``"trl"``
+    (keywords: prompts, completions, completion_ids and the record's columns) or None when it fits neither.
+
+    tunelab's when three positional arguments bind and none lands on a name only TRL passes (``completion_ids``,
+    ``log_extra``...) or on ``prompts`` before the third place; TRL's when it takes ``**kwargs`` or names one of
+    ``prompts``, ``completions``, ``completion_ids`` and needs nothing positionally.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a C function without a signature: the caller's own convention
+        return "tunelab"
+    params = list(sig.parameters.values())
+    try:
+        bound = list(sig.bind(None, None, None).arguments)
+    except TypeError:
+        bound = None
+    if bound is not None:
+        kinds = {p.name: p.kind for p in params}
+        named = [n for n in bound if kinds[n] is not inspect.Parameter.VAR_POSITIONAL]
+        if not (set(named) & _TRL_ONLY or {"prompts", "completion_ids"} & set(named[:2])):
+            return "tunelab"
+    positional_only = any(p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is p.empty for p in params)
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    if not positional_only and (takes_kwargs or set(sig.parameters) & set(TRL_KEYWORDS)):
+        return "trl"
+    return None
+
+
+class TrlReward:
+    """A reward function in TRL's convention, called the way GRPOTrainer calls it (keywords only).
+
+    Takes tunelab's call ``(completions, answers, prompts, completion_ids=, columns=, conversational=)`` and
+    passes ``prompts``, ``completions``, ``completion_ids`` and each record column as keywords: all of them when
+    the function takes ``**kwargs``, else the ones it names.
+    """
+
+    def __init__(self, fn, spec: str):
+        self.fn, self.spec = fn, spec
+        sig = inspect.signature(fn)
+        self.takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+        self.names = set(sig.parameters)
+        self.required = [p.name for p in sig.parameters.values() if p.default is p.empty
+                         and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+
+    def missing(self, columns: dict) -> list[str]:
+        """The parameters this function needs that neither TRL's keywords nor these record columns supply."""
+        return [n for n in self.required if n not in TRL_KEYWORDS and n not in columns]
+
+    def __call__(self, completions: list[str], answers: list[str], prompts: list[list[dict]], *,
+                 completion_ids: list[list[int]] | None = None, columns: list[dict] | None = None,
+                 conversational: bool = True) -> list[float]:
+        columns = columns or [{} for _ in completions]
+        missing = self.missing(columns[0] if columns else {})
+        if missing:
+            raise ValueError(f"reward {self.spec} needs {', '.join(missing)}, which is not a column of the records "
+                             f"(they have: {', '.join(sorted(columns[0])) or 'none'}); add the column or rename the "
+                             "parameter")
+        if conversational:
+            prompt_values = prompts
+            completion_values = [[{"role": "assistant", "content": c}] for c in completions]
+        else:
+            prompt_values = [p[-1]["content"] for p in prompts]
+            completion_values = list(completions)
+        kwargs = {"prompts": prompt_values, "completions": completion_values,
+                  "completion_ids": completion_ids if completion_ids is not None else [[] for _ in completions]}
+        for name in columns[0] if columns else {}:
+            kwargs.setdefault(name, [row.get(name) for row in columns])
+        if not self.takes_all:
+            kwargs = {k: v for k, v in kwargs.items() if k in self.names}
+        return [0.0 if v is None else v for v in self.fn(**kwargs)]
 
 
 def reward_name(spec: str) -> str:
@@ -167,12 +265,28 @@ def reward_name(spec: str) -> str:
     return spec.partition(":")[2]
 
 
+def check_columns(fns: dict[str, RewardFn], columns: dict, key: str) -> None:
+    """Refuse, before training, a TRL-convention reward that needs a column the records lack (one ConfigError)."""
+    from tunelab.config import ConfigError
+
+    problems = [f"{key}: {fn.spec} needs {', '.join(m)}, which is not a column of the records (they have: "
+                f"{', '.join(sorted(columns)) or 'none'}); add the column or rename the parameter"
+                for fn in fns.values() if isinstance(fn, TrlReward) and (m := fn.missing(columns))]
+    if problems:
+        raise ConfigError(problems)
+
+
 def score(fns: dict[str, RewardFn], completions: list[str], answers: list[str],
-          prompts: list[list[dict]]) -> dict[str, list[float]]:
-    """Each function's rewards, checked to be one finite number per completion."""
+          prompts: list[list[dict]], **context) -> dict[str, list[float]]:
+    """Each function's rewards, checked to be one finite number per completion.
+
+    ``context`` (``completion_ids``, ``columns``, ``conversational``) reaches TRL-convention functions only.
+    """
     out = {}
     for name, fn in fns.items():
-        values = [float(v) for v in fn(completions, answers, prompts)]
+        raw = fn(completions, answers, prompts, **context) if isinstance(fn, TrlReward) else \
+            fn(completions, answers, prompts)
+        values = [float(v) for v in raw]
         if len(values) != len(completions):
             raise ValueError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
         out[name] = values

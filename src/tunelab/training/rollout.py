@@ -6,7 +6,7 @@ sampled sequences into inputs, labels and positions for scoring them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -23,16 +23,27 @@ class PromptSample:
     prompt: list[dict]
     ids: list[int]
     answer: str
+    columns: dict = field(default_factory=dict)  # the record's other columns (for TRL-convention rewards)
+    conversational: bool = True  # the record was messages/sharegpt (TRL's conversational format)
 
 
 def prompt_samples(cfg_data, tokenizer, template: str, convs: list) -> list[PromptSample]:
     """Prompts from conversations: every message before the last assistant turn; that turn is the answer."""
+    from tunelab.data.formats import CHAT_FORMATS
+
     out = []
     for conv in convs:
         msgs = conv.messages
         ids = prompt_tail(prompt_ids(tokenizer, template, msgs[:-1]), cfg_data.max_length)  # the one rule
-        out.append(PromptSample(msgs[:-1], ids, msgs[-1]["content"]))
+        out.append(PromptSample(msgs[:-1], ids, msgs[-1]["content"], dict(conv.meta.get("columns", {})),
+                                conv.meta.get("format", "messages") in CHAT_FORMATS))
     return out
+
+
+def reward_context(batch: dict, n: int, completion_ids: list[list[int]]) -> dict:
+    """What TRL-convention reward functions receive besides the texts, each prompt's repeated for its n samples."""
+    return {"completion_ids": completion_ids, "columns": [c for c in batch["columns"] for _ in range(n)],
+            "conversational": all(batch["conversational"])}
 
 
 def collate_prompts(samples: list[PromptSample], pad_id: int) -> dict:
@@ -44,7 +55,8 @@ def collate_prompts(samples: list[PromptSample], pad_id: int) -> dict:
         ids[i, width - len(s.ids):] = torch.tensor(s.ids)
         mask[i, width - len(s.ids):] = 1
     return {"input_ids": ids, "attention_mask": mask, LOSS_COUNT_KEY: len(samples),
-            "answers": [s.answer for s in samples], "prompts": [s.prompt for s in samples]}
+            "answers": [s.answer for s in samples], "prompts": [s.prompt for s in samples],
+            "columns": [s.columns for s in samples], "conversational": [s.conversational for s in samples]}
 
 
 def completion_batch(sequences: Tensor, prompt_mask: Tensor, stop_ids: list[int], pad_id: int) -> dict:

@@ -12,14 +12,13 @@ import torch
 
 from tunelab import __version__
 from tunelab.config import RunCfg
-from tunelab.data.templates import resolve_template
+from tunelab.data.templates import apply_template_options, resolve_template
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.engine.recipe import Setup
 from tunelab.methods import count_parameters, get_method
 from tunelab.models import load_model, load_tokenizer, pick_device
-from tunelab.models.loader import base_chain
-from tunelab.models.loader import vision_source
+from tunelab.models.loader import base_chain, base_source, vision_source
 from tunelab.models.vision import VisionModelError, load_processor
 from tunelab.runfolder import RunFolder
 from tunelab.tracking import ALWAYS_ON, make_tracker
@@ -115,6 +114,7 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     else:
         tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
         template = resolve_template(tokenizer, cfg.model.chat_template)
+    template = apply_template_options(template, **cfg.data.template_options.model_dump())
     torch.manual_seed(cfg.train.seed)
     method = get_method(cfg.method.name)
     quantize = method.load_settings(cfg.method) if hasattr(method, "load_settings") else None  # QLoRA: 4-bit at load
@@ -138,6 +138,7 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "device": str(device), "threads": threads, "torch": torch.__version__,
             "processes": distributed.current().world_size}
+    meta.update(base_source(cfg.model.name))  # what other tools load as the base (see models.loader.base_source)
     if chain := base_chain(cfg.model.name):  # a run folder as the base: record what this run stands on
         meta.update(base_chain=chain, root_model=chain[-1]["base_model"])
     if main:

@@ -15,10 +15,11 @@ from tunelab.training.rollout import (
     collate_prompts,
     completion_batch,
     prompt_samples,
+    reward_context,
     sample_completions,
 )
 from tunelab.training.setup import chat_reference_data, finish_run, load_split, say, setup_run
-from tunelab.training.rewards import load_rewards, score
+from tunelab.training.rewards import check_columns, load_rewards, score
 from tunelab.training.lm_loss import sft_loss
 from tunelab.runfolder import RunFolder
 from tunelab.utils.io import atomic_write_jsonl
@@ -50,11 +51,11 @@ def sample_and_judge(model, prompts: list, scfg, rewards: dict, tokenizer, templ
         sequences = sample_completions(model, batch, k, scfg, stop, pad)  # (B * k, P + L)
         scored = completion_batch(sequences, batch["attention_mask"].repeat_interleave(k, 0), stop, pad)
         width = batch["input_ids"].size(1)
-        texts = [tokenizer.decode(row[keep], skip_special_tokens=True).strip()
-                 for row, keep in zip(sequences[:, width:], scored["attention_mask"][:, width:].bool())]
+        ids = [row[keep].tolist() for row, keep in zip(sequences[:, width:], scored["attention_mask"][:, width:].bool())]
+        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
         prompt_msgs = [p for p in batch["prompts"] for _ in range(k)]
         answers = [a for a in batch["answers"] for _ in range(k)]
-        per_fn = score(rewards, texts, answers, prompt_msgs)
+        per_fn = score(rewards, texts, answers, prompt_msgs, **reward_context(batch, k, ids))
         totals = [sum(w * v[j] for w, v in zip(weights, per_fn.values())) for j in range(len(texts))]
         kept = select(totals, k, scfg.min_reward, scfg.keep)
         rows += [{"prompt": prompt_msgs[j], "reference": answers[j], "completion": texts[j],
@@ -72,8 +73,9 @@ def run_rejection(cfg, progress: bool = True):
     train_convs, val_convs = load_split(cfg.data, lambda path: load_conversations(path, cfg.data.format)[0],
                                         cfg.train.seed, stage=cfg.stage)
     tok, tpl, max_len = setup.tokenizer, setup.template, cfg.data.max_length
-    rows = sample_and_judge(setup.model, prompt_samples(cfg.data, tok, tpl, train_convs), scfg, rewards, tok, tpl,
-                            cfg.train.batch_size, setup.device)
+    prompts = prompt_samples(cfg.data, tok, tpl, train_convs)
+    check_columns(rewards, prompts[0].columns if prompts else {}, "selftrain.rewards")
+    rows = sample_and_judge(setup.model, prompts, scfg, rewards, tok, tpl, cfg.train.batch_size, setup.device)
     folder = RunFolder(setup.run_dir)
     atomic_write_jsonl(folder.selftrain_samples_path, rows)
     kept = [r for r in rows if r["kept"] and r["completion"]]
