@@ -283,3 +283,19 @@ def quantize_k(data: np.ndarray, qtype: GGMLQuantizationType, rows_per_chunk: in
     out = [fn(rows[i:i + rows_per_chunk].reshape(-1, QK_K)).reshape(len(rows[i:i + rows_per_chunk]), -1)
            for i in range(0, len(rows), rows_per_chunk)]
     return np.concatenate(out, axis=0).reshape(*data.shape[:-1], -1)
+
+
+def _measure(rows: int = 4096, cols: int = 4096) -> None:
+    """Print CPU seconds per billion parameters of each K writer on one (rows, cols) Gaussian tensor."""
+    import time
+
+    w = (np.random.default_rng(0).standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    for qtype in K_QUANTIZERS:
+        start = time.process_time()
+        quantize_k(w, qtype)
+        seconds = time.process_time() - start
+        print(f"{qtype.name}: {seconds:.1f} CPU s for {w.size / 1e6:.1f}M values = {seconds / w.size * 1e9:.0f} s per billion")
+
+
+if __name__ == "__main__":
+    _measure()
