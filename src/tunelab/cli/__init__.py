@@ -240,7 +240,8 @@ def demo(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `tunelab train`.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="merged (safetensors), gguf, ollama, onnx or triton.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output path (default RUN_DIR/export/FORMAT).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output path (default RUN_DIR/export/FORMAT, or "
+                                                "RUN_DIR/export/bundle for a run that cannot merge).")] = None,
     quant: Annotated[Optional[str], typer.Option(help="gguf/ollama: f32, f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q5_1, q5_0, "
                                                     "q4_k_m, q4_k_s, q4_1, q4_0, q3_k_l, q3_k_m, q3_k_s, q2_k.")]
     = None,
@@ -252,9 +253,10 @@ def export(
     """Export a run: adapters are merged into the base first (where the method allows), then written as FORMAT.
 
     Runs that cannot merge (prefix/prompt tuning, bottleneck adapters) export as --format merged to a
-    bundle: base model + adapter + a README on loading them.
+    bundle: base model + adapter + a README on loading them, reported as "NOT merged". The line
+    printed names the format, the quant type and whether the trained part was merged.
 
-    Example: tunelab export runs/quick --format gguf --quant q8_0
+    Example: tunelab export runs/quick --format gguf --quant q4_k_m
     """
     _quiet_library_warnings()
     from tunelab.export import check_export
