@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.config import RunCfg
 from tunelab.runfolder import RunFolder, RunNotFound
 
-__all__ = ["Run", "RunNotFound", "add_run_info"]
+__all__ = ["Exported", "Run", "RunNotFound", "add_run_info", "format_label"]
+
+FULL_WEIGHT_METHODS = ("full", "freeze")
+"""Methods whose run stores the whole model: exporting writes those weights, nothing is merged."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What `Run.export_described` wrote: the main path, the format asked for, whether the trained
+    part is folded into the weights, and a one-line label saying so (the CLI prints it)."""
+
+    path: Path
+    fmt: str
+    merged: bool
+    label: str
+
+
+def format_label(fmt: str, options: dict) -> str:
+    """A short name for an export format with its options, e.g. "GGUF q4_k_m", "ONNX graph with KV cache"."""
+    if fmt in ("merged", "safetensors"):
+        return "safetensors model"
+    if fmt == "gguf":
+        return f"GGUF {str(options.get('quant') or 'f16').lower()}"
+    if fmt == "ollama":
+        return f"Ollama model (GGUF {str(options.get('quant') or 'q8_0').lower()} + Modelfile)"
+    if fmt == "onnx":
+        return "ONNX graph " + ("with KV cache" if options.get("with_past", True) else "without KV cache")
+    if fmt == "triton":
+        return "Triton repository (ONNX graph " + ("with KV cache)" if options.get("with_past") else "without KV cache)")
+    return fmt
 
 
 class Run:
@@ -113,6 +143,17 @@ class Run:
         Adapters are merged first. A run whose method cannot merge (prefix/prompt tuning,
         bottleneck adapters) exports as `merged` to a bundle: the base model plus the adapter
         folder and a README saying how to load them; other formats then raise NotMergeable.
+        `export_described` returns the same path with a sentence saying which of these happened.
+        """
+        return self.export_described(fmt, out, **options).path
+
+    def export_described(self, fmt: str, out: str | Path | None = None, **options) -> Exported:
+        """`export`, returning the path together with an honest label of what was written.
+
+        The label names the format (with its quant type) and how the trained part got there:
+        merged into the base weights, the run's own full weights, or, for a method that cannot
+        merge, NOT merged: the base model and the adapter side by side (whose default folder is
+        then RUN/export/bundle, not .../merged).
         """
         from tunelab.export import check_export
         from tunelab.export import export as do_export
@@ -120,7 +161,7 @@ class Run:
         from tunelab.models import load_model
 
         check_export(fmt, options)  # a wrong format or option fails before the model is loaded
-        target = Path(out) if out else self.folder.export_dir(fmt)
+        method = self.config.method.name
         if self.is_vision:  # a HF folder with the processor, loadable by AutoModelForImageTextToText/AutoProcessor
             from tunelab.export.base import ExportError
 
@@ -128,15 +169,25 @@ class Run:
                 raise ExportError(f"--format {fmt}: a vision run exports as merged (a Hugging Face folder with its "
                                   "processor); GGUF/ONNX/Ollama/Triton exports are for text models")
             model, _, template = self.load_model(device="cpu", merged=True)
-            return do_export(model, self.load_processor(), template, fmt, target, **options)
+            target = Path(out) if out else self.folder.export_dir(fmt)
+            path = do_export(model, self.load_processor(), template, fmt, target, **options)
+            how = "the run's own full weights" if method in FULL_WEIGHT_METHODS else f"{method} adapter merged"
+            return Exported(path, fmt, merged=True, label=f"{format_label(fmt, options)} with its processor ({how})")
         try:
             model, tok, template = self.load_model(device="cpu", merged=True)
         except NotMergeable as e:
             if fmt not in ("merged", "safetensors"):
                 raise NotMergeable(f"{e} Export with --format merged to get the base model and the adapter side "
                                    "by side (servable with `tunelab serve`).") from None
-            return self._export_bundle(target, str(e), load_model, get_method, do_export)
-        return do_export(model, tok, template, fmt, target, **options)
+            target = Path(out) if out else self.folder.export_dir("bundle")
+            path = self._export_bundle(target, str(e), load_model, get_method, do_export)
+            return Exported(path, fmt, merged=False,
+                            label=f"base model + {method} adapter side by side, NOT merged ({method} cannot be "
+                                  "folded into the weights; see README.md in the folder)")
+        target = Path(out) if out else self.folder.export_dir(fmt)
+        path = do_export(model, tok, template, fmt, target, **options)
+        how = "the run's own full weights" if method in FULL_WEIGHT_METHODS else f"{method} adapter merged into the base"
+        return Exported(path, fmt, merged=True, label=f"{format_label(fmt, options)} ({how})")
 
     def _export_bundle(self, target: Path, why: str, load_model, get_method, do_export) -> Path:
         import shutil

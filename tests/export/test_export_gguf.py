@@ -109,7 +109,8 @@ def test_unsupported_architecture_names_it_and_the_supported_ones(tok, tmp_path)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=49152))
-    with pytest.raises(ExportError, match=r"architecture 'gpt2'.*supported architectures: llama, qwen2"):
+    with pytest.raises(ExportError, match=r"architecture 'gpt2'.*supported architectures: llama, mistral, qwen2, "
+                                          r"qwen3, gemma2, gemma3_text, phi3"):
         export(model, tok, None, "gguf", tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
 

@@ -112,5 +112,6 @@ def test_unsupported_architecture_is_named(tok, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
-    with pytest.raises(ExportError, match=r"'onnx' does not support architecture 'gpt2'.*supported architectures: llama, qwen2"):
+    with pytest.raises(ExportError, match=r"'onnx' does not support architecture 'gpt2'.*supported architectures: "
+                                          r"llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3"):
         export(model, tok, None, "onnx", tmp_path / "g")

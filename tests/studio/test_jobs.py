@@ -124,6 +124,7 @@ def test_real_job_runs_cancels_resumes_and_chats(settings, alpaca_bytes):
         assert c.post("/api/runs/real/export", json={"format": "zip"}).status_code == 400
         r = c.post("/api/runs/real/export", json={"format": "merged", "name": "../../escape"})
         assert r.status_code == 200 and r.json()["path"].startswith("exports/")
+        assert r.json()["label"] == "safetensors model (lora adapter merged into the base)" and r.json()["merged"]
         from safetensors.torch import load_file
 
         out = settings.data_dir / r.json()["path"]

@@ -279,8 +279,11 @@ def demo(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by `tunelab train`.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="merged (safetensors), gguf, ollama, onnx or triton.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "--output", "-o", help="Output path (default RUN_DIR/export/FORMAT).")] = None,
-    quant: Annotated[Optional[str], typer.Option(help="gguf/ollama: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0.")]
+    out: Annotated[Optional[Path], typer.Option("--out", "--output", "-o", help="Output path (default "
+                                                "RUN_DIR/export/FORMAT, or RUN_DIR/export/bundle for a run that "
+                                                "cannot merge).")] = None,
+    quant: Annotated[Optional[str], typer.Option(help="gguf/ollama: f32, f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q5_1, q5_0, "
+                                                    "q4_k_m, q4_k_s, q4_1, q4_0, q3_k_l, q3_k_m, q3_k_s, q2_k.")]
     = None,
     system: Annotated[Optional[str], typer.Option(help="ollama: a SYSTEM prompt for the Modelfile.")] = None,
     model_name: Annotated[Optional[str], typer.Option(help="triton: the model's name in the repository.")] = None,
@@ -290,9 +293,10 @@ def export(
     """Export a run: adapters are merged into the base first (where the method allows), then written as FORMAT.
 
     Runs that cannot merge (prefix/prompt tuning, bottleneck adapters) export as --format merged to a
-    bundle: base model + adapter + a README on loading them.
+    bundle: base model + adapter + a README on loading them, reported as "NOT merged". The line
+    printed names the format, the quant type and whether the trained part was merged.
 
-    Example: tunelab export runs/quick --format gguf --quant q8_0
+    Example: tunelab export runs/quick --format gguf --quant q4_k_m
     """
     _quiet_library_warnings()
     from tunelab.export import check_export
@@ -303,11 +307,13 @@ def export(
                                  "with_past": with_past}.items() if v is not None}
     try:
         check_export(fmt, options)  # a wrong --format or option fails before the run folder is even read
-        path = Run(run_dir).export(fmt, out, **options)
+        done = Run(run_dir).export_described(fmt, out, **options)
     except (*_user_errors(), NotMergeable) as e:  # ExportError is a user error
         _fail(e)
-    err.print(f"[green]exported[/] {run_dir} as {fmt}")
-    typer.echo(str(path))
+    from rich.markup import escape
+
+    err.print(f"[green]exported[/] {escape(str(run_dir))} as {escape(done.label)}")
+    typer.echo(str(done.path))
 
 
 def _mount_optional() -> None:

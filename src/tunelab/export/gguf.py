@@ -2,20 +2,27 @@
 
 Built on the `gguf` package from llama.cpp: its GGUFWriter, its tensor-name map
 (`gguf.get_tensor_name_map`) and its numpy quantizers (`gguf.quants.quantize`), so names and
-block layouts are exactly what llama.cpp reads. What this module adds is the part of
-llama.cpp's `convert_hf_to_gguf.py` a fine-tuned Llama/Qwen2 needs:
+block layouts are exactly what llama.cpp reads. The K-quants, which `gguf` can read but not
+write, come from `tunelab.export.kquants`. What this module adds is the part of llama.cpp's
+`convert_hf_to_gguf.py` and `llama-quantize` a fine-tuned model needs:
 
+- one `GgufArch` per transformers architecture (llama, mistral, qwen2, qwen3, gemma2, gemma3,
+  phi3): the llama.cpp architecture, its extra hyperparameters, and how tensors change;
 - llama-architecture Q/K rows are permuted: Hugging Face stores each head's rotary pairs as
   (first half, second half), llama.cpp's RoPE wants them interleaved (transformers' GGUF loader
   undoes exactly this in `LlamaTensorProcessor._reverse_permute_weights`);
+- Gemma's RMSNorm multiplies by (1 + w); llama.cpp's by w, so Gemma norms are stored as 1 + w;
+- the quant "mixes" of llama-quantize (q4_k_m keeps attn_v / ffn_down of some layers and the
+  output matrix in Q6_K, ...), chosen per tensor by `tensor_type`;
 - 1-D tensors (norms, biases) stay F32 and rows that a block quantizer cannot split fall back
-  to F16, as llama.cpp does;
+  (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, then F16), as llama.cpp does;
 - a tied `lm_head` is left out (no `output.weight`), which readers take to mean "tied".
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,33 +31,128 @@ import gguf
 import numpy as np
 
 from tunelab.export.base import ExportError, atomic_file, require_arch
+from tunelab.export.kquants import K_QUANTIZERS, quantize_k
+
+Q = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+
+def _rope_sections(cfg: Any) -> tuple[dict, dict | None]:
+    """(global RoPE parameters, sliding-layer RoPE parameters or None) from a transformers config.
+
+    transformers 5 keeps them in `rope_parameters`, per layer type for models with local and
+    global attention (Gemma 3); older configs use `rope_theta` + `rope_scaling`.
+    """
+    rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    if "full_attention" in rope:
+        return dict(rope["full_attention"]), dict(rope.get("sliding_attention") or {}) or None
+    return rope, None
+
+
+def _check_layer_types(cfg: Any, sliding: Callable[[int], bool], family: str) -> None:
+    """Refuse a sliding/full attention layout llama.cpp would not reproduce (it fixes the pattern per family)."""
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        return
+    want = ["sliding_attention" if sliding(i) else "full_attention" for i in range(len(types))]
+    if list(types) != want:
+        raise ExportError(f"layer_types {list(types)} differ from the {family} pattern llama.cpp assumes ({want}); "
+                          "export --format safetensors instead")
+
+
+def _check_query_scale(cfg: Any, family: str, big_layers: int) -> None:
+    """llama.cpp scales Gemma queries by 1/sqrt(head_dim), or by 1/sqrt(hidden/heads) for the 27B model (by layer count)."""
+    head_dim = cfg.head_dim
+    want = cfg.hidden_size // cfg.num_attention_heads if cfg.num_hidden_layers == big_layers else head_dim
+    if getattr(cfg, "query_pre_attn_scalar", want) != want:
+        raise ExportError(f"query_pre_attn_scalar={cfg.query_pre_attn_scalar} but llama.cpp's {family} uses {want} "
+                          "for this model size; export --format safetensors instead")
+
+
+def _gemma2_hparams(writer: gguf.GGUFWriter, cfg: Any) -> None:
+    _check_query_scale(cfg, "gemma2", big_layers=46)
+    _check_layer_types(cfg, lambda i: i % 2 == 0, "gemma2")
+    if cfg.attn_logit_softcapping is not None:
+        writer.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping))
+    if cfg.final_logit_softcapping is not None:
+        writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
+    writer.add_sliding_window(int(cfg.sliding_window))
+
+
+def _gemma3_hparams(writer: gguf.GGUFWriter, cfg: Any) -> None:
+    _check_query_scale(cfg, "gemma3", big_layers=62)
+    _check_layer_types(cfg, lambda i: (i + 1) % 6 != 0, "gemma3")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(cfg, key, None) is not None:
+            raise ExportError(f"{key}={getattr(cfg, key)}: llama.cpp's gemma3 has no soft-capping; "
+                              "export --format safetensors instead")
+    writer.add_sliding_window(int(cfg.sliding_window))
+    _, local = _rope_sections(cfg)
+    if local is not None:
+        writer.add_rope_freq_base_swa(float(local.get("rope_theta", 10000.0)))
+
+
+def _phi3_hparams(writer: gguf.GGUFWriter, cfg: Any) -> None:
+    if getattr(cfg, "sliding_window", None):
+        writer.add_sliding_window(int(cfg.sliding_window))
 
 
 @dataclass(frozen=True)
 class GgufArch:
-    """How a transformers architecture maps to GGUF: the llama.cpp architecture and whether Q/K need permuting."""
+    """How a transformers architecture maps to GGUF.
+
+    arch: the llama.cpp architecture; permute_qk: reorder Q/K rows for llama.cpp's RoPE;
+    norm_shift: added to every `*norm.weight` (Gemma computes x * (1 + w)); extra: writes the
+    family's own hyperparameters (soft-capping, sliding window...) and refuses settings llama.cpp
+    would not reproduce.
+    """
 
     arch: gguf.MODEL_ARCH
-    permute_qk: bool
+    permute_qk: bool = False
+    norm_shift: float = 0.0
+    extra: Callable[[gguf.GGUFWriter, Any], None] | None = None
 
 
 GGUF_ARCHS: dict[str, GgufArch] = {
     "llama": GgufArch(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    "qwen2": GgufArch(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
+    "mistral": GgufArch(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # llama.cpp runs Mistral as llama
+    "qwen2": GgufArch(gguf.MODEL_ARCH.QWEN2),
+    "qwen3": GgufArch(gguf.MODEL_ARCH.QWEN3),
+    "gemma2": GgufArch(gguf.MODEL_ARCH.GEMMA2, norm_shift=1.0, extra=_gemma2_hparams),
+    "gemma3_text": GgufArch(gguf.MODEL_ARCH.GEMMA3, norm_shift=1.0, extra=_gemma3_hparams),
+    "phi3": GgufArch(gguf.MODEL_ARCH.PHI3, extra=_phi3_hparams),
 }
 
-Q = gguf.GGMLQuantizationType
-FT = gguf.LlamaFileType
-# quant name -> (tensor type of the 2-D weights, general.file_type); all have numpy quantizers in gguf.quants.
-GGUF_QUANTS: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
-    "f32": (Q.F32, FT.ALL_F32),
-    "f16": (Q.F16, FT.MOSTLY_F16),
-    "bf16": (Q.BF16, FT.MOSTLY_BF16),
-    "q8_0": (Q.Q8_0, FT.MOSTLY_Q8_0),
-    "q5_1": (Q.Q5_1, FT.MOSTLY_Q5_1),
-    "q5_0": (Q.Q5_0, FT.MOSTLY_Q5_0),
-    "q4_1": (Q.Q4_1, FT.MOSTLY_Q4_1),
-    "q4_0": (Q.Q4_0, FT.MOSTLY_Q4_0),
+
+@dataclass(frozen=True)
+class QuantMix:
+    """A GGUF quant choice: the base type of 2-D weights, the file type recorded, and llama-quantize's mix name (or None)."""
+
+    base: gguf.GGMLQuantizationType
+    file_type: gguf.LlamaFileType
+    mix: str | None = None
+
+
+# quant name -> how weights are stored. Plain types put every 2-D weight in one type; the K mixes
+# follow llama-quantize's per-tensor choices (see `tensor_type`).
+GGUF_QUANTS: dict[str, QuantMix] = {
+    "f32": QuantMix(Q.F32, FT.ALL_F32),
+    "f16": QuantMix(Q.F16, FT.MOSTLY_F16),
+    "bf16": QuantMix(Q.BF16, FT.MOSTLY_BF16),
+    "q8_0": QuantMix(Q.Q8_0, FT.MOSTLY_Q8_0),
+    "q6_k": QuantMix(Q.Q6_K, FT.MOSTLY_Q6_K, "q6_k"),
+    "q5_k_m": QuantMix(Q.Q5_K, FT.MOSTLY_Q5_K_M, "q5_k_m"),
+    "q5_k_s": QuantMix(Q.Q5_K, FT.MOSTLY_Q5_K_S, "q5_k_s"),
+    "q5_1": QuantMix(Q.Q5_1, FT.MOSTLY_Q5_1),
+    "q5_0": QuantMix(Q.Q5_0, FT.MOSTLY_Q5_0),
+    "q4_k_m": QuantMix(Q.Q4_K, FT.MOSTLY_Q4_K_M, "q4_k_m"),
+    "q4_k_s": QuantMix(Q.Q4_K, FT.MOSTLY_Q4_K_S, "q4_k_s"),
+    "q4_1": QuantMix(Q.Q4_1, FT.MOSTLY_Q4_1),
+    "q4_0": QuantMix(Q.Q4_0, FT.MOSTLY_Q4_0),
+    "q3_k_l": QuantMix(Q.Q3_K, FT.MOSTLY_Q3_K_L, "q3_k_l"),
+    "q3_k_m": QuantMix(Q.Q3_K, FT.MOSTLY_Q3_K_M, "q3_k_m"),
+    "q3_k_s": QuantMix(Q.Q3_K, FT.MOSTLY_Q3_K_S, "q3_k_s"),
+    "q2_k": QuantMix(Q.Q2_K, FT.MOSTLY_Q2_K, "q2_k"),
 }
 
 # The Split regex of a tokenizer.json pre-tokenizer -> llama.cpp's `tokenizer.ggml.pre` name.
@@ -66,13 +168,12 @@ def export_gguf(model: Any, tokenizer: Any, chat_template: str | None, out_path:
     """Write `model` + `tokenizer` + `chat_template` as one GGUF file and return its path.
 
     `out_path` is the .gguf file, or a folder to hold `model-<quant>.gguf`. `quant` is one of
-    GGUF_QUANTS (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0). `pre` overrides the detected
-    llama.cpp pre-tokenizer name (tokenizer.ggml.pre) for tokenizers this module does not know.
+    GGUF_QUANTS: plain types (f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0) or llama-quantize's
+    K mixes (q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q3_k_l, q3_k_m, q3_k_s, q2_k). `pre`
+    overrides the detected llama.cpp pre-tokenizer name (tokenizer.ggml.pre).
     """
     spec = GGUF_ARCHS[require_arch(model, tuple(GGUF_ARCHS), "gguf")]
-    if quant.lower() not in GGUF_QUANTS:
-        raise ExportError(f"quant={quant!r} is not a GGUF type this exporter writes; choose from {', '.join(GGUF_QUANTS)}")
-    qtype, ftype = GGUF_QUANTS[quant.lower()]
+    mix = quant_mix(quant)
     out_path = Path(out_path)
     if out_path.suffix != ".gguf":
         out_path = out_path / f"model-{quant.lower()}.gguf"
@@ -82,10 +183,12 @@ def export_gguf(model: Any, tokenizer: Any, chat_template: str | None, out_path:
         writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[spec.arch])
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(name or Path(str(getattr(cfg, "_name_or_path", "") or "model")).name)
-        add_hparams(writer, cfg, ftype)
+        add_hparams(writer, cfg, mix.file_type)
+        if spec.extra is not None:
+            spec.extra(writer, cfg)
         add_vocab(writer, vocab, chat_template)
-        for gguf_name, data, tensor_type in convert_tensors(model, spec, qtype):
-            writer.add_tensor(gguf_name, data, raw_dtype=tensor_type)
+        for gguf_name, data, ttype in convert_tensors(model, spec, mix):
+            writer.add_tensor(gguf_name, data, raw_dtype=ttype)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -94,11 +197,23 @@ def export_gguf(model: Any, tokenizer: Any, chat_template: str | None, out_path:
     return out_path
 
 
+def quant_mix(quant: str | QuantMix | gguf.GGMLQuantizationType) -> QuantMix:
+    """The QuantMix for a quant name (case-insensitive), or ExportError listing the names."""
+    if isinstance(quant, QuantMix):
+        return quant
+    if isinstance(quant, gguf.GGMLQuantizationType):  # one type for every 2-D weight, no mix
+        return QuantMix(quant, FT.GUESSED)
+    if str(quant).lower() not in GGUF_QUANTS:
+        raise ExportError(f"quant={quant!r} is not a GGUF type this exporter writes; choose from {', '.join(GGUF_QUANTS)}")
+    return GGUF_QUANTS[str(quant).lower()]
+
+
 def add_hparams(writer: gguf.GGUFWriter, cfg: Any, ftype: gguf.LlamaFileType) -> None:
     """Write the architecture hyperparameters llama.cpp needs (sizes, heads, RoPE, norm epsilon, file type)."""
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    rope, _ = _rope_sections(cfg)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    rotary = rope.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None)) or 1.0
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_block_count(cfg.num_hidden_layers)
@@ -107,7 +222,7 @@ def add_hparams(writer: gguf.GGUFWriter, cfg: Any, ftype: gguf.LlamaFileType) ->
     writer.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(int(head_dim * rotary))
     if head_dim != cfg.hidden_size // cfg.num_attention_heads:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
@@ -131,19 +246,82 @@ def permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tensor_type(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> gguf.GGMLQuantizationType:
-    """The type a tensor is stored in: F32 for 1-D tensors, F16 when rows do not split into quant blocks, else qtype."""
+# When a row does not split into the chosen type's blocks: llama-quantize's replacement of the same size class.
+_FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+
+
+def _use_more_bits(i: int, n: int) -> bool:
+    """llama-quantize's choice of layers that get more bits: the first and last eighth, and every third between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _mix_type(name: str, ncols: int, mix: QuantMix, n_layers: int, tied: bool, n_gqa: int) -> gguf.GGMLQuantizationType:
+    """The type llama-quantize gives tensor `name` under a K mix (before the shape fallback)."""
+    base, kind = mix.base, mix.mix
+    if name == "output.weight" or (tied and name == "token_embd.weight"):
+        return Q.Q8_0 if ncols % gguf.GGML_QUANT_SIZES[base][0] else Q.Q6_K
+    if kind == "q6_k" or not name.startswith("blk."):
+        return base
+    layer = int(name.split(".")[1])
+    if name.endswith(("attn_v.weight", "attn_qkv.weight")):
+        if kind == "q2_k":
+            return Q.Q4_K if n_gqa >= 4 else Q.Q3_K
+        if kind == "q3_k_m":
+            return Q.Q5_K if layer < 2 else Q.Q4_K
+        if kind == "q3_k_l":
+            return Q.Q5_K
+        if kind in ("q4_k_m", "q5_k_m") and _use_more_bits(layer, n_layers):
+            return Q.Q6_K
+        if kind == "q4_k_s" and layer < 4:
+            return Q.Q5_K
+    elif name.endswith("ffn_down.weight"):
+        if kind == "q2_k":
+            return Q.Q3_K
+        if kind == "q3_k_m":
+            return Q.Q5_K if layer < n_layers // 16 else Q.Q4_K
+        if kind == "q3_k_l":
+            return Q.Q5_K
+        if kind in ("q4_k_m", "q5_k_m") and _use_more_bits(layer, n_layers):
+            return Q.Q6_K
+        if kind == "q4_k_s" and layer < n_layers // 8:
+            return Q.Q5_K
+    elif name.endswith("attn_output.weight"):
+        return {"q2_k": Q.Q3_K, "q3_k_m": Q.Q4_K, "q3_k_l": Q.Q5_K}.get(kind, base)
+    return base
+
+
+def tensor_type(name: str, data: np.ndarray, quant: str | QuantMix | gguf.GGMLQuantizationType, *,
+                n_layers: int = 1, tied: bool = False, n_gqa: int = 1) -> gguf.GGMLQuantizationType:
+    """The type tensor `name` (a GGUF name) is stored in under `quant`.
+
+    1-D tensors stay F32. A K mix picks per tensor as llama-quantize does (`_mix_type`); then a
+    row that does not split into the type's blocks falls back to the same-size type with
+    32-value blocks, or F16 when even those do not fit.
+    """
     if data.ndim <= 1:
         return Q.F32
-    block, _ = gguf.GGML_QUANT_SIZES[qtype]
-    if data.shape[-1] % block:
-        return Q.F16
-    return qtype
+    mix = quant_mix(quant)
+    ncols = data.shape[-1]
+    ttype = _mix_type(name, ncols, mix, n_layers, tied, n_gqa) if mix.mix else mix.base
+    block, _ = gguf.GGML_QUANT_SIZES[ttype]
+    if ncols % block:
+        ttype = _FALLBACK.get(ttype, Q.F16)
+        if ncols % gguf.GGML_QUANT_SIZES[ttype][0]:
+            ttype = Q.F16
+    return ttype
 
 
-def convert_tensors(model: Any, spec: GgufArch, qtype: gguf.GGMLQuantizationType):
-    """Yield (gguf name, stored array, tensor type) for every weight of `model`, permuted and quantized."""
+def quantize(data: np.ndarray, ttype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """Encode a float32 array as `ttype` (K-quants here, the rest by gguf.quants)."""
+    if ttype in K_QUANTIZERS:
+        return quantize_k(data, ttype)
+    return gguf.quants.quantize(data, ttype)
+
+
+def convert_tensors(model: Any, spec: GgufArch, quant: str | QuantMix | gguf.GGMLQuantizationType):
+    """Yield (gguf name, stored array, tensor type) for every weight of `model`, converted and quantized."""
     cfg = model.config
+    mix = quant_mix(quant)
     n_head = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
     names = gguf.get_tensor_name_map(spec.arch, cfg.num_hidden_layers)
@@ -160,8 +338,10 @@ def convert_tensors(model: Any, spec: GgufArch, qtype: gguf.GGMLQuantizationType
             data = permute_rope(data, n_head)
         elif spec.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             data = permute_rope(data, n_kv)
-        ttype = tensor_type(data, qtype)
-        yield gguf_name, gguf.quants.quantize(data, ttype), ttype
+        elif spec.norm_shift and hf_name.endswith("norm.weight"):
+            data = data + spec.norm_shift
+        ttype = tensor_type(gguf_name, data, mix, n_layers=cfg.num_hidden_layers, tied=tied, n_gqa=n_head // n_kv)
+        yield gguf_name, quantize(data, ttype), ttype
 
 
 @dataclass

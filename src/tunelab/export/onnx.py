@@ -25,7 +25,7 @@ from typing import Any
 from tunelab.export.base import ExportError, require_arch
 from tunelab.utils.io import atomic_dir, atomic_write_text
 
-ONNX_ARCHS = ("llama", "qwen2")  # the ones whose export is tested against torch logits
+ONNX_ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3")
 
 
 def io_names(num_layers: int, with_past: bool) -> tuple[list[str], list[str]]:

@@ -132,9 +132,14 @@ def chat_stream(cache: ModelCache, settings: Settings, run: str, target: str, me
     yield from stream_chat(model, tok, template, messages, max_new_tokens, temperature, 1.0)
 
 
-def export_run(settings: Settings, name: str, fmt: str, out_name: str | None = None, quant: str | None = None) -> Path:
-    """Merge the run's adapter and write `fmt` under exports/ (never outside the data dir)."""
-    from tunelab.export import export
+def export_run(settings: Settings, name: str, fmt: str, out_name: str | None = None, quant: str | None = None):
+    """Write the run as `fmt` under exports/ (never outside the data dir); returns tunelab.run.Exported.
+
+    Adapters are merged first; a run that cannot merge (prefix/prompt tuning, bottleneck adapters)
+    gets base + adapter side by side for `merged` and a clear refusal for the other formats. The
+    returned label says which, so the UI never calls a base + adapter bundle "merged".
+    """
+    from tunelab.methods import NotMergeable
     from tunelab.run import Run
 
     if fmt not in EXPORT_FORMATS:
@@ -144,6 +149,8 @@ def export_run(settings: Settings, name: str, fmt: str, out_name: str | None = N
     target = inside(settings.exports / out_name, [settings.exports], "export path")
     if target.exists():
         raise StudioError(f"exports/{out_name} already exists; choose another name")
-    model, tok, template = Run(path).load_model(device="cpu", merged=True)
     options = {"quant": quant} if quant and fmt in ("gguf", "ollama") else {}
-    return export(model, tok, template, fmt, target, **options)
+    try:
+        return Run(path).export_described(fmt, target, **options)
+    except NotMergeable as e:
+        raise StudioError(str(e)) from None

@@ -488,7 +488,7 @@ $("#export-btn").addEventListener("click", async () => {
   try {
     const r = await post(`/api/runs/${encodeURIComponent($("#export-run").value)}/export`,
                          {format: $("#export-format").value, quant: $("#export-quant").value || null});
-    setMsg(msg, `written to ${r.path} (in the data dir)`, true);
+    setMsg(msg, `${r.label}: written to ${r.path} (in the data dir)`, true);
   } catch (err) { setMsg(msg, err.message); }
 });
 
