@@ -106,13 +106,15 @@ def presets() -> list[dict[str, Any]]:
 def _arch_facts(name: str, stamp: float) -> dict[str, Any]:
     """Parameters and context of a model from its config alone (a skeleton on the meta device)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from tunelab.estimate import _BUILD_LOCK, model_config
 
-    config = model_config(name)
-    with _BUILD_LOCK, torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    with _BUILD_LOCK:  # transformers' lazy imports are not thread-safe (see tunelab.estimate)
+        from transformers import AutoModelForCausalLM
+
+        config = model_config(name)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return {"params": params, "context": getattr(config, "max_position_embeddings", None),
             "layers": getattr(config, "num_hidden_layers", None), "hidden": getattr(config, "hidden_size", None),

@@ -6,6 +6,7 @@ const state = {fields: [], datasets: [], models: [], jobId: null, jobTimer: null
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
+  if (tag === "pre") el.tabIndex = 0;  // a scrollable block must be reachable from the keyboard
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") el.className = v;
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);

@@ -179,6 +179,7 @@ async function inspectChosen() {
   try { r = await api(`/api/datasets/${encodeURIComponent(d.name)}/inspect?model=${encodeURIComponent(model)}&max_length=${encodeURIComponent(getAdv("data.max_length") || 1024)}`); }
   catch (err) { box.replaceChildren(h("div", {class: "msg err"}, err.message)); return; }
   guide.p95 = r.tokens ? r.tokens.p95 : null;
+  box.dataset.name = d.name;
   const hist = h("div", {id: "g-hist"});
   box.replaceChildren(
     h("div", {class: "kv", id: "g-data-stats"},
