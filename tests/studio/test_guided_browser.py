@@ -168,6 +168,7 @@ def test_guided_flow_presets_estimate_progress_and_evidence(server, page):
     page.fill("#k-train\\.max_steps", "4")
     _until_yaml(page, "eval_every: 2")
     _until_yaml(page, "max_steps: 4")
+    page.evaluate("document.querySelector('#advanced').scrollIntoView()")
     _shot(page, "new-job-advanced", full_page=False)
 
     # The estimate warns when it will not fit, and a fix applies with one click
@@ -226,7 +227,9 @@ def test_guided_flow_presets_estimate_progress_and_evidence(server, page):
     assert page.locator("#answers-table tbody tr").count() == 3
     first = json.loads((settings.runs / "guided" / "eval").glob("identity-vs-base*.predictions.jsonl")
                        .__next__().read_text().splitlines()[0])
-    assert page.text_content("#answers-table tbody tr:first-child td.tuned") == first["prediction"]
+    pred = first["prediction"]
+    shown = pred if pred.strip() else f"(empty: {json.dumps(pred, ensure_ascii=False)})"
+    assert page.text_content("#answers-table tbody tr:first-child td.tuned") == shown
     order = page.evaluate("[...document.querySelectorAll('#run-detail h3')].map(h => h.textContent)")
     assert order[0].startswith("Base vs tuned") and order[2] == "Training curves"
     page.locator("#run-detail").scroll_into_view_if_needed()

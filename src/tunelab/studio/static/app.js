@@ -373,8 +373,8 @@ async function showJob(id) {
       h("b", {}, "CLI"), h("code", {}, j.cli)),
     j.overfitting ? h("div", {class: "banner warn", role: "alert", id: "overfit-banner"},
       h("b", {}, `Possible overfitting at step ${j.overfitting.step}: `), j.overfitting.reason,
-      " Consider the best checkpoint, fewer epochs or more data.") : null,
-    progressView(j),
+      " Consider the best checkpoint, fewer epochs or more data.") : "",
+    progressView(j) || "",
     h("p", {}, actions), charts,
     h("h3", {}, "Log"), h("pre", {class: "log", id: "job-log"}, j.log || "(no output yet)"),
     h("details", {}, h("summary", {}, j.kind === "eval" ? "eval job" : "config.yaml"), h("pre", {class: "code"}, j.yaml)));

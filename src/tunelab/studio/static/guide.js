@@ -252,6 +252,9 @@ function progressView(j) {
 }
 
 // ---------------------------------------------------------------- a run's evidence
+// An empty or whitespace-only answer is shown quoted, so "said nothing" is visible rather than a blank cell.
+const shownAnswer = t => t.trim() ? t : `(empty: ${JSON.stringify(t)})`;
+
 function evidenceView(ev) {
   if (!ev.eval) return h("div", {id: "evidence"}, h("h3", {}, "Base vs tuned"),
     h("p", {class: "hint"}, "Not evaluated yet: use Evaluate against the base model below; the result leads this page."));
@@ -262,5 +265,5 @@ function evidenceView(ev) {
       h("table", {class: "list answers", id: "answers-table"},
         h("thead", {}, h("tr", {}, ["prompt", "reference", "tuned", ev.eval.compare || "base"].map(t => h("th", {}, t)))),
         h("tbody", {}, ev.answers.map(a => h("tr", {}, h("td", {}, a.prompt), h("td", {}, a.reference),
-          h("td", {class: "tuned"}, a.tuned), h("td", {}, a.other)))))] : null);
+          h("td", {class: "tuned"}, shownAnswer(a.tuned)), h("td", {}, shownAnswer(a.other))))))] : null);
 }
