@@ -107,3 +107,23 @@ def test_run_diff_names_the_keys_that_differ(client, settings):
     assert d["rows"] == [{"key": "train.lr", "a": 2e-4, "b": 1e-3}]
     assert "-  lr: 0.0002" in d["unified"] and "+  lr: 0.001" in d["unified"]
     assert client.get("/api/runs/diff", params={"a": "a", "b": "../../etc"}).status_code in (400, 404)
+
+
+SMALL = ["model.name=tiny-llama", "data.max_samples=8", "data.max_length=64", "data.val_size=0.0", "data.eval=null",
+         "train.max_steps=1", "train.batch_size=2", "train.grad_accum=1", "train.eval_every=null", "train.report=false",
+         "train.device=cpu"]
+
+
+@pytest.mark.parametrize("pid", [p for p in guide.PRESETS if p != "qlora-24gb"])  # qlora: CUDA + bitsandbytes
+def test_preset_trains_one_step_through_the_cli(pid, tmp_path, shared_data, monkeypatch):
+    monkeypatch.chdir(REPO)  # the presets' data paths are relative to the repository root, like every example
+    out = tmp_path / pid
+    args = ["train", str(REPO / "examples" / "presets" / f"{pid}.yaml"), *SMALL, f"output_dir={out}", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["train_loss"] > 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["method"]["name"] == \
+        yaml.safe_load((REPO / "examples" / "presets" / f"{pid}.yaml").read_text())["method"]["name"]

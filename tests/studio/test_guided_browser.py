@@ -270,3 +270,6 @@ def test_guided_flow_presets_estimate_progress_and_evidence(server, page):
     page.goto(url + "/#playground")
     page.wait_for_selector("#chat-run option", state="attached")
     _axe(page, "Playground")
+    page.goto(url + "/docs")
+    page.wait_for_selector("#api h3")
+    _axe(page, "API reference")
