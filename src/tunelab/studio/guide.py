@@ -256,11 +256,27 @@ def fit_check(cfg, est: dict, n_samples: int | None, device: str, budget_gib: fl
                                 + ("" if gib <= budget else " (still over)"),
                                 "values": {"train.gradient_checkpointing": True}})
     if cfg.method.name in ("lora", "full", "freeze") and est["device"] != "cpu":
-        result["fixes"].append({"text": "QLoRA: the base in 4 bits, adapters on top (CUDA only)",
+        gib = _qlora_gib(cfg, n_samples, est["device"])
+        result["fixes"].append({"text": "QLoRA: the base in 4 bits, adapters on top (CUDA only)"
+                                + (f": {gib:.2f} GiB" + ("" if gib <= budget else " (still over)") if gib else ""),
                                 "values": {"method.name": "qlora"}})
     if not result["fixes"]:
         result["fixes"].append({"text": "a smaller model or a shorter data.max_length", "values": {}})
     return result
+
+
+def _qlora_gib(cfg, n_samples: int | None, device: str) -> float | None:
+    """The estimate with method qlora (the LoRA options kept), or None when that config does not build."""
+    from tunelab.config import ConfigError, build_config
+    from tunelab.estimate import GIB, EstimateError, estimate_run
+
+    data = cfg.model_dump(mode="json")
+    data["method"] = {"name": "qlora", **{k: v for k, v in data["method"].items()
+                                           if k in ("r", "alpha", "dropout", "target_modules")}}
+    try:
+        return estimate_run(build_config(data), n_samples, None, device)["memory"]["total_bytes"] / GIB
+    except (ConfigError, EstimateError, ValueError):
+        return None
 
 
 # ---- run vs run ----------------------------------------------------------------------------------------

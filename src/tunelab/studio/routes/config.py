@@ -47,12 +47,14 @@ def schema() -> dict:
 
 
 @router.get("/api/models")
-def models(settings: SettingsDep) -> list[dict]:
-    """Base models: aliases, and HF folders / GGUF files under the model roots, with parameters, context length,
-    layers and size on disk (read from their configs; null where unknown)."""
+def models(settings: SettingsDep, facts: bool = True) -> list[dict]:
+    """Base models: aliases, and HF folders / GGUF files under the model roots; with `facts` also parameters,
+    context length, layers and size on disk (read from their configs; null where unknown). The first facts
+    build model skeletons (seconds); `facts=false` answers at once."""
     from tunelab.studio.guide import model_facts
 
-    return [model_facts(settings, m) for m in runs.list_models(settings)]
+    listed = runs.list_models(settings)
+    return [model_facts(settings, m) for m in listed] if facts else listed
 
 
 @router.post("/api/config/validate")

@@ -216,12 +216,13 @@ function showMethodFields() {
 
 async function refreshFormLists() {
   if (!state.fields.length) await buildForm();
-  const [models, datasets] = await Promise.all([api("/api/models"), api("/api/datasets")]);
+  const [models, datasets] = await Promise.all([api("/api/models?facts=false"), api("/api/datasets")]);
   $("#models-list").replaceChildren(...models.map(m => h("option", {value: m.name}, m.kind)));
   state.datasets = datasets;
   $("#datasets-list").replaceChildren(...datasets.map(d => h("option", {value: d.path})));
   fillGuidedLists(models, datasets);
   scheduleValidate();
+  api("/api/models").then(withFacts => fillGuidedLists(withFacts, state.datasets));  // sizes, params, context
 }
 
 function formValues() {

@@ -70,7 +70,8 @@ function chooseTask(id) {
 function fillGuidedLists(models, datasets) {
   guide.models = models;
   const cur = getAdv("model.name");
-  const opts = models.map(m => h("option", {value: m.name}, `${m.name} (${humanCount(m.params)} params${m.tiny ? ", test model" : ""})`));
+  const opts = models.map(m => h("option", {value: m.name}, "params" in m
+    ? `${m.name} (${humanCount(m.params)} params${m.tiny ? ", test model" : ""})` : `${m.name} (${m.kind})`));
   if (cur && !models.some(m => m.name === cur)) opts.push(h("option", {value: cur}, cur));
   $("#g-model").replaceChildren(...opts);
   const dcur = getAdv("data.train");
@@ -92,7 +93,7 @@ function syncGuided() {
     $("#g-model").value = model;
   }
   const m = guide.models.find(x => x.name === model);
-  $("#model-facts").textContent = m ? [`${humanCount(m.params)} parameters`, m.context ? `context ${m.context.toLocaleString()} tokens` : "",
+  $("#model-facts").textContent = m && !("params" in m) ? "reading the model's config..." : m ? [`${humanCount(m.params)} parameters`, m.context ? `context ${m.context.toLocaleString()} tokens` : "",
     m.layers ? `${m.layers} layers` : "", m.disk_bytes ? `${humanBytes(m.disk_bytes)} on disk` : "", m.kind].filter(Boolean).join(" · ")
     : "a model under a model root or a run folder";
   const stage = getAdv("stage");
