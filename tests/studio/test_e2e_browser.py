@@ -151,7 +151,7 @@ def test_upload_train_watch_chat_in_the_browser(server, page, shared_data, tmp_p
     assert "done: 3 steps" in page.text_content("#job-log")
     summary = json.loads((settings.runs / "browser-run" / "summary.json").read_text())
     assert summary["steps"] == 3
-    _shot(page, "jobs")
+    _shot(page, "jobs-schema-run")
 
     # Clone and edit: the form comes back filled with the job's config under a new name
     page.click("text=Clone and edit")

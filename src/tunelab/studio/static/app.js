@@ -286,9 +286,12 @@ function showProblems(err) {
   }
 }
 
+let validateSeq = 0, estimateSeq = 0;  // under load answers can arrive out of order: only the newest is shown
 async function validateForm() {
+  const seq = ++validateSeq;
   try {
     const r = await post("/api/config/validate", {name: $("#job-name").value, values: formValues()});
+    if (seq !== validateSeq) return true;
     showProblems(null);
     $("#yaml-preview").textContent = r.yaml;
     $("#cli-preview").textContent = `# save the YAML above as ${$("#job-name").value}.yaml in the data dir, then:\n${r.cli}`;
@@ -296,6 +299,7 @@ async function validateForm() {
     showEstimate();
     return true;
   } catch (err) {
+    if (seq !== validateSeq) return false;
     showProblems(err);
     setMsg($("#form-status"), "fix the marked fields first");
     $("#yaml-preview").textContent = "(fix the problems first)";
@@ -307,13 +311,16 @@ async function validateForm() {
 
 async function showEstimate() {
   $("#estimate-preview").textContent = "estimating...";
+  const seq = ++estimateSeq;
   try {
     const mem = $("#estimate-memory").value;
     const r = await post("/api/estimate", {name: $("#job-name").value, values: formValues(),
                                            device: $("#estimate-device").value, memory_gib: mem ? +mem : null});
+    if (seq !== estimateSeq) return;
     $("#estimate-preview").textContent = r.text;
     showFit(r.fit);
   } catch (err) {
+    if (seq !== estimateSeq) return;
     $("#estimate-preview").textContent = (err.body && err.body.error) || err.message;
     $("#estimate-fit").replaceChildren();
   }

@@ -145,9 +145,11 @@ async function recommend(apply, force) {
   const params = new URLSearchParams({model: getAdv("model.name") || "", method: getAdv("method.name") || "lora",
     stage: getAdv("stage") || "sft", device: getAdv("train.device") || "auto"});
   if (guide.p95) params.set("p95_tokens", guide.p95);
+  const seq = guide.recSeq = (guide.recSeq || 0) + 1;  // a slower, older answer must not overwrite a newer one
   let r;
   try { r = await api("/api/recommend?" + params); }
-  catch (err) { $("#recommend-msg").textContent = err.message; return; }
+  catch (err) { if (seq === guide.recSeq) $("#recommend-msg").textContent = err.message; return; }
+  if (seq !== guide.recSeq) return;
   guide.rec = r.values;
   for (const key of guide.keys) {
     const rec = r.values[key], span = document.getElementById("rec-" + key);
@@ -173,12 +175,14 @@ async function inspectChosen() {
   const path = getAdv("data.train");
   const box = $("#data-summary");
   const d = (state.datasets || []).find(x => x.path === path);
-  if (!d) { box.replaceChildren(h("p", {class: "hint"}, path ? `${path} is not a library file` : "No dataset chosen yet.")); guide.p95 = null; return; }
+  if (!d) { guide.inspectSeq = (guide.inspectSeq || 0) + 1; box.replaceChildren(h("p", {class: "hint"}, path ? `${path} is not a library file` : "No dataset chosen yet.")); guide.p95 = null; return; }
   box.replaceChildren(h("p", {class: "hint"}, `inspecting ${d.name}...`));
   const model = getAdv("model.name") || "tiny-llama";
+  const seq = guide.inspectSeq = (guide.inspectSeq || 0) + 1;  // only the newest request may draw
   let r;
   try { r = await api(`/api/datasets/${encodeURIComponent(d.name)}/inspect?model=${encodeURIComponent(model)}&max_length=${encodeURIComponent(getAdv("data.max_length") || 1024)}`); }
-  catch (err) { box.replaceChildren(h("div", {class: "msg err"}, err.message)); return; }
+  catch (err) { if (seq === guide.inspectSeq) box.replaceChildren(h("div", {class: "msg err"}, err.message)); return; }
+  if (seq !== guide.inspectSeq) return;
   guide.p95 = r.tokens ? r.tokens.p95 : null;
   box.dataset.name = d.name;
   const hist = h("div", {id: "g-hist"});
