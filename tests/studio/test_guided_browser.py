@@ -275,3 +275,15 @@ def test_guided_flow_presets_estimate_progress_and_evidence(server, page):
     page.goto(url + "/docs")
     page.wait_for_selector("#api h3")
     _axe(page, "API reference")
+
+    # The overfitting banner: the finished run's metrics gain evaluations whose loss rises while training
+    # loss falls (written here, after every screenshot); the job page shows tunelab.tracking.overfit's mark
+    rows = [{"step": s, "loss": 10.0 - 0.2 * (s - 4)} for s in range(5, 11)]
+    rows += [{"step": 6, "eval_loss": 10.9}, {"step": 8, "eval_loss": 11.0}, {"step": 10, "eval_loss": 11.1}]
+    with (settings.runs / "guided" / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in sorted(rows, key=lambda r: r["step"]))
+    page.goto(url + "/#jobs")
+    page.click("#job-table button.link >> text='guided'")
+    page.wait_for_selector("#overfit-banner")
+    assert page.text_content("#overfit-banner").startswith("Possible overfitting at step 8")
+    assert page.get_attribute("#overfit-banner", "role") == "alert"
