@@ -226,7 +226,7 @@ def fit_check(cfg, est: dict, n_samples: int | None, device: str, budget_gib: fl
     """
     from tunelab.estimate import GIB, estimate_run
 
-    kind, detected = device_memory_gib(est["device"] if device == "auto" else device)
+    _, detected = device_memory_gib(est["device"] if device == "auto" else device)
     budget = float(budget_gib) if budget_gib else detected
     need = est["memory"]["total_bytes"] / GIB
     result: dict[str, Any] = {"budget_gib": round(budget, 2), "need_gib": round(need, 3), "fits": need <= budget,

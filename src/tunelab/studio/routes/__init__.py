@@ -16,7 +16,16 @@ Routes get what they share (settings, job store, runner, model cache) through th
 `deps`, which read them from `app.state`; nothing is captured in a closure.
 """
 
-from tunelab.studio.routes import config, datasets, export, guide, jobs, pages, playground, runs
+from tunelab.studio.routes import (
+    config,
+    datasets,
+    export,
+    guide,
+    jobs,
+    pages,
+    playground,
+    runs,
+)
 
 ROUTERS = (datasets.router, config.router, guide.router, jobs.router, runs.router, export.router, playground.router,
            pages.router)
