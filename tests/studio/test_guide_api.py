@@ -127,3 +127,14 @@ def test_preset_trains_one_step_through_the_cli(pid, tmp_path, shared_data, monk
     assert summary["steps"] == 1 and summary["train_loss"] > 0
     assert yaml.safe_load((out / "config.yaml").read_text())["method"]["name"] == \
         yaml.safe_load((REPO / "examples" / "presets" / f"{pid}.yaml").read_text())["method"]["name"]
+
+
+def test_model_facts_of_a_folder_under_a_model_root(client, settings):
+    from tunelab.models.tiny import tiny_config
+
+    tiny_config("tiny-llama").save_pretrained(settings.model_roots[0] / "my-model")
+    models = {m["name"]: m for m in client.get("/api/models").json()}
+    mine = next(m for name, m in models.items() if name.endswith("my-model"))
+    assert mine["kind"] == "hf_dir" and mine["params"] == models["tiny-llama"]["params"] == 3219776
+    assert mine["context"] == 2048 and mine["disk_bytes"] > 0
+    assert [m["name"] for m in client.get("/api/models", params={"facts": False}).json()] == list(models)

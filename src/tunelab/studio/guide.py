@@ -149,7 +149,8 @@ def model_facts(settings: Settings, entry: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {"params": None, "context": None, "layers": None, "hidden": None, "architecture": None}
     try:
         stamp = path.stat().st_mtime if path is not None and path.exists() else 0.0
-        facts = _arch_facts(name, stamp)
+        # a folder under a model root is read by its absolute path: the studio's cwd need not be the data dir
+        facts = _arch_facts(str(path) if entry["kind"] != "alias" and path is not None else name, stamp)
     except (EstimateError, OSError, ValueError, KeyError) as e:
         facts = {**facts, "problem": str(e)}
     return {**entry, **facts, "disk_bytes": _disk_bytes(path), "tiny": name in TINY_MODELS}
