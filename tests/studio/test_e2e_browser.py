@@ -63,6 +63,11 @@ def page():
         assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+def _open_advanced(page) -> None:
+    """Unfold the New-job form's Advanced section and all its groups (folded by default)."""
+    page.evaluate("document.querySelectorAll('#advanced, #form-fields details').forEach(d => d.open = true)")
+
+
 def _shot(page, name: str, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
@@ -110,7 +115,7 @@ def test_upload_train_watch_chat_in_the_browser(server, page, shared_data, tmp_p
     page.locator("#column-map").scroll_into_view_if_needed()
     _shot(page, "datasets-columns")
     # train on it: the New-job form gets the saved mapping as data.columns
-    page.click("#dataset-table tbody tr[data-name='odd_columns.csv'] button")
+    page.click("#dataset-table tbody tr[data-name='odd_columns.csv'] button.secondary")
     page.wait_for_function("document.getElementById('f-data.train')?.value === 'datasets/odd_columns.csv'")
     assert json.loads(page.input_value("#f-data\\.columns")) == mapping
     page.wait_for_function("document.querySelector('#yaml-preview').textContent.includes('Question Text')")
@@ -118,8 +123,9 @@ def test_upload_train_watch_chat_in_the_browser(server, page, shared_data, tmp_p
     page.wait_for_selector("#dataset-table tbody tr[data-name='identity.json']")
 
     # New job: the form is generated from the schema; a bad value shows the CLI's error next to the field
-    page.click("#dataset-table tbody tr[data-name='identity.json'] button")
-    page.wait_for_selector("#f-data\\.train")
+    page.click("#dataset-table tbody tr[data-name='identity.json'] button.secondary")
+    page.wait_for_selector("#f-data\\.train", state="attached")
+    _open_advanced(page)
     assert page.input_value("#f-data\\.train") == "datasets/identity.json"
     page.fill("#job-name", "browser-run")
     page.fill("#f-model\\.name", "tiny-llama")
@@ -127,7 +133,7 @@ def test_upload_train_watch_chat_in_the_browser(server, page, shared_data, tmp_p
     page.wait_for_selector("#row-f-method\\.r\\@lora.bad", timeout=10000)
     assert "method.r: input should be greater than 0 (got 0)" in page.text_content("#row-f-method\\.r\\@lora .ferr")
     page.locator("#row-f-method\\.r\\@lora").scroll_into_view_if_needed()
-    _shot(page, "new-job-error", full_page=False)
+    _shot(page, "new-job-error-advanced", full_page=False)
     page.fill("#f-method\\.r\\@lora", "8")
     page.fill("#f-train\\.max_steps", "3")
     page.fill("#f-train\\.batch_size", "2")
@@ -135,7 +141,7 @@ def test_upload_train_watch_chat_in_the_browser(server, page, shared_data, tmp_p
     page.wait_for_function("document.querySelector('#yaml-preview').textContent.includes('max_steps: 3')")
     assert page.locator("label.field.bad").count() == 0
     assert "tunelab train browser-run.yaml" in page.text_content("#cli-preview")
-    _shot(page, "new-job", full_page=False)
+    _shot(page, "new-job-schema-form", full_page=False)
 
     # Jobs: start it and watch it finish with live charts and log
     page.click("#start-btn")
@@ -145,11 +151,12 @@ def test_upload_train_watch_chat_in_the_browser(server, page, shared_data, tmp_p
     assert "done: 3 steps" in page.text_content("#job-log")
     summary = json.loads((settings.runs / "browser-run" / "summary.json").read_text())
     assert summary["steps"] == 3
-    _shot(page, "jobs")
+    _shot(page, "jobs-schema-run")
 
     # Clone and edit: the form comes back filled with the job's config under a new name
     page.click("text=Clone and edit")
     page.wait_for_function("document.querySelector('#job-name').value === 'browser-run-copy'")
+    _open_advanced(page)
     assert page.input_value("#f-train\\.max_steps") == "3"
     assert page.input_value("#f-method\\.r\\@lora") == "8"
     page.wait_for_function("document.querySelector('#yaml-preview').textContent.includes('runs/browser-run-copy')")

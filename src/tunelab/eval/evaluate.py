@@ -11,6 +11,7 @@ import contextlib
 import gc
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -149,6 +150,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "other"
 
 
+def _phase(text: str) -> None:
+    """One progress line on stderr per scoring pass, so a long evaluation is never silent."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence[str] = DEFAULT_METRICS,
                  max_new_tokens: int = 64,
                  batch_size: int = 8, limit: int | None = None, device: str = "auto", *, mc: str | None = None,
@@ -199,6 +205,8 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
             settings["tasks"] = files
             data = list(files.values())
             stem = "+".join(files)
+    phases = 2 if compare else 1
+    _phase(f"eval 1/{phases}: scoring the run on {stem}")  # the studio shows these lines as progress
     model, tok, template = run.load_model(device=device)
     results, rows = scorer(model, tok, template)
     del model
@@ -206,6 +214,7 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
     record: dict[str, Any] = {"data": source, "metrics": results, "settings": settings,
                               "n": results["n"]}
     if compare:
+        _phase(f"eval 2/2: scoring {compare} on {stem}")
         name, (other, other_tok, other_template) = load_other(run, compare, device)
         other_results, other_rows = scorer(other, other_tok, other_template)
         del other

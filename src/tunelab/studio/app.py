@@ -80,6 +80,16 @@ def _auth(app: FastAPI, token: str | None) -> None:
         return response
 
 
+def _resolve_lazy_imports() -> None:
+    """Resolve transformers' lazily imported classes once, before requests run in the thread pool.
+
+    transformers resolves `from transformers import AutoTokenizer` on first use, and two threads doing
+    that at once can fail with ImportError; the New-job page inspects a dataset (tokenizer), reads model
+    facts and estimates (model skeletons) at the same time, so the names are resolved here first.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+
 def create_app(settings: Settings, start_worker: bool = True) -> FastAPI:
     """Build the app over one data dir; `start_worker=False` leaves the job queue unwatched (tests drive it).
 
@@ -91,6 +101,7 @@ def create_app(settings: Settings, start_worker: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        _resolve_lazy_imports()
         if start_worker:
             runner.start()
         else:

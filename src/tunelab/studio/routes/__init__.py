@@ -4,6 +4,8 @@
     config      /api/schema, /api/models,     the New-job form: fields, base models, validation,
                 /api/config/validate,         memory/time estimate
                 /api/estimate
+    guide       /api/presets, /api/guide,     the guided flow: presets, tasks, method trade-offs,
+                /api/recommend, /api/runs/diff recommended settings; two runs' config diff
     jobs        /api/jobs...                  queue, list, watch, cancel, resume
     runs        /api/runs...                  run list, metrics, evals (tables, compare, eval against base), report
     export      /api/runs/{name}/export       merged / GGUF / Ollama
@@ -14,9 +16,18 @@ Routes get what they share (settings, job store, runner, model cache) through th
 `deps`, which read them from `app.state`; nothing is captured in a closure.
 """
 
-from tunelab.studio.routes import config, datasets, export, jobs, pages, playground, runs
+from tunelab.studio.routes import (
+    config,
+    datasets,
+    export,
+    guide,
+    jobs,
+    pages,
+    playground,
+    runs,
+)
 
-ROUTERS = (datasets.router, config.router, jobs.router, runs.router, export.router, playground.router,
+ROUTERS = (datasets.router, config.router, guide.router, jobs.router, runs.router, export.router, playground.router,
            pages.router)
 """Every router, in the order the API (and /openapi.json) lists them."""
 

@@ -26,6 +26,8 @@ class ConfigBody(BaseModel):
 
 class EstimateBody(ConfigBody):
     device: str = Field("auto", description="Device kind for the time estimate: auto, cpu, cuda or h100.")
+    memory_gib: float | None = Field(None, gt=0, le=4096, description="Memory to fit in (GiB); null = the device's "
+                                     "own (this machine's GPU or RAM; 24 for cuda, 80 for h100 when absent).")
 
 
 def config_data(body: ConfigBody, name: str) -> dict:
@@ -45,9 +47,14 @@ def schema() -> dict:
 
 
 @router.get("/api/models")
-def models(settings: SettingsDep) -> list[dict]:
-    """Base models: aliases, and HF folders / GGUF files under the model roots."""
-    return runs.list_models(settings)
+def models(settings: SettingsDep, facts: bool = True) -> list[dict]:
+    """Base models: aliases, and HF folders / GGUF files under the model roots; with `facts` also parameters,
+    context length, layers and size on disk (read from their configs; null where unknown). The first facts
+    build model skeletons (seconds); `facts=false` answers at once."""
+    from tunelab.studio.guide import model_facts
+
+    listed = runs.list_models(settings)
+    return [model_facts(settings, m) for m in listed] if facts else listed
 
 
 @router.post("/api/config/validate")
@@ -61,14 +68,17 @@ def validate(body: ConfigBody, settings: SettingsDep) -> dict:
 
 @router.post("/api/estimate")
 def estimate(body: EstimateBody, settings: SettingsDep) -> dict:
-    """Memory and time of a config before it starts (same body as validate; 422 with the same problems)."""
+    """Memory and time of a config before it starts (same body as validate; 422 with the same problems), and
+    `fit`: whether it fits the memory budget, with fixes (form values) that make it fit when it does not."""
     from tunelab.estimate import EstimateError, estimate_run, format_estimate
+    from tunelab.studio.guide import fit_check
 
     name = job_name(body.name)
     cfg = forms.check_config(config_data(body, name), settings)
     n_samples = forms.count_train_samples(cfg, settings)
     try:
         est = estimate_run(cfg, n_samples, None, body.device)
+        fit = fit_check(cfg, est, n_samples, body.device, body.memory_gib)
     except EstimateError as e:
         raise StudioError(str(e)) from None
-    return {**est, "text": format_estimate(est)}
+    return {**est, "text": format_estimate(est), "fit": fit}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 
-from tunelab.studio import evals, forms
+from tunelab.studio import evals, forms, watch
 from tunelab.studio.jobs import last_checkpoint
 from tunelab.studio.paths import NotFound, Settings, job_name
 from tunelab.studio.routes.config import ConfigBody, config_data
@@ -71,7 +71,8 @@ def list_jobs(settings: SettingsDep, store: StoreDep) -> list[dict]:
 
 @router.get("/api/jobs/{job_id}")
 def get_job(job_id: int, settings: SettingsDep, store: StoreDep, runner: RunnerDep) -> dict:
-    """A job with its log tail and metrics so far."""
+    """A job with its log tail and metrics so far; `progress` (step, ETA, tokens/s, memory, fast paths, phase)
+    and, for training, `overfitting` (the first mark, or null)."""
     job = _job(store, job_id)
     view = job_view(settings, job)
     view["log"] = runner.log_tail(job_id)
@@ -83,8 +84,11 @@ def get_job(job_id: int, settings: SettingsDep, store: StoreDep, runner: RunnerD
         result = (job["message"] or "").removeprefix("done: eval/") if job["status"] == "completed" else ""
         view["eval"] = evals.read_eval(run_dir / "eval" / result) \
             if result.endswith(".json") and (run_dir / "eval" / result).is_file() else None
+        view["progress"] = watch.eval_progress(view["log"], job["status"])
     else:
         view["metrics"] = read_metrics(run_dir) if run_dir.is_dir() else []
+        view["progress"] = watch.train_progress(view["log"], view["metrics"], job["status"])
+        view["overfitting"] = watch.overfitting(view["metrics"])
     return view
 
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from tunelab.studio import evals, runs
+from tunelab.studio import evals, runs, watch
 from tunelab.studio.routes.deps import RunnerDep, SettingsDep, StoreDep
 from tunelab.studio.routes.jobs import job_view
 
@@ -42,6 +42,12 @@ def compare_runs(a: str, b: str, settings: SettingsDep) -> dict:
 def run_evals(name: str, settings: SettingsDep) -> list[dict]:
     """Every RUN/eval/*.json: dataset, n, metrics, and per metric the base value and delta when compared."""
     return evals.run_evals(runs.run_path(settings, name))
+
+
+@router.get("/api/runs/{name}/evidence")
+def run_evidence(name: str, settings: SettingsDep) -> dict:
+    """The newest evaluation against the base (metrics with deltas) and a few answers side by side."""
+    return watch.evidence(runs.run_path(settings, name))
 
 
 @router.post("/api/runs/{name}/eval")

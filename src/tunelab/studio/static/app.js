@@ -6,6 +6,7 @@ const state = {fields: [], datasets: [], models: [], jobId: null, jobTimer: null
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
+  if (tag === "pre") el.tabIndex = 0;  // a scrollable block must be reachable from the keyboard
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") el.className = v;
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
@@ -29,7 +30,10 @@ function setMsg(el, text, ok) { el.textContent = text; el.className = "msg " + (
 // ---------------------------------------------------------------- tabs
 function showTab(name) {
   document.querySelectorAll(".tab").forEach(t => t.classList.toggle("active", t.id === "tab-" + name));
-  document.querySelectorAll("nav a").forEach(a => a.classList.toggle("active", a.dataset.tab === name));
+  document.querySelectorAll("nav a").forEach(a => {
+    a.classList.toggle("active", a.dataset.tab === name);
+    if (a.dataset.tab === name) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  });
   ({datasets: loadDatasets, jobs: loadJobs, runs: loadRuns, playground: loadRunsForChat, new: refreshFormLists})[name]?.();
 }
 window.addEventListener("hashchange", () => showTab(location.hash.slice(1) || "datasets"));
@@ -40,8 +44,9 @@ async function loadDatasets() {
   const body = $("#dataset-table tbody");
   body.replaceChildren(...state.datasets.map(d => h("tr", {class: d.name === state.dataset ? "sel" : "",
       "data-name": d.name, onclick: () => inspectDataset(d.name)},
-    h("td", {}, d.name), h("td", {}, (d.bytes / 1024).toFixed(1) + " KB"),
-    h("td", {}, h("button", {class: "secondary", onclick: e => { e.stopPropagation(); useDataset(d.path); }}, "train on")))));
+    h("td", {}, h("button", {type: "button", class: "link", onclick: e => { e.stopPropagation(); inspectDataset(d.name); }}, d.name)),
+    h("td", {}, (d.bytes / 1024).toFixed(1) + " KB"),
+    h("td", {}, h("button", {class: "secondary", "aria-label": `train on ${d.name}`, onclick: e => { e.stopPropagation(); useDataset(d.path); }}, "train on")))));
 }
 
 $("#upload-form").addEventListener("submit", async e => {
@@ -153,6 +158,7 @@ function useDataset(path) {
   if (input) {
     input.value = path;
     document.getElementById("f-data.columns").value = columnsOf(path);
+    syncGuided();
     scheduleValidate();
   }
 }
@@ -180,9 +186,10 @@ async function buildForm() {
   const root = $("#form-fields");
   root.replaceChildren(h("datalist", {id: "models-list"}), h("datalist", {id: "datasets-list"}));
   for (const [name, fields] of Object.entries(sections)) {
-    const det = h("details", {class: "section", open: MAIN.includes(name), id: "sec-" + name}, h("summary", {}, name));
+    const det = h("details", {class: "section", id: "sec-" + name}, h("summary", {}, name));
     for (const f of fields) {
-      det.append(h("label", {class: "field", id: "row-" + fieldId(f), "data-method": f.method || ""},
+      det.append(h("label", {class: "field", id: "row-" + fieldId(f), "data-method": f.method || "",
+                             "data-search": `${f.key} ${f.help}`.toLowerCase()},
         h("span", {class: "key", title: f.type}, f.key + (f.required ? " *" : "")), fieldInput(f),
         h("span", {class: "help"}, `${f.help} (${f.type}${f.default !== "" ? ", default " + f.default : ""})`),
         h("span", {class: "ferr"})));
@@ -194,8 +201,8 @@ async function buildForm() {
     const cols = columnsOf(e.target.value);
     if (cols) document.getElementById("f-data.columns").value = cols;
   });
-  root.addEventListener("input", scheduleValidate);
-  root.addEventListener("change", scheduleValidate);
+  root.addEventListener("input", () => { syncGuided(); scheduleValidate(); });
+  root.addEventListener("change", () => { syncGuided(); scheduleValidate(); });
   $("#job-name").addEventListener("input", scheduleValidate);
   showMethodFields();
 }
@@ -209,11 +216,13 @@ function showMethodFields() {
 
 async function refreshFormLists() {
   if (!state.fields.length) await buildForm();
-  const [models, datasets] = await Promise.all([api("/api/models"), api("/api/datasets")]);
+  const [models, datasets] = await Promise.all([api("/api/models?facts=false"), api("/api/datasets")]);
   $("#models-list").replaceChildren(...models.map(m => h("option", {value: m.name}, m.kind)));
   state.datasets = datasets;
   $("#datasets-list").replaceChildren(...datasets.map(d => h("option", {value: d.path})));
+  fillGuidedLists(models, datasets);
   scheduleValidate();
+  api("/api/models").then(withFacts => fillGuidedLists(withFacts, state.datasets));  // sizes, params, context
 }
 
 function formValues() {
@@ -250,6 +259,7 @@ function setFormFromConfig(config, name) {
   }
   $("#job-name").value = name;
   showMethodFields();
+  syncGuided();
   scheduleValidate();
 }
 
@@ -258,6 +268,7 @@ function scheduleValidate() { clearTimeout(validateTimer); validateTimer = setTi
 
 function showProblems(err) {
   document.querySelectorAll("label.field").forEach(l => { l.classList.remove("bad"); const e = l.querySelector(".ferr"); if (e) e.textContent = ""; });
+  document.querySelectorAll("[aria-invalid]").forEach(el => el.removeAttribute("aria-invalid"));
   $("#form-problems").textContent = "";
   if (!err) return;
   const fields = (err.body && err.body.fields) || {"": [err.message]};
@@ -265,21 +276,32 @@ function showProblems(err) {
   for (const [key, lines] of Object.entries(fields)) {
     const f = state.fields.find(x => x.key === key && (!x.method || x.method === method));
     const row = f && document.getElementById("row-" + fieldId(f));
-    if (row) { row.classList.add("bad"); row.querySelector(".ferr").textContent = lines.join("\n"); row.closest("details").open = true; }
-    else $("#form-problems").textContent += lines.join("\n") + "\n";
+    const shown = markGuided(key, lines);  // the guided control of that key, when the flow shows one
+    if (row) {
+      row.classList.add("bad"); row.querySelector(".ferr").textContent = lines.join("\n");
+      row.querySelector("input, select")?.setAttribute("aria-invalid", "true");
+      if (!shown) { row.closest("details").open = true; $("#advanced").open = true; }
+    }
+    if (!row && !shown) $("#form-problems").textContent += lines.join("\n") + "\n";
   }
 }
 
+let validateSeq = 0, estimateSeq = 0;  // under load answers can arrive out of order: only the newest is shown
 async function validateForm() {
+  const seq = ++validateSeq;
   try {
     const r = await post("/api/config/validate", {name: $("#job-name").value, values: formValues()});
+    if (seq !== validateSeq) return true;
     showProblems(null);
     $("#yaml-preview").textContent = r.yaml;
     $("#cli-preview").textContent = `# save the YAML above as ${$("#job-name").value}.yaml in the data dir, then:\n${r.cli}`;
+    setMsg($("#form-status"), "configuration is valid", true);
     showEstimate();
     return true;
   } catch (err) {
+    if (seq !== validateSeq) return false;
     showProblems(err);
+    setMsg($("#form-status"), "fix the marked fields first");
     $("#yaml-preview").textContent = "(fix the problems first)";
     $("#cli-preview").textContent = (err.body && err.body.error) || err.message;
     $("#estimate-preview").textContent = "";
@@ -289,23 +311,33 @@ async function validateForm() {
 
 async function showEstimate() {
   $("#estimate-preview").textContent = "estimating...";
+  const seq = ++estimateSeq;
   try {
-    const r = await post("/api/estimate", {name: $("#job-name").value, values: formValues(), device: $("#estimate-device").value});
+    const mem = $("#estimate-memory").value;
+    const r = await post("/api/estimate", {name: $("#job-name").value, values: formValues(),
+                                           device: $("#estimate-device").value, memory_gib: mem ? +mem : null});
+    if (seq !== estimateSeq) return;
     $("#estimate-preview").textContent = r.text;
+    showFit(r.fit);
   } catch (err) {
+    if (seq !== estimateSeq) return;
     $("#estimate-preview").textContent = (err.body && err.body.error) || err.message;
+    $("#estimate-fit").replaceChildren();
   }
 }
 $("#estimate-device").addEventListener("change", showEstimate);
+$("#estimate-memory").addEventListener("change", showEstimate);
 
 $("#validate-btn").addEventListener("click", validateForm);
 $("#job-form").addEventListener("submit", async e => {
   e.preventDefault();
+  setMsg($("#form-status"), "queueing...", true);
   try {
     const job = await post("/api/jobs", {name: $("#job-name").value, values: formValues()});
     state.jobId = job.id;
+    setMsg($("#form-status"), `queued as job #${job.id}`, true);
     location.hash = "#jobs";
-  } catch (err) { showProblems(err); }
+  } catch (err) { showProblems(err); setMsg($("#form-status"), err.message); }
 });
 
 // ---------------------------------------------------------------- jobs
@@ -313,7 +345,8 @@ async function loadJobs() {
   const jobs = await api("/api/jobs");
   $("#job-table tbody").replaceChildren(...jobs.map(j => h("tr", {class: j.id === state.jobId ? "sel" : "",
       "data-id": j.id, onclick: () => { state.jobId = j.id; loadJobs(); }},
-    h("td", {}, j.id), h("td", {}, j.name), h("td", {}, j.kind),
+    h("td", {}, j.id), h("td", {}, h("button", {type: "button", class: "link",
+      onclick: e => { e.stopPropagation(); state.jobId = j.id; loadJobs(); }}, j.name)), h("td", {}, j.kind),
     h("td", {}, h("span", {class: "status " + j.status}, j.status)))));
   if (state.jobId === null && jobs.length) state.jobId = jobs[0].id;
   if (state.jobId !== null) showJob(state.jobId);
@@ -338,13 +371,18 @@ async function showJob(id) {
   if (j.status === "completed" && j.kind === "train")
     actions.push(h("button", {class: "secondary", onclick: () => { state.chatRun = j.run; location.hash = "#playground"; }}, "Chat"));
   const charts = j.kind === "eval" ? (j.eval ? evalTable([j.eval], "job-eval-table") : h("div", {}))
-    : h("div", {class: "charts"}, h("div", {id: "chart-loss"}), h("div", {id: "chart-lr"}), h("div", {id: "chart-tps"}));
+    : h("div", {class: "charts"}, h("div", {id: "chart-loss"}), h("div", {id: "chart-lr"}), h("div", {id: "chart-tps"}),
+        h("div", {id: "chart-mem"}));
   box.replaceChildren(
     h("h2", {}, `#${j.id} ${j.name} `, h("span", {class: "status " + j.status, id: "job-status"}, j.status)),
     h("div", {class: "kv"}, h("b", {}, "run folder"), h("span", {}, j.run_dir),
       h("b", {}, "message"), h("span", {id: "job-message"}, j.message || ""),
       h("b", {}, "checkpoint"), h("span", {}, j.checkpoint || "none"),
       h("b", {}, "CLI"), h("code", {}, j.cli)),
+    j.overfitting ? h("div", {class: "banner warn", role: "alert", id: "overfit-banner"},
+      h("b", {}, `Possible overfitting at step ${j.overfitting.step}: `), j.overfitting.reason,
+      " Consider the best checkpoint, fewer epochs or more data.") : "",
+    progressView(j) || "",
     h("p", {}, actions), charts,
     h("h3", {}, "Log"), h("pre", {class: "log", id: "job-log"}, j.log || "(no output yet)"),
     h("details", {}, h("summary", {}, j.kind === "eval" ? "eval job" : "config.yaml"), h("pre", {class: "code"}, j.yaml)));
@@ -357,6 +395,7 @@ async function showJob(id) {
   lineChart($("#chart-loss"), [{name: "train", points: seriesOf(m, "loss")}, {name: "eval", points: seriesOf(m, "eval_loss", true)}], {title: "loss"});
   lineChart($("#chart-lr"), [{name: "lr", points: seriesOf(m, "lr")}], {title: "learning rate"});
   lineChart($("#chart-tps"), [{name: "tokens/s", points: seriesOf(m, "tokens_per_s")}], {title: "throughput (tokens/s)"});
+  lineChart($("#chart-mem"), [{name: "GPU GiB", points: seriesOf(m, "mem_gib")}], {title: "GPU memory (peak GiB; CPU runs show RSS above)"});
   const log = $("#job-log"); log.scrollTop = log.scrollHeight;
   if (["queued", "running", "cancelling"].includes(j.status) && location.hash === "#jobs")
     state.jobTimer = setTimeout(loadJobs, 1500);
@@ -366,11 +405,13 @@ async function showJob(id) {
 async function loadRuns() {
   const rows = await api("/api/runs");
   $("#run-table tbody").replaceChildren(...rows.map(r => h("tr", {"data-name": r.name, class: r.name === state.run ? "sel" : "",
-      onclick: e => { if (!e.target.closest("input, a")) showRun(r.name); }},
-    h("td", {}, h("input", {type: "checkbox", class: "cmp", value: r.name})), h("td", {}, r.name),
+      onclick: e => { if (!e.target.closest("input, a, button")) showRun(r.name); }},
+    h("td", {}, h("input", {type: "checkbox", class: "cmp", value: r.name, "aria-label": `compare ${r.name}`})),
+    h("td", {}, h("button", {type: "button", class: "link", onclick: e => { e.stopPropagation(); showRun(r.name); }}, r.name)),
     h("td", {}, r.base_model), h("td", {}, r.method), h("td", {}, fmt(r.steps)), h("td", {}, fmt(r.train_loss)),
     h("td", {}, fmt(r.eval_loss)), h("td", {}, (r.created || "").replace("T", " ").slice(0, 19)),
-    h("td", {}, h("a", {href: `/api/runs/${encodeURIComponent(r.name)}/report`, target: "_blank"}, "report")))));
+    h("td", {}, h("a", {href: `/api/runs/${encodeURIComponent(r.name)}/report`, target: "_blank", rel: "noopener",
+      "aria-label": `report of ${r.name}`}, "report")))));
   $("#export-run").replaceChildren(...rows.filter(r => r.has_weights).map(r => h("option", {}, r.name)));
   state.runRows = rows;
   if (state.run && rows.some(r => r.name === state.run)) showRun(state.run);
@@ -407,7 +448,9 @@ function evalTable(evals, id) {
 async function showRun(name) {
   state.run = name;
   document.querySelectorAll("#run-table tbody tr").forEach(tr => tr.classList.toggle("sel", tr.dataset.name === name));
-  const [evals, datasets] = await Promise.all([api(`/api/runs/${encodeURIComponent(name)}/evals`), api("/api/datasets")]);
+  const q = encodeURIComponent(name);
+  const [evals, datasets, ev, met] = await Promise.all([api(`/api/runs/${q}/evals`), api("/api/datasets"),
+    api(`/api/runs/${q}/evidence`), api(`/api/runs/${q}/metrics`)]);
   const row = (state.runRows || []).find(r => r.name === name) || {};
   const box = $("#run-detail");
   const status = h("div", {id: "eval-status"});
@@ -416,6 +459,14 @@ async function showRun(name) {
     h("div", {class: "kv"}, h("b", {}, "base model"), h("span", {}, row.base_model || ""),
       h("b", {}, "method"), h("span", {}, row.method || ""), h("b", {}, "steps"), h("span", {}, fmt(row.steps)),
       h("b", {}, "train / eval loss"), h("span", {}, `${fmt(row.train_loss)} / ${fmt(row.eval_loss)}`)),
+    evidenceView(ev),
+    h("h3", {}, "Training curves"),
+    h("div", {class: "charts"}, h("div", {id: "run-chart-loss"}), h("div", {id: "run-chart-tps"})),
+    h("h3", {}, "Use it"),
+    h("p", {}, h("button", {type: "button", class: "secondary", id: "run-export-btn", disabled: !row.has_weights,
+        onclick: () => { $("#export-run").value = name; $("#export-format").focus(); $("#export-card").scrollIntoView(); }}, "Export..."), " ",
+      h("button", {type: "button", class: "secondary", id: "run-chat-btn", disabled: !row.has_weights,
+        onclick: () => { state.chatRun = name; location.hash = "#playground"; }}, "Chat with it")),
     h("h3", {}, "Evaluate against the base model"),
     h("p", {class: "hint"}, "Runs tunelab eval RUN --data FILE --compare base as a job: the run and its base model "
       + "(with the run's chat template) answer the same prompts."),
@@ -426,7 +477,10 @@ async function showRun(name) {
       h("label", {}, "max new tokens ", h("input", {id: "eval-max", type: "number", min: 1, max: 1024, value: 32, size: 5})),
       h("button", {id: "eval-btn", disabled: !row.has_weights, onclick: () => startEval(name)}, "Evaluate against base")),
     status,
-    h("h3", {}, "Evaluation results"), evalTable(evals, "eval-table"));
+    h("h3", {}, "All evaluation results"), evalTable(evals, "eval-table"));
+  const m = met.metrics;
+  lineChart($("#run-chart-loss"), [{name: "train", points: seriesOf(m, "loss")}, {name: "eval", points: seriesOf(m, "eval_loss", true)}], {title: "loss"});
+  lineChart($("#run-chart-tps"), [{name: "tokens/s", points: seriesOf(m, "tokens_per_s")}], {title: "throughput (tokens/s)"});
   if (state.evalJob && state.evalJob.run === name) watchEval(state.evalJob.id, name);
 }
 
@@ -447,20 +501,24 @@ async function watchEval(id, name) {
   if (!box || state.run !== name) return;
   const last = (j.log || "").trim().split("\n").filter(l => l.trim()).slice(-1)[0] || "";
   box.className = "";
+  const p = j.progress || {};
   box.replaceChildren(h("p", {}, `job #${j.id} `, h("span", {class: "status " + j.status, id: "eval-job-status"}, j.status),
-    " ", j.message || ""), h("pre", {class: "code"}, j.cli), last && j.status !== "completed" ? h("pre", {class: "log"}, last) : "");
+    " ", j.message || ""),
+    p.total && j.status !== "completed" ? h("p", {}, h("label", {}, `scoring pass ${Math.min(p.done + 1, p.total)} of ${p.total}: ${p.phase} `,
+      h("progress", {max: p.total, value: p.done, id: "eval-progress"}))) : null,
+    h("pre", {class: "code"}, j.cli), last && j.status !== "completed" ? h("pre", {class: "log"}, last) : "");
   if (["queued", "running", "cancelling"].includes(j.status) && location.hash === "#runs")
     state.evalTimer = setTimeout(() => watchEval(id, name), 1500);
   else if (j.status === "completed") {
     state.evalJob = null;
-    const evals = await api(`/api/runs/${encodeURIComponent(name)}/evals`);
-    $("#eval-table").replaceWith(evalTable(evals, "eval-table"));
+    showRun(name);
   }
 }
 
 $("#compare-btn").addEventListener("click", async () => {
   const names = [...document.querySelectorAll("input.cmp:checked")].map(c => c.value).slice(0, 2);
   const box = $("#compare-charts");
+  $("#compare-diff").replaceChildren();
   if (!names.length) { box.textContent = "tick one or two runs"; return; }
   const all = await Promise.all(names.map(n => api(`/api/runs/${encodeURIComponent(n)}/metrics`)));
   box.replaceChildren(h("div", {id: "cmp-loss"}), h("div", {id: "cmp-eval"}));
@@ -480,6 +538,14 @@ $("#compare-btn").addEventListener("click", async () => {
     h("tbody", {}, body)));
   const only = [[c.a, c.only_a], [c.b, c.only_b]].filter(([, ds]) => ds.length).map(([n, ds]) => `only ${n}: ${ds.join(", ")}`);
   if (only.length) tables.append(h("p", {class: "hint"}, only.join("; ")));
+  const d = await api(`/api/runs/diff?a=${encodeURIComponent(names[0])}&b=${encodeURIComponent(names[1])}`);
+  $("#compare-diff").replaceChildren(h("h3", {}, `Config differences (${d.rows.length})`),
+    d.rows.length ? h("table", {class: "list evals", id: "cmp-diff-table"},
+      h("thead", {}, h("tr", {}, ["key", d.a, d.b].map(t => h("th", {}, t)))),
+      h("tbody", {}, d.rows.map(r => h("tr", {"data-key": r.key}, h("td", {}, h("code", {}, r.key)),
+        h("td", {class: "del"}, JSON.stringify(r.a)), h("td", {class: "ins"}, JSON.stringify(r.b))))))
+    : h("p", {class: "hint"}, "The two configs are the same."),
+    h("details", {}, h("summary", {}, "unified diff of the resolved configs"), h("pre", {class: "code", id: "cmp-diff-text"}, d.unified)));
 });
 
 $("#export-btn").addEventListener("click", async () => {
@@ -553,4 +619,4 @@ $("#chat-form").addEventListener("submit", async e => {
 });
 
 // ---------------------------------------------------------------- start
-buildForm().then(() => showTab(location.hash.slice(1) || "datasets"));
+buildForm().then(() => initGuide()).then(() => showTab(location.hash.slice(1) || "datasets"));
