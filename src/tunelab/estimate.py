@@ -286,9 +286,9 @@ def _duration(seconds: float) -> str:
 
 def count_train_records(path: str) -> int:
     """Records in a .json/.jsonl training file (read, not tokenized)."""
-    from tunelab.data.io import read_records
+    from tunelab.data.sources import read_any
 
-    return len(read_records(path))
+    return len(read_any(path))
 
 
 __all__ = ["DEVICE_TFLOPS", "OPTIM_BYTES", "EstimateError", "activation_bytes", "count_train_records",

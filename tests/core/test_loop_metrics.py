@@ -75,8 +75,10 @@ def test_throughput_excludes_evaluation_and_padding(samples, tmp_path, monkeypat
     torch.manual_seed(0)
     model = get_method("full").apply(load_model("tiny-llama"), None)
     cfg = TrainCfg(max_steps=4, batch_size=2, eval_every=2, lr=1e-3, warmup_ratio=0.0)
-    result = fit(model, get_method("full"), samples[:4], samples[4:], partial(collate, pad_id=0), timed_loss, cfg,
-                 tmp_path, torch.device("cpu"), [], epoch_order, progress=True)
+    result = fit(loop.Setup(model=model, method=get_method("full"), run_dir=tmp_path, device=torch.device("cpu"),
+                            trackers=[]),
+                 loop.Recipe(train=cfg, samples=samples[:4], val=samples[4:], collate=partial(collate, pad_id=0),
+                             loss=timed_loss, order=epoch_order), progress=True)
     s = result.summary
     # 4 training steps of 1 s; 2 evaluations of 1 batch (2 samples, batch 2) at 100 s each
     assert s["train_s"] == pytest.approx(4.0) and s["eval_s"] == pytest.approx(200.0)

@@ -95,8 +95,9 @@ def fit(model, samples, cfg, run_dir):
     run_dir.mkdir(parents=True, exist_ok=True)
     tracker = make_tracker("jsonl")
     tracker.start(run_dir, {})
-    result = loop.fit(model, get_method("full"), samples, [], partial(collate, pad_id=0), sft_loss, cfg, run_dir,
-                      CPU, [tracker], epoch_order, progress=False)
+    result = loop.fit(loop.Setup(model=model, method=get_method("full"), run_dir=run_dir, device=CPU, trackers=[tracker]),
+                      loop.Recipe(train=cfg, samples=samples, collate=partial(collate, pad_id=0), loss=sft_loss,
+                                  order=epoch_order), progress=False)
     tracker.finish()
     return result
 

@@ -242,12 +242,12 @@ def generate(
     check_output_file("--out", out)
     _quiet_library_warnings()
     _set_threads()
-    from tunelab.data.io import read_records
+    from tunelab.data.sources import read_any
     from tunelab.infer.predict import predict_file
     from tunelab.run import Run
 
     try:
-        read_records(data)  # bad or missing records fail here, before the model is loaded
+        read_any(data)  # bad or missing records fail here, before the model is loaded
         run = Run(run_dir)
         model, tok, template = run.load_model()
         n = predict_file(model, tok, template, str(data), out, max_new_tokens=max_new_tokens,

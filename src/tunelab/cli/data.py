@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunelab.data.io import DataError, read_records, write_records
+from tunelab.data.io import DataError, write_records
+from tunelab.data.sources import read_any
 from tunelab.data.prepare import augment, clean, dedup, split
 from tunelab.data.prepare.augment import AUGMENTERS
 from tunelab.data.prepare.dialogue import extract_dialogue_files
@@ -85,7 +86,7 @@ def clean_cmd(
     """
     def body() -> None:
         steps = ("unicode", "html", "control", "whitespace") if html else ("unicode", "control", "whitespace")
-        res = clean(read_records(input), min_chars=min_chars, max_chars=max_chars, steps=steps,
+        res = clean(read_any(input), min_chars=min_chars, max_chars=max_chars, steps=steps,
                     keep_cjk_punct=keep_cjk_punct)
         dst = output or _default_out(input, "clean")
         kept, side = res.write(dst, rejected or _side(dst))
@@ -114,7 +115,7 @@ def dedup_cmd(
         tunelab data dedup huanhuan.json -o huanhuan.dedup.json --mode both --threshold 0.8
     """
     def body() -> None:
-        res = dedup(read_records(input), mode=mode, threshold=threshold, num_perm=num_perm,  # type: ignore[arg-type]
+        res = dedup(read_any(input), mode=mode, threshold=threshold, num_perm=num_perm,  # type: ignore[arg-type]
                     char_ngram=char_ngram, word_ngram=word_ngram)
         dst = output or _default_out(input, "dedup")
         kept, side = res.write(dst, rejected or _side(dst))
@@ -140,7 +141,7 @@ def split_cmd(
         tunelab data split news.jsonl --out-dir news_split --val 0.15 --test 0.1 --seed 42
     """
     def body() -> None:
-        res = split(read_records(input), val=val, test=test, seed=seed,
+        res = split(read_any(input), val=val, test=test, seed=seed,
                     stratify=None if stratify.lower() == "none" else stratify)
         paths = res.write(out_dir or input.with_name(f"{input.stem}_split"),
                           input.suffix if input.suffix in (".json", ".jsonl") else ".jsonl")
@@ -252,7 +253,7 @@ def augment_cmd(
         tunelab data augment train.json -o train.gen.json --op synonym --generate 20 --model smollm2-135m
     """
     def body() -> None:
-        records = read_records(input)
+        records = read_any(input)
         res = augment(records, ops=op or ["synonym"], rate=rate, copies=copies, seed=seed,
                       sides=("input", "output") if answers else ("input",), keep_original=original)
         files: dict[str, Path | None] = {}

@@ -30,14 +30,13 @@ class Record:
 def read_records(path: str | Path) -> list[Record]:
     """Load every record of a .json (array of objects) or .jsonl file, with its position.
 
+    A data path from a config may also be a CSV/Parquet file, a saved dataset or a LLaMA-Factory registry
+    entry (`dataset_info.json#name`): read those with `tunelab.data.sources.read_any`, which calls this for JSON.
+
     The file must be UTF-8 (a BOM is allowed); bytes in another encoding, nesting past
     `tunelab.utils.userfiles.MAX_DEPTH` and lone surrogate escapes ("\\ud800") are DataErrors naming
     the file and line (or index).
     """
-    from tunelab.data.registry import is_registry_ref, read_registry
-
-    if is_registry_ref(path):  # registry.json#name: a LLaMA-Factory dataset entry
-        return read_registry(path)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")

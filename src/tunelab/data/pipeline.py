@@ -15,7 +15,7 @@ from tunelab.config.data import DataSource
 from tunelab.config.schema import DataCfg
 from tunelab.data import cache as tcache
 from tunelab.data.formats import Conversation, parse_records
-from tunelab.data.io import DataError, read_records
+from tunelab.data.io import DataError
 from tunelab.data.packing import pack, pack_stats, pad_rows
 from tunelab.data.sources import map_columns, read_any
 from tunelab.data.templates import (
@@ -105,7 +105,7 @@ def check_data_files(cfg: DataCfg) -> None:
         elif not check_text_file(path, DataError):
             raise DataError(f"{path}: no records (the file is empty); add data or point the config at another file")
         elif path.suffix.lower() in (".json", ".jsonl") and not (cfg.streaming and path.suffix.lower() == ".jsonl"):
-            read_records(path)  # JSON syntax, nesting and surrogates: a DataError naming the file and line, now
+            read_any(path)  # JSON syntax, nesting and surrogates: a DataError naming the file and line, now
 
 
 def mixture_counts(sizes: list[int], weights: list[float]) -> list[int]:

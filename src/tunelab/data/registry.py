@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tunelab.data.io import DataError, Record
 
@@ -79,10 +79,14 @@ def _distance(a: str, b: str) -> int:
     return -int(100 * difflib.SequenceMatcher(None, a, b).ratio())
 
 
-def read_registry(ref: str | Path) -> list[Record]:
-    """The records of a registry entry, converted to tunelab's formats (see the module docstring)."""
+def read_registry(ref: str | Path, read_file: Callable[[Path], list[Record]]) -> list[Record]:
+    """The records of a registry entry, converted to tunelab's formats (see the module docstring).
+
+    `read_file` reads the entry's data file (JSON, JSONL, CSV, Parquet...): `tunelab.data.sources.read_any`,
+    which is also what calls this for a `registry.json#name` path.
+    """
     data_file, entry = registry_entry(ref)
-    raw = _read_file(data_file)
+    raw = _read_file(data_file, read_file)
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise DataError(f"{ref}: formatting {formatting!r} is not supported; use alpaca or sharegpt")
@@ -93,15 +97,13 @@ def read_registry(ref: str | Path) -> list[Record]:
     return [Record(convert(rec, columns, tags, ranking), rec.where) for rec in raw]
 
 
-def _read_file(path: Path) -> list[Record]:
-    from tunelab.data.sources import read_any
-
+def _read_file(path: Path, read_file: Callable[[Path], list[Record]]) -> list[Record]:
     if path.suffix == ".txt":  # LLaMA-Factory reads a text file as one "text" record per line
         from tunelab.utils.userfiles import read_text
 
         lines = read_text(path, DataError).splitlines()
         return [Record({"text": line}, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
-    return read_any(path)
+    return read_file(path)
 
 
 def _get(rec: Record, columns: dict, key: str, default: Any = None) -> Any:

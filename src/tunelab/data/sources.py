@@ -110,7 +110,7 @@ def read_any(path: str | Path) -> list[Record]:
     from tunelab.data.registry import is_registry_ref, read_registry
 
     if is_registry_ref(path):
-        return read_registry(path)
+        return read_registry(path, read_any)
     path = Path(path)
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():

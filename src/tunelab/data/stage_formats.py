@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.formats import Conversation, parse_messages, parse_sharegpt
-from tunelab.data.io import DataError, Record, read_records
+from tunelab.data.io import DataError, Record
+from tunelab.data.sources import read_any
 from tunelab.utils.userfiles import read_text
 
 Messages = list[dict[str, str]]
@@ -189,7 +190,7 @@ def _detect(rec: Record, keys_to_format: list[tuple[str, str]], what: str) -> st
 
 
 def _parse_all(path: str | Path, registry: dict, detect: list[tuple[str, str]], what: str) -> list:
-    records = read_records(path)
+    records = read_any(path)
     if not records:
         raise DataError(f"{path}: no records (the file is empty)")
     parse = registry[_detect(records[0], detect, what)]
@@ -221,7 +222,7 @@ def load_text(path: str | Path) -> list[TextDocument]:
         docs = [TextDocument(line, f"{path}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
     else:
         docs = []
-        for rec in read_records(path):
+        for rec in read_any(path):
             text = rec.data.get("text") if isinstance(rec.data, dict) else None
             if not isinstance(text, str):
                 raise DataError(f"{rec.where}: field 'text' is missing or not a string (raw-text records are "

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.io import DataError, read_records
+from tunelab.data.io import DataError
+from tunelab.data.sources import read_any
 from tunelab.eval.loglik import option_logprobs
 
 LETTERS = string.ascii_uppercase
@@ -71,7 +72,7 @@ def _answer(row: dict[str, Any], n: int, where: str) -> int:
 def load_questions(path: str | Path) -> list[Question]:
     """Read and validate a multiple-choice file; every problem names its file:line and the fix."""
     items, problems = [], []
-    for rec in read_records(path):
+    for rec in read_any(path):
         row, where = rec.data, rec.where
         try:
             if not isinstance(row.get("question"), str) or not row["question"].strip():

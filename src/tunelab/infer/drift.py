@@ -251,10 +251,11 @@ def prompt_text(row: Mapping[str, Any]) -> str | None:
 
 def prompt_texts(path: str | Path) -> list[str]:
     """Prompt texts of a .json/.jsonl training file (see prompt_text); an error names the first unusable line."""
-    from tunelab.data.io import DataError, read_records
+    from tunelab.data.io import DataError
+    from tunelab.data.sources import read_any
 
     texts = []
-    for rec in read_records(path):
+    for rec in read_any(path):
         text = prompt_text(rec.data) if isinstance(rec.data, Mapping) else None
         if text is None:
             raise DataError(f"{rec.where}: no prompt found (expected messages, conversations, instruction, "

@@ -9,7 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunelab.data.formats import FORMATS, Conversation, detect_format
 from tunelab.data.images import has_images
-from tunelab.data.io import DataError, Record, read_records
+from tunelab.data.io import DataError, Record
+from tunelab.data.sources import read_any
 from tunelab.infer.generate import generate
 from tunelab.utils.io import atomic_write_jsonl
 
@@ -36,7 +37,7 @@ def _prompt_record(rec: Record) -> Conversation:
 def read_prompts(path: str) -> list[Conversation]:
     """Conversations to answer: like training records, but the answer may be absent (Alpaca without output),
     or prompt-only records ``{"prompt": ...}`` (see INPUT_FORMS)."""
-    records = read_records(path)
+    records = read_any(path)
     if not records:
         raise DataError(f"{path}: no records to answer (the file is empty)")
     fmt = ("prompt" if "prompt" in records[0].data else "vision" if any(has_images(r) for r in records)

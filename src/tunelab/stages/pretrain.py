@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import partial
 
 from tunelab.config.data import DataSource
-from tunelab.data.io import read_records
+from tunelab.data.sources import read_any
 from tunelab.data.pipeline import (
     collate,
     load_conversations,
@@ -47,7 +47,7 @@ def chunk_documents(docs: list[TextDocument], tokenizer, block: int) -> list[Tok
 def load_documents(path: str, fmt: str = "auto", columns: dict[str, str] | None = None) -> list[TextDocument]:
     """Raw documents of a file: `load_text` for .txt and {"text"} records, else the user turns of chat records."""
     if not str(path).endswith(".txt"):
-        first = next(iter(read_records(path)), None)
+        first = next(iter(read_any(path)), None)
         data = first.data if first is not None else None
         if isinstance(data, dict) and "text" not in data and any(k in data for k in CHAT_KEYS):
             convs, _ = load_conversations(path, fmt, columns)

@@ -215,7 +215,8 @@ def check_config(data: dict, settings: Settings, source: str = "form") -> RunCfg
 
 def count_train_samples(cfg: RunCfg, settings: Settings) -> int | None:
     """Training records in the config's .json/.jsonl sources (read, not tokenized); None when unknown."""
-    from tunelab.data.io import DataError, read_records
+    from tunelab.data.io import DataError
+    from tunelab.data.sources import read_any
 
     total = 0
     for source in cfg.data.sources():
@@ -223,7 +224,7 @@ def count_train_samples(cfg: RunCfg, settings: Settings) -> int | None:
         if file.suffix not in (".json", ".jsonl") or not file.is_file():
             return None
         try:
-            total += len(read_records(file))
+            total += len(read_any(file))
         except DataError:
             return None
     return total

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tunelab.data.io import DataError, Record, read_records
+from tunelab.data.io import DataError, Record
+from tunelab.data.sources import read_any
 from tunelab.data.stage_formats import CLASS_FORMATS, ClassExample, load_classification
 from tunelab.engine import distributed
 from tunelab.engine.loop import Recipe, fit
@@ -82,7 +83,7 @@ def load_unlabelled(path: str | Path) -> list[PoolExample]:
                         f"{UNLABELLED_HELP} (or set selftrain.mode: rejection)")
     if not Path(path).is_file():
         raise DataError(f"selftrain.unlabelled: {path}: no such file; {UNLABELLED_HELP}")
-    records = read_records(path)
+    records = read_any(path)
     if not records:
         raise DataError(f"selftrain.unlabelled: {path}: no records (the file is empty); {UNLABELLED_HELP}")
     pool = []
