@@ -101,8 +101,9 @@ class Run:
 
     def load_model(self, device: str = "auto", merged: bool = False):
         """(model, tokenizer, chat_template) as trained; `merged` folds adapters into the weights."""
+        from tunelab.bases import load_model
         from tunelab.methods import get_method
-        from tunelab.models import load_model, pick_device
+        from tunelab.models import pick_device
 
         method = get_method(self.config.method.name)
         dev = pick_device(device)
@@ -157,8 +158,8 @@ class Run:
         """
         from tunelab.export import check_export
         from tunelab.export import export as do_export
+        from tunelab.bases import load_model
         from tunelab.methods import NotMergeable, get_method
-        from tunelab.models import load_model
 
         check_export(fmt, options)  # a wrong format or option fails before the model is loaded
         method = self.config.method.name

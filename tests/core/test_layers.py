@@ -10,6 +10,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tunelab"
 LAYERS = {
     "utils": 0, "config": 1, "tracking": 1, "runfolder": 2,
     "models": 3, "data": 3, "methods": 3, "kernels": 3, "engine": 4,
+    "bases": 4,  # any model name, a run folder included: needs models and methods, so above both
     "training": 5, "eval": 5, "infer": 5, "export": 5, "run": 5, "bench": 5,
     "stages": 6,  # recipes: only api (by name) and the CLI start one; nothing below imports a recipe
     "api": 7, "estimate": 7, "demo": 8, "cli": 9, "studio": 9,
@@ -129,3 +130,35 @@ def test_no_import_cycles_within_a_layer():
     for mod in sorted(level):
         visit(mod, [])
     assert not cycles, "import cycles within a layer:\n" + "\n".join(cycles)
+
+
+def test_no_package_cycles_within_a_layer():
+    """Packages of one layer (models, data, methods, kernels...) depend on each other in one direction only, even
+    when no single module closes the loop (models.loader -> methods and methods.prompt -> models is such a cycle):
+    otherwise neither package can be understood, tested or replaced without the other. The message names the module
+    imports behind each step, so the piece to move (to a module above both, or below both) is plain to see."""
+    graph = _module_graph()
+    edges: dict[str, dict[str, list[str]]] = {}  # package -> same-layer package -> "module -> module" imports
+    for mod, targets in graph.items():
+        own = layer_of(mod)
+        for other in targets:
+            them = layer_of(other)
+            if own and them and own != them and LAYERS[own] == LAYERS[them]:
+                edges.setdefault(own, {}).setdefault(them, []).append(f"{mod} -> {other}")
+    cycles, done = [], set()
+
+    def visit(pkg: str, path: list[str]) -> None:
+        if pkg in path:
+            loop = path[path.index(pkg):] + [pkg]
+            cycles.append(" -> ".join(loop) + "\n    " + "\n    ".join(
+                f"{a} -> {b}: {', '.join(sorted(edges[a][b]))}" for a, b in zip(loop, loop[1:])))
+            return
+        if pkg in done:
+            return
+        for other in sorted(edges.get(pkg, {})):
+            visit(other, path + [pkg])
+        done.add(pkg)
+
+    for pkg in sorted(edges):
+        visit(pkg, [])
+    assert not cycles, "import cycles between packages of one layer:\n" + "\n".join(cycles)

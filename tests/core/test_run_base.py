@@ -12,10 +12,11 @@ import yaml
 from peft import PeftModel
 
 import tunelab
+from tunelab.bases import load_model
 from tunelab.data.formats import parse_records
 from tunelab.data.io import read_records
 from tunelab.data.templates import tokenize_conversation
-from tunelab.models import ModelNotFound, load_model, load_tokenizer, resolve_model
+from tunelab.models import ModelNotFound, load_tokenizer, resolve_model
 from tunelab.models.loader import base_chain, root_model
 from tunelab.run import Run
 
@@ -137,3 +138,12 @@ def test_estimate_reads_a_run_base_through_its_root_model(root: Path) -> None:
     got, want = model_config(str(root / "pt")), tiny_config("tiny-llama")
     assert (got.hidden_size, got.num_hidden_layers, got.vocab_size) == (want.hidden_size, want.num_hidden_layers,
                                                                          want.vocab_size)
+
+
+def test_the_plain_loader_refuses_a_run_and_names_the_one_that_loads_it(root: Path) -> None:
+    """tunelab.models loads plain models (methods builds on it); merging a run needs methods, so tunelab.bases does it."""
+    from tunelab.models import load_model as load_plain_model
+
+    with pytest.raises(ModelNotFound, match=r"pt: a tunelab run folder; load it with tunelab.bases.load_model"):
+        load_plain_model(str(root / "pt"))
+    torch.testing.assert_close(logits(load_model("tiny-llama")), logits(load_plain_model("tiny-llama")), rtol=0, atol=0)

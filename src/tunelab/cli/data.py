@@ -260,8 +260,9 @@ def augment_cmd(
         if generate:
             if not model:
                 raise ValueError("--generate needs --model (a model name such as smollm2-135m, or a folder)")
+            from tunelab.bases import load_model
             from tunelab.data.prepare import generate_with_model
-            from tunelab.models import load_model, load_tokenizer
+            from tunelab.models import load_tokenizer
 
             gen = generate_with_model(load_model(model), load_tokenizer(model), records, k=shots, n=generate,
                                       seed=seed, max_new_tokens=max_new_tokens, max_calls=max_calls)

@@ -167,8 +167,9 @@ def serve_profile(
     top_k: Annotated[int, typer.Option(help="most frequent tokens kept apart; the rest share one bucket")] = 1000,
 ) -> None:
     """Profile training prompts (lengths, scripts, tokens, mean embedding) for `serve --drift-profile`."""
+    from tunelab.bases import load_model
     from tunelab.infer.drift import build_profile, prompt_texts
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.models import load_tokenizer
 
     texts = prompt_texts(data)
     embeddings = load_model(base).get_input_embeddings().weight

@@ -40,9 +40,10 @@ def run_demo(out_dir: str | Path = "runs/demo", model: str = "smollm2-135m", nam
     import shutil
 
     import tunelab
+    from tunelab.bases import load_model
     from tunelab.data.templates import resolve_template
     from tunelab.infer.generate import generate
-    from tunelab.models import load_model, load_tokenizer
+    from tunelab.models import load_tokenizer
 
     console = Console()
     out_dir = Path(out_dir)

@@ -18,9 +18,10 @@ PAIRED_KEYS = ("prompt", "reference", "task")  # the same in both rows; everythi
 def load_other(run, spec: str, device: str = "auto") -> tuple[str, tuple[Any, Any, str]]:
     """(name, (model, tokenizer, template)) for `spec`: "base" or the path of another run folder."""
     if spec == "base":
-        from tunelab.models import load_model, pick_device
+        from tunelab.bases import load_model
+        from tunelab.models import pick_device
 
-        cfg = run.config.model  # a run-based model's base is that run, merged (tunelab.models.loader)
+        cfg = run.config.model  # a run-based model's base is that run, merged (tunelab.bases)
         model = load_model(run.base_model_name, cfg.dtype, pick_device(device), cfg.trust_remote_code)
         model.eval()
         return f"base:{cfg.name}", (model, run.load_tokenizer(), run.chat_template)

@@ -42,7 +42,7 @@ class SpecError(ValueError):
 class ModelSpec:
     """One servable model: `name` clients ask for, the base model, an optional adapter, and its chat template.
 
-    `base_model` is anything `tunelab.models.load_model` accepts. `chat_template` is the exact
+    `base_model` is anything `tunelab.bases.load_model` accepts (a run folder included). `chat_template` is the exact
     Jinja template the model was trained with (None: the model serves /v1/completions only).
     `tokenizer_dir` is a saved tokenizer folder (a run's `tokenizer/`); None loads the base model's.
     """
@@ -120,7 +120,7 @@ class ModelPool:
                  load_model: Callable | None = None, load_tokenizer: Callable | None = None) -> None:
         """Load every spec; raises SpecError for duplicate names or missing adapter folders."""
         if load_model is None or load_tokenizer is None:
-            from tunelab.models import load_model as _lm
+            from tunelab.bases import load_model as _lm
             from tunelab.models import load_tokenizer as _lt
 
             load_model, load_tokenizer = load_model or _lm, load_tokenizer or _lt

@@ -3,10 +3,10 @@
 Nothing here downloads. A GGUF file is dequantized once and cached as a safetensors folder
 (models/gguf.py) so later loads take a second, not fifteen.
 
-A finished run folder is a base model too (domain adaptation: `pretrain`, then `sft` with
-`model.name: runs/<pretrain-run>`): its own base is loaded (recursively, so a run of a run works),
-its trained part is merged into those weights, and its tokenizer and chat template are kept.
-The next run then trains a fresh adapter (or all weights) on top of that merged model.
+A finished run folder is a model name too: it resolves here (kind "run"), its chain of bases is read
+here (`base_chain`, `root_model`) and its tokenizer loads here. Its weights load with
+`tunelab.bases.load_model`, which merges the run's trained part into its own base: that needs
+`tunelab.methods`, which itself loads tokenizers through this module, so it lives in a module above both.
 """
 
 from __future__ import annotations
@@ -126,26 +126,6 @@ def is_vision_model(name: str) -> bool:
     return vision_source(name) is not None
 
 
-def _load_run_model(path: str, dtype: str, device: torch.device, trust_remote_code: bool, depth: int = 0):
-    """A finished run's model with its trained part merged in, on top of its own (possibly run) base."""
-    from tunelab.methods import NotMergeable, get_method
-
-    if depth > 32:
-        raise ModelNotFound(f"{path}: more than 32 runs stacked as bases; is there a loop in model.name?")
-    run = read_run_base(path)
-    src = resolve_model(run.base_name)
-    if src.kind == "run":
-        base = _load_run_model(src.path, dtype, device, trust_remote_code, depth + 1)
-    else:
-        base = load_model(run.base_name, dtype, device, trust_remote_code)
-    method = get_method(run.method)
-    try:
-        return method.merge(method.load_for_inference(base, run.weights))
-    except NotMergeable as e:
-        raise ModelNotFound(f"{run.path}: its {run.method} weights cannot be merged into the base, so it cannot be "
-                            f"the base of another run ({e})") from None
-
-
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
@@ -199,7 +179,8 @@ def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu
     """Load a causal LM (or an image-text-to-text model, from a folder that holds one) by name (see
     resolve_model) in the requested dtype on the device.
 
-    A run folder loads as its base with the run's trained part merged in (a plain model, no adapter left).
+    A run folder is refused with ModelNotFound naming `tunelab.bases.load_model`, which loads it (its base with
+    the run's trained part merged in); this function loads the plain models underneath.
     `quantize` (QLoRA's settings: quant_type, double_quant, compute_dtype) with a model folder on CUDA:
     transformers quantizes each linear layer to 4 bits as it loads it (BitsAndBytesConfig with a
     device_map), so the full-precision model never sits on the GPU; the model is marked with
@@ -222,7 +203,8 @@ def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu
     if src.kind == "tiny":
         model = build_tiny_model(src.path).to(torch_dtype)
     elif src.kind == "run":
-        model = _load_run_model(src.path, dtype, device, trust_remote_code).to(torch_dtype)
+        raise ModelNotFound(f"{src.path}: a tunelab run folder; load it with tunelab.bases.load_model, which merges "
+                            "its trained part into its own base (tunelab.models loads plain models only)")
     else:
         path = gguf_as_hf_dir(src.path) if src.kind == "gguf" else src.path
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code)

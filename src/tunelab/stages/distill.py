@@ -108,7 +108,7 @@ def distill_loss(
 
 def load_teacher(name: str, dtype: str, device, trust_remote_code: bool = False) -> torch.nn.Module:
     """The frozen teacher: a tunelab run folder (trained model, adapters merged) or any model name load_model takes."""
-    from tunelab.models import load_model
+    from tunelab.bases import load_model
     from tunelab.run import Run
     from tunelab.runfolder import RunFolder
 

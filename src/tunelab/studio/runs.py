@@ -93,7 +93,7 @@ class ModelCache:
 
 
 def _load(path: Path, target: str) -> tuple[Any, Any, str]:
-    from tunelab.models import load_model
+    from tunelab.bases import load_model
     from tunelab.run import Run
 
     r = Run(path)

@@ -17,7 +17,8 @@ from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.engine.recipe import Setup
 from tunelab.methods import count_parameters, get_method
-from tunelab.models import load_model, load_tokenizer, pick_device
+from tunelab.bases import load_model
+from tunelab.models import load_tokenizer, pick_device
 from tunelab.models.loader import base_chain, base_source, vision_source
 from tunelab.models.vision import VisionModelError, load_processor
 from tunelab.runfolder import RunFolder

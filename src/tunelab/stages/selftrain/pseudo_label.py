@@ -41,7 +41,7 @@ from tunelab.data.stage_formats import CLASS_FORMATS, ClassExample, load_classif
 from tunelab.engine import distributed
 from tunelab.engine.loop import Recipe, fit
 from tunelab.methods import get_method
-from tunelab.models import load_model
+from tunelab.bases import load_model
 from tunelab.training.classes import (
     SCORERS,
     ClassSample,
