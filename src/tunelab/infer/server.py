@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.infer.ab import ABRouter, Route
-from tunelab.infer.drift import DriftMonitor, DriftProfile, DriftReport
+from tunelab.infer.drift import DriftMonitor, DriftProfile, DriftReport, OutputProfile
 from tunelab.infer.model_pool import (
     Batcher,
     Delta,
@@ -161,37 +161,39 @@ class _State:
     limits: ServeLimits
     api_key: str | None
     monitors: dict[str, DriftMonitor]
+    output_monitors: dict[str, DriftMonitor] = field(default_factory=dict)
     in_flight: int = 0
+
+    def observe_answer(self, model: str, status: int, text: str) -> None:
+        """Hand a finished answer to the model's output-drift monitor, off the event loop (never delays a reply)."""
+        monitor = self.output_monitors.get(model)
+        if monitor is not None and status == 200:
+            asyncio.get_running_loop().run_in_executor(None, monitor.observe, text)
 
 
 def create_app(specs: Sequence[ModelSpec], *, api_key: str | None = None, limits: ServeLimits = ServeLimits(),
                routes: Mapping[str, str | Route] | None = None, ab_log: str | Path | None = None,
                drift_profiles: Mapping[str, DriftProfile] | None = None, drift: DriftSettings = DriftSettings(),
+               output_profiles: Mapping[str, OutputProfile] | None = None,
+               output_drift: DriftSettings = DriftSettings(),
                device: str = "cpu", dtype: str = "auto", pool: ModelPool | None = None) -> FastAPI:
     """Load the models of `specs` (one copy per base model) and return the OpenAI-compatible app.
 
     `routes` maps virtual model names to weighted variants (`{"chat": "runA=90,runB=10"}`),
     `ab_log` is the JSONL file routed requests are logged to, `drift_profiles` maps served model
-    names to training profiles to monitor (scored as `drift` says). Raises SpecError / RouteError for bad arguments.
+    names to training profiles to monitor (scored as `drift` says), `output_profiles` to profiles of
+    their validation answers (output drift, scored as `output_drift` says). Raises SpecError / RouteError
+    for bad arguments.
     """
     pool = pool or ModelPool(specs, device=device, dtype=dtype)
     stats = ServeStats()
     router = ABRouter(routes or {}, pool.names(), ab_log)
-    monitors = {}
-    for name, profile in (drift_profiles or {}).items():
-        if name not in pool.models:
-            raise SpecError(f"drift profile for {name!r}, which is not served; served: {', '.join(pool.names())}")
-        served = pool.get(name)
-        vocab = profile.meta.get("vocab_size")
-        if vocab is not None and vocab != served.input_embeddings().shape[0]:
-            raise SpecError(f"drift profile for {name!r} was made with a vocabulary of {vocab} tokens, but the model "
-                            f"has {served.input_embeddings().shape[0]}; rebuild it with serve-profile --model "
-                            f"{served.spec.base_model}")
-        monitors[name] = DriftMonitor(name, profile, served.tokenizer, served.input_embeddings(),
-                                      window=drift.window, min_requests=drift.min_requests, every=drift.every,
-                                      threshold=drift.threshold, on_report=_drift_gauges(stats))
+    monitors = _monitors(pool, drift_profiles or {}, drift, _drift_gauges(stats.drift), "drift profile")
+    output_monitors = _monitors(pool, output_profiles or {}, output_drift, _drift_gauges(stats.output_drift,
+                                                                                          stats.output_stats),
+                                "output profile")
     state = _State(pool, Batcher(pool, max_batch_size=limits.max_batch_size, wait_ms=limits.batch_wait_ms),
-                   router, stats, limits, api_key or None, monitors)
+                   router, stats, limits, api_key or None, monitors, output_monitors)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -242,11 +244,35 @@ def create_app(specs: Sequence[ModelSpec], *, api_key: str | None = None, limits
     return app
 
 
-def _drift_gauges(stats: ServeStats):
+def _monitors(pool: ModelPool, profiles: Mapping[str, DriftProfile | OutputProfile], settings: DriftSettings,
+              on_report, what: str) -> dict[str, DriftMonitor]:
+    """One drift monitor per profiled model; a profile for an unserved model or another vocabulary is refused."""
+    monitors = {}
+    for name, profile in profiles.items():
+        if name not in pool.models:
+            raise SpecError(f"{what} for {name!r}, which is not served; served: {', '.join(pool.names())}")
+        served = pool.get(name)
+        vocab = profile.meta.get("vocab_size")
+        if vocab is not None and vocab != served.input_embeddings().shape[0]:
+            raise SpecError(f"{what} for {name!r} was made with a vocabulary of {vocab} tokens, but the model "
+                            f"has {served.input_embeddings().shape[0]}; rebuild it with "
+                            f"{'serve-profile' if what == 'drift profile' else 'serve-output-profile'} --model "
+                            f"{served.spec.base_model}")
+        monitors[name] = DriftMonitor(name, profile, served.tokenizer, served.input_embeddings(),
+                                      window=settings.window, min_requests=settings.min_requests,
+                                      every=settings.every, threshold=settings.threshold, on_report=on_report)
+    return monitors
+
+
+def _drift_gauges(gauge, stats_gauge=None):
+    """A monitor callback setting `gauge{model, component}` (score and components) and, for output drift,
+    `stats_gauge{model, stat}` (live refusal rate, mean length, format shares)."""
     def on_report(model: str, report: DriftReport) -> None:
-        stats.drift.labels(model, "score").set(report.score)
+        gauge.labels(model, "score").set(report.score)
         for name, value in report.components.items():
-            stats.drift.labels(model, name).set(value)
+            gauge.labels(model, name).set(value)
+        for name, value in report.stats.items() if stats_gauge is not None else ():
+            stats_gauge.labels(model, name).set(value)
 
     return on_report
 
@@ -408,6 +434,7 @@ async def _handle(state: _State, request: Request, kind: str) -> Response:
         if finish.reason == "error":
             raise APIError(500, finish.error or "generation failed", "server_error", "generation_failed")
         ctx.done(200, finish)
+        state.observe_answer(variant, 200, "".join(parts))
         return JSONResponse(ctx.body("".join(parts), finish), headers=headers)
     except BaseException:
         ctx.done(500, None)
@@ -472,7 +499,7 @@ def _event(obj: dict | str) -> str:
 
 async def _sse(ctx: _Ctx, job: GenJob, include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's stream format, ending with `data: [DONE]`."""
-    status, finish = 500, None
+    status, finish, parts = 500, None, []
     try:
         if ctx.kind == "chat":
             yield _event(ctx.chunk(None, None, first=True))
@@ -482,6 +509,7 @@ async def _sse(ctx: _Ctx, job: GenJob, include_usage: bool) -> AsyncIterator[str
                 if first_token:
                     ctx.state.stats.ttft.labels(ctx.model).observe(time.perf_counter() - ctx.t0)
                     first_token = False
+                parts.append(event.text)
                 yield _event(ctx.chunk(event.text, None))
                 continue
             finish = event
@@ -491,6 +519,7 @@ async def _sse(ctx: _Ctx, job: GenJob, include_usage: bool) -> AsyncIterator[str
                                     "code": "generation_failed"}})
         else:
             status = 200
+            ctx.state.observe_answer(ctx.model, 200, "".join(parts))
             yield _event(ctx.chunk(None, finish.reason))
             if include_usage:
                 yield _event({**ctx.chunk(None, None), "choices": [], "usage": ctx.usage(finish)})
