@@ -96,6 +96,9 @@ def serve(
     route: Annotated[list[str] | None, typer.Option(
         "--route", help="A/B route NAME=VARIANT=WEIGHT,... e.g. chat=a=90,b=10")] = None,
     ab_log: Annotated[Path | None, typer.Option(help="JSONL file logging each routed request (variant, latency)")] = None,
+    request_log: Annotated[Path | None, typer.Option(
+        help="JSONL file logging every answered request (messages, answer) and POST /v1/feedback; the input of "
+             "`tunelab retrain`. It holds users' texts: keep it private")] = None,
     drift_profile: Annotated[list[str] | None, typer.Option(
         help="NAME=profile.json (from serve-profile) to watch for drift")] = None,
     drift_threshold: Annotated[float, typer.Option(help="drift score above which a warning is logged")] = 0.25,
@@ -156,7 +159,7 @@ def serve(
         web = create_app(specs, api_key=api_key, limits=limits, routes=routes, ab_log=ab_log,
                          drift_profiles=profiles, drift=DriftSettings(threshold=drift_threshold),
                          output_profiles=output_profiles,
-                         output_drift=DriftSettings(threshold=output_drift_threshold),
+                         output_drift=DriftSettings(threshold=output_drift_threshold), request_log=request_log,
                          device=device,
                          dtype=dtype)
     except (SpecError, RouteError, ModelNotFound) as exc:
@@ -261,11 +264,27 @@ def serve_stats(
                        f"{_fmt(row.get('drift')):>6} {_fmt(row.get('output_drift')):>9} "
                        f"{_fmt(row.get('refusal_rate')):>8}")
     if ab_log is not None:
+        from tunelab.infer.ab import read_ab_log
+        from tunelab.infer.traffic import ab_significance
+
         typer.echo(f"\nA/B log {ab_log}:")
-        for (route_name, variant), row in summarize_ab_log(ab_log).items():
+        try:
+            summary, tests = summarize_ab_log(ab_log), ab_significance(read_ab_log(ab_log))
+        except (ValueError, OSError, KeyError) as exc:
+            typer.secho(f"error: {ab_log}: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        for (route_name, variant), row in summary.items():
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(row["outcomes"].items()))
             typer.echo(f"  {route_name} -> {variant}: {row['requests']} requests, p50 {row['p50_s']:.3f}s, "
                        f"p95 {row['p95_s']:.3f}s ({outcomes})")
+        for route_name, route_tests in tests.items():
+            for t in route_tests:
+                verdict = "significant at 5%" if t.p_value < 0.05 else "not significant at 5%"
+                typer.echo(f"  {route_name}: success {t.a} {t.successes_a}/{t.n_a} vs {t.b} {t.successes_b}/{t.n_b}: "
+                           f"diff {t.diff:+.3f} (95% CI {t.ci95[0]:+.3f}..{t.ci95[1]:+.3f}), z {t.z:+.2f}, "
+                           f"p {t.p_value:.4f} ({verdict}; two-proportion z-test)")
+        if not any(tests.values()):
+            typer.echo("  no outcomes to test: send POST /v1/feedback {id, outcome} for routed answers")
 
 
 @app.command("bench-serve")

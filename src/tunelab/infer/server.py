@@ -2,7 +2,8 @@
 
 Endpoints follow OpenAI's shapes, so the official `openai` client works unchanged:
 `POST /v1/chat/completions` and `POST /v1/completions` (with `stream: true` as server-sent
-events), `GET /v1/models`, plus `GET /health` and `GET /metrics` (Prometheus text).
+events), `GET /v1/models`, plus `GET /health`, `GET /metrics` (Prometheus text) and
+`POST /v1/feedback` (a rating / outcome for an answer, see tunelab.infer.traffic).
 
 Safe by default: the CLI binds 127.0.0.1; with an API key every endpoint but /health needs
 `Authorization: Bearer <key>`; the body size, `max_tokens` and the number of requests in
@@ -16,8 +17,10 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -44,12 +47,14 @@ from tunelab.infer.model_pool import (
     SpecError,
 )
 from tunelab.infer.stats import ServeStats
+from tunelab.infer.traffic import JsonlAppender, parse_outcome
 from tunelab.utils.userfiles import UserFileError, check_value
 
 log = logging.getLogger("tunelab.serve")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # OpenAI's `seed` is an int64; torch.manual_seed overflows past 2^64
 GREEDY_BELOW = 1e-5  # temperatures this small overflow logits / temperature; they mean greedy anyway
 _ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+MAX_ANSWERS_KEPT = 100_000  # answer ids remembered for POST /v1/feedback (about 10 MB)
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,21 @@ class _State:
     api_key: str | None
     monitors: dict[str, DriftMonitor]
     output_monitors: dict[str, DriftMonitor] = field(default_factory=dict)
+    request_log: JsonlAppender | None = None
+    # answer id -> (served model, route): what POST /v1/feedback needs; the newest MAX_ANSWERS_KEPT only
+    answers: OrderedDict[str, tuple[str, str | None]] = field(default_factory=OrderedDict)
     in_flight: int = 0
+
+    def remember(self, ctx: _Ctx, text: str, finish: Finish) -> None:
+        """Keep a finished answer's id for feedback, and log the exchange when the server has a request log."""
+        self.answers[ctx.id] = (ctx.model, ctx.route)
+        while len(self.answers) > MAX_ANSWERS_KEPT:
+            self.answers.popitem(last=False)
+        if self.request_log is not None:
+            self.request_log.append({
+                "type": "request", "id": ctx.id, "time": time.time(), "model": ctx.model, "route": ctx.route,
+                "user": ctx.user, "messages": ctx.prompt, "answer": text, "finish_reason": finish.reason,
+                "completion_tokens": finish.completion_tokens})
 
     def observe_answer(self, model: str, status: int, text: str) -> None:
         """Hand a finished answer to the model's output-drift monitor, off the event loop (never delays a reply)."""
@@ -175,15 +194,17 @@ def create_app(specs: Sequence[ModelSpec], *, api_key: str | None = None, limits
                routes: Mapping[str, str | Route] | None = None, ab_log: str | Path | None = None,
                drift_profiles: Mapping[str, DriftProfile] | None = None, drift: DriftSettings = DriftSettings(),
                output_profiles: Mapping[str, OutputProfile] | None = None,
-               output_drift: DriftSettings = DriftSettings(),
+               output_drift: DriftSettings = DriftSettings(), request_log: str | Path | None = None,
                device: str = "cpu", dtype: str = "auto", pool: ModelPool | None = None) -> FastAPI:
     """Load the models of `specs` (one copy per base model) and return the OpenAI-compatible app.
 
     `routes` maps virtual model names to weighted variants (`{"chat": "runA=90,runB=10"}`),
     `ab_log` is the JSONL file routed requests are logged to, `drift_profiles` maps served model
     names to training profiles to monitor (scored as `drift` says), `output_profiles` to profiles of
-    their validation answers (output drift, scored as `output_drift` says). Raises SpecError / RouteError
-    for bad arguments.
+    their validation answers (output drift, scored as `output_drift` says). `request_log` is a JSONL
+    file every answered request (messages and answer) and every feedback is appended to, the input of
+    `tunelab retrain` (tunelab.infer.traffic); leave it off unless you may keep users' texts.
+    Raises SpecError / RouteError for bad arguments.
     """
     pool = pool or ModelPool(specs, device=device, dtype=dtype)
     stats = ServeStats()
@@ -193,7 +214,8 @@ def create_app(specs: Sequence[ModelSpec], *, api_key: str | None = None, limits
                                                                                           stats.output_stats),
                                 "output profile")
     state = _State(pool, Batcher(pool, max_batch_size=limits.max_batch_size, wait_ms=limits.batch_wait_ms),
-                   router, stats, limits, api_key or None, monitors, output_monitors)
+                   router, stats, limits, api_key or None, monitors, output_monitors,
+                   JsonlAppender(request_log) if request_log else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -233,6 +255,11 @@ def create_app(specs: Sequence[ModelSpec], *, api_key: str | None = None, limits
                            code="model_not_found")
         return card(model)
 
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict:
+        _check_key(state, request)
+        return _feedback(state, await _read_json(request, limits.max_body_bytes))
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         return await _handle(state, request, "chat")
@@ -242,6 +269,38 @@ def create_app(specs: Sequence[ModelSpec], *, api_key: str | None = None, limits
         return await _handle(state, request, "completions")
 
     return app
+
+
+def _feedback(state: _State, body: dict) -> dict:
+    """Record a rating and/or outcome for an answer this server gave (by its completion id)."""
+    answer_id, rating = body.get("id"), body.get("rating")
+    if not isinstance(answer_id, str) or not answer_id:
+        raise APIError(400, "id: give the id of the completion being rated (the 'id' of its response)", param="id")
+    if rating is not None and (isinstance(rating, bool) or not isinstance(rating, (int, float))
+                               or not math.isfinite(rating)):
+        raise APIError(400, f"rating: must be a number (e.g. 1-5), got {rating!r}", param="rating")
+    try:
+        outcome = parse_outcome(body.get("outcome"))
+    except ValueError as exc:
+        raise APIError(400, f"outcome: {exc}", param="outcome") from None
+    if rating is None and outcome is None:
+        raise APIError(400, "give a rating (number) and/or an outcome (success/failure)", param="rating")
+    served = state.answers.get(answer_id)
+    if served is None:
+        raise APIError(404, f"no answer with id {answer_id!r}: feedback names an answer this server gave (the "
+                       f"last {MAX_ANSWERS_KEPT} are kept)", param="id", code="answer_not_found")
+    model, route = served
+    if state.request_log is None and (route is None or state.router.log_path is None):
+        raise APIError(409, "this server keeps no log to record feedback in; start it with --request-log FILE "
+                       "(or route the model through --route with --ab-log)", code="no_feedback_log")
+    row = {"type": "feedback", "id": answer_id, "time": time.time(), "model": model, "route": route,
+           "rating": rating, "outcome": outcome}
+    if state.request_log is not None:
+        state.request_log.append(row)
+    if route is not None and outcome is not None:
+        state.router.append({"type": "feedback", "id": answer_id, "time": row["time"], "route": route,
+                             "variant": model, "success": outcome, "rating": rating})
+    return {"id": answer_id, "recorded": True, "model": model, "route": route}
 
 
 def _monitors(pool: ModelPool, profiles: Mapping[str, DriftProfile | OutputProfile], settings: DriftSettings,
@@ -406,6 +465,8 @@ async def _handle(state: _State, request: Request, kind: str) -> Response:
         body = await _read_json(request, state.limits.max_body_bytes)
         req = _validate(ChatBody if kind == "chat" else CompletionBody, body)
         job, _, variant, route, text = _job(state, req, kind)
+        prompt = ([{"role": m.role, "content": m.text()} for m in req.messages] if kind == "chat"  # type: ignore
+                  else req.prompt if isinstance(req.prompt, str) else req.prompt[0])  # type: ignore
         if state.in_flight >= state.limits.max_concurrency:
             raise APIError(429, f"server busy: {state.in_flight} requests in flight "
                            f"(limit {state.limits.max_concurrency}); retry later", "rate_limit_error",
@@ -419,6 +480,7 @@ async def _handle(state: _State, request: Request, kind: str) -> Response:
     state.in_flight += 1
     state.stats.in_flight.set(state.in_flight)
     ctx = _Ctx(state, kind, variant, route, req.user, t0, "chatcmpl" if kind == "chat" else "cmpl")
+    ctx.prompt = prompt
     headers = {"x-tunelab-model": variant}
     if req.stream:
         include_usage = bool((req.stream_options or {}).get("include_usage"))
@@ -435,6 +497,7 @@ async def _handle(state: _State, request: Request, kind: str) -> Response:
             raise APIError(500, finish.error or "generation failed", "server_error", "generation_failed")
         ctx.done(200, finish)
         state.observe_answer(variant, 200, "".join(parts))
+        state.remember(ctx, "".join(parts), finish)
         return JSONResponse(ctx.body("".join(parts), finish), headers=headers)
     except BaseException:
         ctx.done(500, None)
@@ -450,6 +513,7 @@ class _Ctx:
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.closed = False
+        self.prompt: list[dict] | str = []  # the request's messages (chat) or prompt text, for the request log
 
     def done(self, status: int, finish: Finish | None) -> None:
         if self.closed:
@@ -520,6 +584,7 @@ async def _sse(ctx: _Ctx, job: GenJob, include_usage: bool) -> AsyncIterator[str
         else:
             status = 200
             ctx.state.observe_answer(ctx.model, 200, "".join(parts))
+            ctx.state.remember(ctx, "".join(parts), finish)
             yield _event(ctx.chunk(None, finish.reason))
             if include_usage:
                 yield _event({**ctx.chunk(None, None), "choices": [], "usage": ctx.usage(finish)})
