@@ -68,6 +68,10 @@ def eval_cmd(
     fluency_lm: Annotated[str | None, typer.Option(
         help="A reference LM (run folder or local model): adds fluency_ppl, the answers' perplexity under it "
              "(lower = more fluent).")] = None,
+    speed_samples: Annotated[int | None, typer.Option(
+        help="Time this many prompts answered one at a time (batch 1, greedy) for this run and, with --compare, "
+             "the other system, in this process: latency_p50_s/p95_s, tokens_per_s, ms_per_token. 0: off. "
+             "Default: 8 with --compare, else 0.")] = None,
     mc_scoring: Annotated[str, typer.Option(help="--mc: score each option's 'letter' or its 'text'.")] = "letter",
     max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Samples per forward/generate batch.")] = 8,
@@ -86,6 +90,9 @@ def eval_cmd(
     check_option("--max-new-tokens", max_new_tokens, 1)
     check_option("--batch-size", batch_size, 1)
     check_option("--limit", limit, 1)
+    check_option("--speed-samples", speed_samples, 0)
+    if speed_samples is None:
+        speed_samples = 8 if compare and data else 0
     _quiet_library_warnings()
     from tunelab.run import Run
 
@@ -105,8 +112,8 @@ def eval_cmd(
             data or None, mc=str(mc) if mc else None, mc_scoring=mc_scoring,
             metrics=[m.strip() for m in metrics.split(",") if m.strip()], compare=compare,
             human_sheet=human_sheet, judge=judge, judge_model=judge_model, judge_api_key=judge_api_key,
-            human_ratings=human_ratings, fluency_lm=fluency_lm, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            limit=limit)
+            human_ratings=human_ratings, fluency_lm=fluency_lm, speed_samples=speed_samples,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit)
     except (*_user_errors(), KeyError, ValueError) as e:
         _fail(e)
     Console(width=200).print(_table(results, f"{run_dir} on {', '.join(data) if data else mc}"))

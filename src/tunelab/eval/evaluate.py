@@ -145,6 +145,13 @@ def score_tasks(model, tokenizer, template: str, files: Mapping[str, str], **kw)
     return merged, rows
 
 
+def _speed_prompts(data: str | list[str], limit: int | None, n: int) -> list[list[dict]]:
+    """The prompts (messages before the last answer) of the first `n` records of the (first) data file."""
+    first = data[0] if isinstance(data, list) else data
+    convs, _ = load_conversations(first)
+    return [c.messages[:-1] for c in convs[:min(n, limit or n)]]
+
+
 def _before_loss(results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`results` with `extra` inserted after the task metrics, before loss/perplexity (the results' order)."""
     keys = list(results)
@@ -162,7 +169,7 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
                  mc_scoring: str = "letter", compare: str | None = None,
                  human_sheet: str | Path | None = None, judge: str | None = None, judge_model: str | None = None,
                  judge_api_key: str | None = None, human_ratings: str | Path | None = None,
-                 fluency_lm: str | None = None, judge_client=None) -> dict[str, Any]:
+                 fluency_lm: str | None = None, judge_client=None, speed_samples: int = 0) -> dict[str, Any]:
     """Score a Run on a data file (`data`) or a multiple-choice file (`mc`) with the run's own template.
 
     `data` may be several files, one per task (`path` or `task=path`, see `task_files`): metrics are then
@@ -178,6 +185,10 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
     position-swapped (judge_win_rate, judge_consistency...); `human_ratings` (a rated sheet) adds the
     judge's agreement with the raters; `fluency_lm` adds fluency_ppl, the answers' perplexity under that
     reference LM. These join the metrics (so --compare shows their deltas).
+
+    `speed_samples` > 0 (with `data`) times that many prompts answered one at a time, for this run and
+    the compared system in this process (tunelab.eval.speed): latency_p50_s, latency_p95_s,
+    tokens_per_s and ms_per_token join the metrics, the per-sample timings go to the JSON's "speed".
     Writes eval/<data>[-mc][-vs-<other>]-<time>.json
     plus .predictions.jsonl; returns this run's metrics with "saved" (and "compare", "human_sheet").
     """
@@ -211,8 +222,23 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
             settings["tasks"] = files
             data = list(files.values())
             stem = "+".join(files)
+    speed_prompts = _speed_prompts(data, limit, speed_samples) if mc is None and speed_samples else []
+    speed: dict[str, Any] = {}
+
+    def score(model, tok, template, who: str) -> tuple[dict, list[dict]]:
+        results, rows = scorer(model, tok, template)
+        if speed_prompts:
+            from tunelab.eval.speed import measure_speed
+
+            summary, timings = measure_speed(model, tok, template, speed_prompts, max_new_tokens, speed_samples)
+            speed["samples"] = summary.pop("speed_samples")
+            speed[who] = timings
+            n = results.pop("n")  # the timings join the metrics after loss/perplexity, "n" stays last
+            results = {**results, **summary, "n": n}
+        return results, rows
+
     model, tok, template = run.load_model(device=device)
-    results, rows = scorer(model, tok, template)
+    results, rows = score(model, tok, template, "this")
     del model
     source = str(mc) if mc is not None else data if isinstance(data, list) else str(data)
     record: dict[str, Any] = {"data": source, "metrics": results, "settings": settings,
@@ -220,7 +246,7 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
     other_results = other_rows = None
     if compare:
         name, (other, other_tok, other_template) = load_other(run, compare, device)
-        other_results, other_rows = scorer(other, other_tok, other_template)
+        other_results, other_rows = score(other, other_tok, other_template, "other")
         del other
         stem += f"-vs-{_slug(name)}"
     gc.collect()
@@ -237,6 +263,9 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
             other_rows = [{**r, **e} for r, e in zip(other_rows, graded["other_rows"])]
         record["metrics"] = results
         record["judge"] = graded["record"]
+    if speed:
+        record["speed"] = speed
+        settings["speed"] = "batch 1, greedy, after one warm-up answer, same process"
     if compare:
         record["compare"] = {"name": name, "spec": compare, "metrics": other_results,
                              "deltas": metric_deltas(results, other_results)}
