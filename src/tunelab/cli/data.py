@@ -15,7 +15,7 @@ from tunelab.data.io import DataError, read_records, write_records
 from tunelab.data.prepare import augment, clean, dedup, split
 from tunelab.data.prepare.augment import AUGMENTERS
 from tunelab.data.prepare.dialogue import extract_dialogue_files
-from tunelab.utils.io import atomic_write_jsonl
+from tunelab.utils.io import atomic_write_jsonl, atomic_write_text
 
 app = typer.Typer(help="Prepare data: clean, deduplicate, split, extract dialogue from scripts, augment.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -192,6 +192,22 @@ def extract_dialogue_cmd(
                                                    "stem>.<character>.json (several scripts: <character>.json "
                                                    "beside the first).")] = None,
     encoding: Annotated[Optional[str], typer.Option(help="Script encoding. Default: UTF-8, then GB18030.")] = None,
+    prose: Annotated[bool, typer.Option("--prose", help="The files are prose (a novel) with unmarked speakers: "
+                                        "find the quotes, attribute them to --speakers (rules, then "
+                                        "--attribute-with), then extract as from a script.")] = False,
+    speakers: Annotated[Optional[str], typer.Option(help="--prose: the cast, comma-separated (the character "
+                                                    "included).")] = None,
+    attribute_with: Annotated[Optional[str], typer.Option(
+        help="--prose: a run folder, local model or OpenAI-compatible URL that attributes the quotes the rules "
+             "cannot (without it those are dropped).")] = None,
+    attribute_model: Annotated[Optional[str], typer.Option(help="--attribute-with URL: the model name to ask.")]
+    = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="TUNELAB_ATTRIBUTE_API_KEY",
+                                                   help="--attribute-with URL: its API key.")] = None,
+    model_all: Annotated[bool, typer.Option(help="--prose: ask the model about every quote, not only those the "
+                                            "rules leave open.")] = False,
+    script_out: Annotated[Optional[Path], typer.Option(help="--prose: also write the attributed quotes as a "
+                                                       "'名字：台词' script here, to review.")] = None,
 ) -> None:
     """Turn scripts into Alpaca records for a persona model: the character's lines are outputs.
 
@@ -206,7 +222,11 @@ def extract_dialogue_cmd(
         tunelab data extract-dialogue ep01.txt ep02.txt --character 甄嬛 --alias 嬛嬛 --history 2 -o huanhuan.json
     """
     def body() -> None:
-        res = extract_dialogue_files([(str(s), _read_script(s, encoding)) for s in scripts], character,
+        texts = [(str(s), _read_script(s, encoding)) for s in scripts]
+        if prose:
+            texts = _prose_to_scripts(texts, speakers, attribute_with, attribute_model, api_key, model_all,
+                                      script_out)
+        res = extract_dialogue_files(texts, character,
                                      aliases=alias or [], history=history, system=system, merge=merge)
         first = scripts[0]
         dst = output or (first.with_name(f"{first.stem}.{character}.json") if len(scripts) == 1
@@ -221,6 +241,31 @@ def extract_dialogue_cmd(
                  ["lines", "scenes", "turns", "target_turns", "records", "no_prompt"],
                  {"records": dst, "skipped": side})
     _run(body)
+
+
+def _prose_to_scripts(texts, speakers, attribute_with, attribute_model, api_key, model_all, script_out):
+    """Attribute each prose file's quotes (rules, then the model) and return them as '名字：台词' scripts."""
+    from tunelab.data.prepare.prose import attribute, to_script
+
+    if not speakers:
+        raise DataError("--prose needs --speakers NAME,NAME,... (the cast whose quotes are attributed)")
+    chooser = None
+    if attribute_with:
+        from tunelab.eval.judge import load_judge
+
+        chooser = load_judge(attribute_with, model=attribute_model, api_key=api_key)
+    out, stats = [], {"quotes": 0, "rule": 0, "model": 0, "unattributed": 0}
+    for name, text in texts:
+        paras, quotes = attribute(text, speakers.split(","), chooser, model_all=model_all)
+        stats["quotes"] += len(quotes)
+        for q in quotes:
+            stats[q.by or "unattributed"] += 1
+        out.append((name, to_script(paras, quotes)))
+    if script_out:
+        atomic_write_text(script_out, "".join(t for _, t in out))
+    err.print(f"prose: {stats['quotes']} quotes, {stats['rule']} attributed by rule, {stats['model']} by "
+              f"{attribute_with or 'no model'}, {stats['unattributed']} left out", highlight=False)
+    return out
 
 
 @app.command("augment")
