@@ -47,8 +47,9 @@ def retrain(run_dir: str | Path, log: str | Path, *, out: str | Path | None = No
 
     `model` keeps only answers served under that model name (default: all). Writes the data set to
     `<out>.traffic.jsonl`, the old validation set to `<out>.val.jsonl` and this report to
-    `<out>.retrain.json` (next to the new run: its config names the first two). Returns {"run": new run path, "data": RetrainData summary,
-    "data_file", "val_file", "eval": the comparison (this run = new, compare = old)}.
+    `<out>.retrain.json` (next to the new run: its config names the first two). Returns {"run": new run
+    path, "previous", "data": RetrainData summary, "data_file", "val_file", "eval": the comparison (this
+    run = new, compare = old)}.
     """
     old = Run(run_dir)
     out = Path(out) if out else old.path.with_name(old.path.name + "-retrain")

@@ -71,7 +71,8 @@ def test_retrain_records_filters_dedups_and_scrubs(tmp_path):
     data = retrain_records(log, model="a")
     assert [r["messages"] for r in data.records] == [
         [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
-        [{"role": "user", "content": "Email me at [EMAIL]"}, {"role": "assistant", "content": "Sure, I wrote to [EMAIL]."}],
+        [{"role": "user", "content": "Email me at [EMAIL]"},
+         {"role": "assistant", "content": "Sure, I wrote to [EMAIL]."}],
         [{"role": "user", "content": "Rated twice"}, {"role": "assistant", "content": "z"}],
     ]
     s = data.summary()

@@ -285,8 +285,23 @@ def augment_cmd(
     shots: Annotated[int, typer.Option("--k", help="Seed examples shown per generation prompt.")] = 3,
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply per generation call, in tokens.")] = 256,
     max_calls: Annotated[Optional[int], typer.Option(help="Most generation calls (default 2 * N + 2).")] = None,
+    back_translate: Annotated[Optional[str], typer.Option(
+        help="Also add a back-translated copy per record: zh-en (Chinese -> English -> Chinese) or en-zh, "
+             "through --bt-with.")] = None,
+    bt_with: Annotated[Optional[str], typer.Option(
+        help="--back-translate: a local model (name, folder or run folder) or an OpenAI-compatible URL "
+             "(e.g. http://127.0.0.1:8000 from `tunelab serve`).")] = None,
+    bt_model: Annotated[Optional[str], typer.Option(help="--bt-with URL: the model name to ask.")] = None,
+    bt_api_key: Annotated[Optional[str], typer.Option(envvar="TUNELAB_BT_API_KEY",
+                                                      help="--bt-with URL: its API key.")] = None,
+    synonyms: Annotated[Optional[list[Path]], typer.Option(
+        "--synonyms", help="A synonym file to add to the shipped table (JSON groups, Cilin lines "
+        "'Aa01A01= 人 士 人物', or one group of words per line); repeatable.")] = None,
+    synonyms_only: Annotated[bool, typer.Option(help="Use only the --synonyms files, not the shipped table.")]
+    = False,
 ) -> None:
-    """Add augmented copies: synonym replacement, reordering, random deletion/insertion; optionally LLM few-shot.
+    """Add augmented copies: synonym replacement, reordering, random deletion/insertion; optionally LLM few-shot
+    and back-translation.
 
     Only the input side changes unless --answers is given, so answers stay correct.
 
@@ -295,9 +310,17 @@ def augment_cmd(
         tunelab data augment train.json -o train.aug.json --op synonym --op delete --rate 0.1
 
         tunelab data augment train.json -o train.gen.json --op synonym --generate 20 --model smollm2-135m
+
+        tunelab data augment zh.json -o zh.bt.json --op synonym --back-translate zh-en --bt-with http://127.0.0.1:8000
     """
     def body() -> None:
         records = read_records(input)
+        if back_translate and not bt_with:
+            raise ValueError("--back-translate needs --bt-with MODEL_OR_URL (the model that translates)")
+        if synonyms or synonyms_only:
+            from tunelab.data.prepare.augment import use_synonyms
+
+            err.print(f"synonyms: {use_synonyms(synonyms or [], replace=synonyms_only)} groups in use", highlight=False)
         res = augment(records, ops=op or ["synonym"], rate=rate, copies=copies, seed=seed,
                       sides=("input", "output") if answers else ("input",), keep_original=original)
         files: dict[str, Path | None] = {}
@@ -313,11 +336,33 @@ def augment_cmd(
             res.counts.update({f"generated {k}": v for k, v in gen.counts.items()})
             res.counts["kept"] = len(res.kept)
             res.rejected = gen.rejected
+        if back_translate:
+            from tunelab.data.prepare.backtranslate import back_translate as bt
+
+            sides = ("input", "output") if answers else ("input",)
+            trans = bt(records, _bt_generator(bt_with, bt_model, bt_api_key, max_new_tokens), direction=back_translate,
+                       sides=sides, keep_original=False)
+            res.kept.extend(trans.kept)
+            res.counts.update({f"back-translation {k}": v for k, v in trans.counts.items()})
+            res.counts["kept"] = len(res.kept)
+            res.rejected = [*res.rejected, *trans.rejected]
         dst = output or _default_out(input, "aug")
         kept, side = res.write(dst, _side(dst) if res.rejected else None)
         files.update(kept=kept, rejected=side)
         _summary(f"augment {input}", res.counts, ["input", "kept", "augmented", "unchanged"], files)
     _run(body)
+
+
+def _bt_generator(spec: str, model: str | None, api_key: str | None, max_new_tokens: int):
+    """The translating model: an OpenAI-compatible endpoint, or a local model / run folder decoding greedily."""
+    from tunelab.data.prepare.backtranslate import endpoint_generator
+
+    if spec.startswith(("http://", "https://")):
+        return endpoint_generator(spec, model, api_key, max_tokens=max_new_tokens)
+    from tunelab.data.prepare import hf_generator
+    from tunelab.models import load_model, load_tokenizer
+
+    return hf_generator(load_model(spec), load_tokenizer(spec), max_new_tokens=max_new_tokens, temperature=0.0)
 
 
 @app.command("inspect")
