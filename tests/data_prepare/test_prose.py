@@ -69,7 +69,7 @@ def test_model_fills_the_rest_with_a_numbered_cast(sample):
     _, quotes = attribute(text, cast, oracle)
     score = score_attribution(quotes, gold)
     assert score["accuracy"] == 1.0 and (score["by_rule"], score["by_model"]) == (4, 12)
-    assert len(oracle.prompts) == 12
+    assert len(oracle.prompts) == 24  # each open quote asked with the cast in order and reversed
     first = oracle.prompts[0][-1]["content"]
     assert f"{len(cast) + 1}. {NONE_OF_THEM}" in first and ">> “这么晚了，还有客人。” <<" in first
     assert "林秋推开茶馆的门" in first  # the paragraph before is context
@@ -94,6 +94,23 @@ def test_none_of_them_and_unparsed_replies_leave_quotes_out(sample):
     script = to_script(paras, quotes)
     assert script.splitlines() == ["林秋：一壶龙井，再来一碟花生。", "# scene", "林秋：不知道，",
                                    "林秋：三年没有消息了。", "船夫：上船了！"]
+
+
+class FirstJudge:
+    """Pure position bias: always the first listed speaker."""
+
+    def choose(self, prompts, options):
+        return ["1"] * len(prompts)
+
+
+def test_swapped_cast_order_makes_a_position_biased_model_abstain(sample):
+    text, cast, gold = sample
+    _, quotes = attribute(text, cast, FirstJudge())
+    assert score_attribution(quotes, gold)["by_model"] == 0  # "1" names 林秋, then 船夫: they disagree
+    _, quotes = attribute(text, cast, FirstJudge(), swap=False)
+    score = score_attribution(quotes, gold)
+    assert score["by_model"] == 12 and all(q.speaker == "林秋" for q in quotes if q.by == "model")
+    assert score["accuracy"] == pytest.approx((4 + 3) / 16)  # 3 of the 12 open quotes are 林秋's
 
 
 def test_local_model_attribution_is_always_a_cast_member_or_none(sample):

@@ -208,6 +208,8 @@ def extract_dialogue_cmd(
                                             "rules leave open.")] = False,
     script_out: Annotated[Optional[Path], typer.Option(help="--prose: also write the attributed quotes as a "
                                                        "'名字：台词' script here, to review.")] = None,
+    swap: Annotated[bool, typer.Option("--swap/--no-swap", help="--prose: ask the model twice (cast in order and "
+                                       "reversed) and keep a speaker only when both answers agree.")] = True,
 ) -> None:
     """Turn scripts into Alpaca records for a persona model: the character's lines are outputs.
 
@@ -225,7 +227,7 @@ def extract_dialogue_cmd(
         texts = [(str(s), _read_script(s, encoding)) for s in scripts]
         if prose:
             texts = _prose_to_scripts(texts, speakers, attribute_with, attribute_model, api_key, model_all,
-                                      script_out)
+                                      script_out, swap)
         res = extract_dialogue_files(texts, character,
                                      aliases=alias or [], history=history, system=system, merge=merge)
         first = scripts[0]
@@ -243,7 +245,7 @@ def extract_dialogue_cmd(
     _run(body)
 
 
-def _prose_to_scripts(texts, speakers, attribute_with, attribute_model, api_key, model_all, script_out):
+def _prose_to_scripts(texts, speakers, attribute_with, attribute_model, api_key, model_all, script_out, swap=True):
     """Attribute each prose file's quotes (rules, then the model) and return them as '名字：台词' scripts."""
     from tunelab.data.prepare.prose import attribute, to_script
 
@@ -256,7 +258,7 @@ def _prose_to_scripts(texts, speakers, attribute_with, attribute_model, api_key,
         chooser = load_judge(attribute_with, model=attribute_model, api_key=api_key)
     out, stats = [], {"quotes": 0, "rule": 0, "model": 0, "unattributed": 0}
     for name, text in texts:
-        paras, quotes = attribute(text, speakers.split(","), chooser, model_all=model_all)
+        paras, quotes = attribute(text, speakers.split(","), chooser, model_all=model_all, swap=swap)
         stats["quotes"] += len(quotes)
         for q in quotes:
             stats[q.by or "unattributed"] += 1

@@ -10,7 +10,8 @@
    `choose(prompts, options) -> list[str | None]` works; `tunelab data extract-dialogue --prose
    --attribute-with MODEL_OR_URL` passes a local model (options scored by log-likelihood) or an
    OpenAI-compatible endpoint (tunelab.eval.judge.load_judge). Numbers, not names, are the options,
-   so a long name is not less likely than a short one.
+   so a long name is not less likely than a short one; each quote is asked with the cast in order
+   and reversed, and kept only when both answers agree (a model guessing by list position abstains).
 4. `to_script` writes the attributed quotes as ``名字：台词`` lines, so the script pipeline
    (tunelab.data.prepare.dialogue) makes the persona records; a chapter heading or a paragraph
    without speech between two quotes ends a scene.
@@ -121,11 +122,14 @@ def attribution_prompt(paras: list[str], quote: Quote, cast: Sequence[str]) -> l
 
 
 def attribute(text: str, cast: Sequence[str], chooser: Chooser | None = None,
-              model_all: bool = False) -> tuple[list[str], list[Quote]]:
+              model_all: bool = False, swap: bool = True) -> tuple[list[str], list[Quote]]:
     """Find the quotes of `text` and attribute each to one of `cast` (or leave it None).
 
     Explicit attributions come from `rule_speaker`; the others (all of them with `model_all`) go to
-    `chooser` when one is given. Returns (paragraphs, quotes).
+    `chooser` when one is given. With `swap` (default) the model is asked twice, with the cast listed
+    in order and reversed, and a speaker is kept only when both answers name the same one: a model
+    that picks a list position rather than a person (small models pick "1") then leaves the quote
+    unattributed instead of attributing it wrongly. Returns (paragraphs, quotes).
     """
     cast = [c.strip() for c in cast if c.strip()]
     if not cast:
@@ -140,11 +144,18 @@ def attribute(text: str, cast: Sequence[str], chooser: Chooser | None = None,
             ask.append(q)
     if ask:
         options = [str(i) for i in range(1, len(cast) + 2)]
-        picks = chooser.choose([attribution_prompt(paras, q, cast) for q in ask], options)
-        for q, pick in zip(ask, picks):
-            if pick is not None and int(pick) <= len(cast):
-                q.speaker, q.by = cast[int(pick) - 1], "model"
+        orders = [cast, cast[::-1]] if swap else [cast]
+        answers = [[_name(pick, order) for pick in chooser.choose([attribution_prompt(paras, q, order) for q in ask],
+                                                                   options)] for order in orders]
+        for q, *names in zip(ask, *answers):
+            if names[0] is not None and all(n == names[0] for n in names):
+                q.speaker, q.by = names[0], "model"
     return paras, quotes
+
+
+def _name(pick: str | None, cast: Sequence[str]) -> str | None:
+    """The cast member a numbered answer names (None: "none of them" or no answer)."""
+    return cast[int(pick) - 1] if pick is not None and int(pick) <= len(cast) else None
 
 
 def to_script(paras: list[str], quotes: list[Quote]) -> str:
