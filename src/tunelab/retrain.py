@@ -63,7 +63,10 @@ def retrain(run_dir: str | Path, log: str | Path, *, out: str | Path | None = No
     val_file = Path(val) if val else old_validation(old, out.with_name(out.name + ".val.jsonl"))
     cfg = old.config.model_dump(mode="json")
     cfg["model"]["name"] = str(old.path.resolve())
-    cfg["data"].update(train=str(data_file.resolve()), eval=str(Path(val_file).resolve()), format="messages")
+    # the traffic and validation files are written as messages: the old run's column mapping, sample cap and
+    # streaming settings were for its own files
+    cfg["data"].update(train=str(data_file.resolve()), eval=str(Path(val_file).resolve()), format="messages",
+                       columns=None, max_samples=None, streaming=False)
     cfg["output_dir"] = str(out)
     from tunelab.api import train
 
