@@ -249,7 +249,7 @@ def test_eval_with_judge_and_fluency_through_the_cli(tuned_run, tmp_path):
     run, data = tuned_run
     sheet = tmp_path / "ab.csv"
     res = CliRunner().invoke(app, ["eval", str(run.path), "--data", str(data), "--compare", "base",
-                                   "--max-new-tokens", "4", "--human-sheet", str(sheet),
+                                   "--max-new-tokens", "4", "--human-sheet", str(sheet), "--speed-samples", "0",
                                    "--judge", "tiny-llama", "--fluency-lm", "tiny-llama"])
     assert res.exit_code == 0, res.output
     saved = sorted((run.path / "eval").glob("*-vs-*.json"))[-1]
