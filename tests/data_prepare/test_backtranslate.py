@@ -55,6 +55,9 @@ def test_paraphrase_checks():
     assert check_paraphrase("Hello there.", "你好。", "en", 0.5, 2) == "wrong_language"
     assert check_paraphrase("Hello there.", "", "en", 0.5, 2) == "empty"
     assert check_paraphrase("Hello there.", "Hi there.", "en", 0.5, 2) is None
+    # the first leg came back in the source language: not a translation, whatever the way back gives
+    assert check_paraphrase("今天天气很好。", "今天的天气不错。", "zh", 0.5, 2, "今天天气好。", "en") == "pivot_wrong_language"
+    assert check_paraphrase("今天天气很好。", "今天的天气不错。", "zh", 0.5, 2, "Nice weather.", "en") is None
     with pytest.raises(ValueError, match="use SOURCE-PIVOT"):
         back_translate([], DictModel(), direction="zh-zh")
 

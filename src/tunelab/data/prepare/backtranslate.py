@@ -7,8 +7,9 @@ Augmentation", NeurIPS 2020). The model is any `Generator` (chat messages -> rep
 serve`, vLLM, llama.cpp's server). As with the rule-based operations only the input side changes by
 default, so answers stay correct.
 
-A round trip is kept only when it looks like a paraphrase: non-empty, in the source script (CJK for
-zh, not for en), not identical to the original, and of similar length (`min_ratio`..`max_ratio` of
+A round trip is kept only when it looks like a paraphrase: the pivot text is in the pivot script (a
+model that echoes or answers instead of translating fails here), the result is non-empty, in the
+source script (CJK for zh, not for en), not identical to the original, and of similar length (`min_ratio`..`max_ratio` of
 the original's characters); otherwise the record goes to the rejected rows with the reason, so a model
 that answers the text instead of translating it, or translates into the wrong language, is caught.
 """
@@ -73,8 +74,13 @@ def round_trip(generate: Generator, text: str, source: str, pivot: str) -> tuple
     return middle, _clean_reply(generate(back))
 
 
-def check_paraphrase(original: str, back: str, source: str, min_ratio: float, max_ratio: float) -> str | None:
-    """Why `back` is not a usable paraphrase of `original`, or None."""
+def check_paraphrase(original: str, back: str, source: str, min_ratio: float, max_ratio: float,
+                     middle: str | None = None, pivot: str | None = None) -> str | None:
+    """Why `back` is not a usable paraphrase of `original`, or None. With `middle` (the pivot text) and
+    `pivot`, a first leg that did not translate (the model echoed or answered in the source language)
+    is caught too: "pivot_wrong_language"."""
+    if middle is not None and pivot is not None and (not middle or (pivot == "zh") != is_cjk_text(middle)):
+        return "pivot_wrong_language"
     if not back:
         return "empty"
     if (source == "zh") != is_cjk_text(back):
@@ -115,7 +121,7 @@ def back_translate(records: Sequence[RecordLike], generate: Generator, *, direct
                 return text
             if text not in cache:
                 middle, back = round_trip(generate, text, source, pivot)
-                cache[text] = (back, check_paraphrase(text, back, source, min_ratio, max_ratio))
+                cache[text] = (back, check_paraphrase(text, back, source, min_ratio, max_ratio, middle, pivot))
                 cache[text + "\x00pivot"] = (middle, None)
             back, why = cache[text]
             if why:
