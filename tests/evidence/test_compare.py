@@ -219,7 +219,9 @@ def test_cli_compare_table_and_errors(runs, tmp_path):
     assert res.exit_code == 0, res.output
     assert "base:tiny-llama" in res.output and "delta" in res.output
     names = [line.replace("│", " ").split()[0] for line in res.output.splitlines() if line.startswith("│")]
-    assert names == ["exact_match", "contains", "loss", "perplexity", "n"]  # task metrics lead
+    # task metrics lead; with --compare the inference speed of both (batch 1, same process) follows
+    assert names == ["exact_match", "contains", "loss", "perplexity", "latency_p50_s", "latency_p95_s",
+                     "tokens_per_s", "ms_per_token", "n"]
     loss_line = next(line for line in res.output.splitlines() if line.strip("│ ").startswith("loss"))
     ours, theirs, delta = (float(x) for x in loss_line.replace("│", " ").split()[1:4])
     assert delta == pytest.approx(ours - theirs, abs=2e-4)

@@ -325,6 +325,9 @@ def _mount_optional() -> None:
     app.command("report")(evidence.report)
     app.command("runs")(evidence.runs)
     app.command("import-ratings")(evidence.import_ratings)
+    from tunelab.cli.retrain import retrain_cmd
+
+    app.command("retrain")(retrain_cmd)
     from tunelab.cli.data import app as data_app
 
     app.add_typer(data_app, name="data", help="Prepare data: clean, dedup, split, extract-dialogue, augment, inspect, convert.")

@@ -16,7 +16,7 @@ from tunelab.data.sources import read_any
 from tunelab.data.prepare import augment, clean, dedup, split
 from tunelab.data.prepare.augment import AUGMENTERS
 from tunelab.data.prepare.dialogue import extract_dialogue_files
-from tunelab.utils.io import atomic_write_jsonl
+from tunelab.utils.io import atomic_write_jsonl, atomic_write_text
 
 app = typer.Typer(help="Prepare data: clean, deduplicate, split, extract dialogue from scripts, augment.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -193,6 +193,24 @@ def extract_dialogue_cmd(
                                                    "stem>.<character>.json (several scripts: <character>.json "
                                                    "beside the first).")] = None,
     encoding: Annotated[Optional[str], typer.Option(help="Script encoding. Default: UTF-8, then GB18030.")] = None,
+    prose: Annotated[bool, typer.Option("--prose", help="The files are prose (a novel) with unmarked speakers: "
+                                        "find the quotes, attribute them to --speakers (rules, then "
+                                        "--attribute-with), then extract as from a script.")] = False,
+    speakers: Annotated[Optional[str], typer.Option(help="--prose: the cast, comma-separated (the character "
+                                                    "included).")] = None,
+    attribute_with: Annotated[Optional[str], typer.Option(
+        help="--prose: a run folder, local model or OpenAI-compatible URL that attributes the quotes the rules "
+             "cannot (without it those are dropped).")] = None,
+    attribute_model: Annotated[Optional[str], typer.Option(help="--attribute-with URL: the model name to ask.")]
+    = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="TUNELAB_ATTRIBUTE_API_KEY",
+                                                   help="--attribute-with URL: its API key.")] = None,
+    model_all: Annotated[bool, typer.Option(help="--prose: ask the model about every quote, not only those the "
+                                            "rules leave open.")] = False,
+    script_out: Annotated[Optional[Path], typer.Option(help="--prose: also write the attributed quotes as a "
+                                                       "'名字：台词' script here, to review.")] = None,
+    swap: Annotated[bool, typer.Option("--swap/--no-swap", help="--prose: ask the model twice (cast in order and "
+                                       "reversed) and keep a speaker only when both answers agree.")] = True,
 ) -> None:
     """Turn scripts into Alpaca records for a persona model: the character's lines are outputs.
 
@@ -207,7 +225,11 @@ def extract_dialogue_cmd(
         tunelab data extract-dialogue ep01.txt ep02.txt --character 甄嬛 --alias 嬛嬛 --history 2 -o huanhuan.json
     """
     def body() -> None:
-        res = extract_dialogue_files([(str(s), _read_script(s, encoding)) for s in scripts], character,
+        texts = [(str(s), _read_script(s, encoding)) for s in scripts]
+        if prose:
+            texts = _prose_to_scripts(texts, speakers, attribute_with, attribute_model, api_key, model_all,
+                                      script_out, swap)
+        res = extract_dialogue_files(texts, character,
                                      aliases=alias or [], history=history, system=system, merge=merge)
         first = scripts[0]
         dst = output or (first.with_name(f"{first.stem}.{character}.json") if len(scripts) == 1
@@ -222,6 +244,31 @@ def extract_dialogue_cmd(
                  ["lines", "scenes", "turns", "target_turns", "records", "no_prompt"],
                  {"records": dst, "skipped": side})
     _run(body)
+
+
+def _prose_to_scripts(texts, speakers, attribute_with, attribute_model, api_key, model_all, script_out, swap=True):
+    """Attribute each prose file's quotes (rules, then the model) and return them as '名字：台词' scripts."""
+    from tunelab.data.prepare.prose import attribute, to_script
+
+    if not speakers:
+        raise DataError("--prose needs --speakers NAME,NAME,... (the cast whose quotes are attributed)")
+    chooser = None
+    if attribute_with:
+        from tunelab.eval.judge import load_judge
+
+        chooser = load_judge(attribute_with, model=attribute_model, api_key=api_key)
+    out, stats = [], {"quotes": 0, "rule": 0, "model": 0, "unattributed": 0}
+    for name, text in texts:
+        paras, quotes = attribute(text, speakers.split(","), chooser, model_all=model_all, swap=swap)
+        stats["quotes"] += len(quotes)
+        for q in quotes:
+            stats[q.by or "unattributed"] += 1
+        out.append((name, to_script(paras, quotes)))
+    if script_out:
+        atomic_write_text(script_out, "".join(t for _, t in out))
+    err.print(f"prose: {stats['quotes']} quotes, {stats['rule']} attributed by rule, {stats['model']} by "
+              f"{attribute_with or 'no model'}, {stats['unattributed']} left out", highlight=False)
+    return out
 
 
 @app.command("augment")
@@ -241,8 +288,23 @@ def augment_cmd(
     shots: Annotated[int, typer.Option("--k", help="Seed examples shown per generation prompt.")] = 3,
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply per generation call, in tokens.")] = 256,
     max_calls: Annotated[Optional[int], typer.Option(help="Most generation calls (default 2 * N + 2).")] = None,
+    back_translate: Annotated[Optional[str], typer.Option(
+        help="Also add a back-translated copy per record: zh-en (Chinese -> English -> Chinese) or en-zh, "
+             "through --bt-with.")] = None,
+    bt_with: Annotated[Optional[str], typer.Option(
+        help="--back-translate: a local model (name, folder or run folder) or an OpenAI-compatible URL "
+             "(e.g. http://127.0.0.1:8000 from `tunelab serve`).")] = None,
+    bt_model: Annotated[Optional[str], typer.Option(help="--bt-with URL: the model name to ask.")] = None,
+    bt_api_key: Annotated[Optional[str], typer.Option(envvar="TUNELAB_BT_API_KEY",
+                                                      help="--bt-with URL: its API key.")] = None,
+    synonyms: Annotated[Optional[list[Path]], typer.Option(
+        "--synonyms", help="A synonym file to add to the shipped table (JSON groups, Cilin lines "
+        "'Aa01A01= 人 士 人物', or one group of words per line); repeatable.")] = None,
+    synonyms_only: Annotated[bool, typer.Option(help="Use only the --synonyms files, not the shipped table.")]
+    = False,
 ) -> None:
-    """Add augmented copies: synonym replacement, reordering, random deletion/insertion; optionally LLM few-shot.
+    """Add augmented copies: synonym replacement, reordering, random deletion/insertion; optionally LLM few-shot
+    and back-translation.
 
     Only the input side changes unless --answers is given, so answers stay correct.
 
@@ -251,9 +313,17 @@ def augment_cmd(
         tunelab data augment train.json -o train.aug.json --op synonym --op delete --rate 0.1
 
         tunelab data augment train.json -o train.gen.json --op synonym --generate 20 --model smollm2-135m
+
+        tunelab data augment zh.json -o zh.bt.json --op synonym --back-translate zh-en --bt-with http://127.0.0.1:8000
     """
     def body() -> None:
         records = read_any(input)
+        if back_translate and not bt_with:
+            raise ValueError("--back-translate needs --bt-with MODEL_OR_URL (the model that translates)")
+        if synonyms or synonyms_only:
+            from tunelab.data.prepare.augment import use_synonyms
+
+            err.print(f"synonyms: {use_synonyms(synonyms or [], replace=synonyms_only)} groups in use", highlight=False)
         res = augment(records, ops=op or ["synonym"], rate=rate, copies=copies, seed=seed,
                       sides=("input", "output") if answers else ("input",), keep_original=original)
         files: dict[str, Path | None] = {}
@@ -270,11 +340,33 @@ def augment_cmd(
             res.counts.update({f"generated {k}": v for k, v in gen.counts.items()})
             res.counts["kept"] = len(res.kept)
             res.rejected = gen.rejected
+        if back_translate:
+            from tunelab.data.prepare.backtranslate import back_translate as bt
+
+            sides = ("input", "output") if answers else ("input",)
+            trans = bt(records, _bt_generator(bt_with, bt_model, bt_api_key, max_new_tokens), direction=back_translate,
+                       sides=sides, keep_original=False)
+            res.kept.extend(trans.kept)
+            res.counts.update({f"back-translation {k}": v for k, v in trans.counts.items()})
+            res.counts["kept"] = len(res.kept)
+            res.rejected = [*res.rejected, *trans.rejected]
         dst = output or _default_out(input, "aug")
         kept, side = res.write(dst, _side(dst) if res.rejected else None)
         files.update(kept=kept, rejected=side)
         _summary(f"augment {input}", res.counts, ["input", "kept", "augmented", "unchanged"], files)
     _run(body)
+
+
+def _bt_generator(spec: str, model: str | None, api_key: str | None, max_new_tokens: int):
+    """The translating model: an OpenAI-compatible endpoint, or a local model / run folder decoding greedily."""
+    from tunelab.data.prepare.backtranslate import endpoint_generator
+
+    if spec.startswith(("http://", "https://")):
+        return endpoint_generator(spec, model, api_key, max_tokens=max_new_tokens)
+    from tunelab.data.prepare import hf_generator
+    from tunelab.models import load_model, load_tokenizer
+
+    return hf_generator(load_model(spec), load_tokenizer(spec), max_new_tokens=max_new_tokens, temperature=0.0)
 
 
 @app.command("inspect")

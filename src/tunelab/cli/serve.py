@@ -96,9 +96,16 @@ def serve(
     route: Annotated[list[str] | None, typer.Option(
         "--route", help="A/B route NAME=VARIANT=WEIGHT,... e.g. chat=a=90,b=10")] = None,
     ab_log: Annotated[Path | None, typer.Option(help="JSONL file logging each routed request (variant, latency)")] = None,
+    request_log: Annotated[Path | None, typer.Option(
+        help="JSONL file logging every answered request (messages, answer) and POST /v1/feedback; the input of "
+             "`tunelab retrain`. It holds users' texts: keep it private")] = None,
     drift_profile: Annotated[list[str] | None, typer.Option(
         help="NAME=profile.json (from serve-profile) to watch for drift")] = None,
     drift_threshold: Annotated[float, typer.Option(help="drift score above which a warning is logged")] = 0.25,
+    output_profile: Annotated[list[str] | None, typer.Option(
+        help="NAME=outputs.json (from serve-output-profile): watch NAME's answers for output drift")] = None,
+    output_drift_threshold: Annotated[float, typer.Option(
+        help="output drift score above which a warning is logged")] = 0.25,
     host: Annotated[str, typer.Option(help="address to bind; other than loopback, set an API key")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     api_key: Annotated[str | None, typer.Option(
@@ -115,7 +122,7 @@ def serve(
     import uvicorn
 
     from tunelab.infer.ab import RouteError, parse_route_arg
-    from tunelab.infer.drift import DriftProfile
+    from tunelab.infer.drift import DriftProfile, OutputProfile
     from tunelab.infer.model_pool import SpecError
     from tunelab.infer.server import DriftSettings, ServeLimits, create_app
     from tunelab.models import ModelNotFound
@@ -136,6 +143,8 @@ def serve(
         routes = {r.name: r for r in map(parse_route_arg, route or [])}
         profiles = {name: DriftProfile.load(path)
                     for name, path in _pairs(drift_profile or [], "--drift-profile").items()}
+        output_profiles = {name: OutputProfile.load(path)
+                           for name, path in _pairs(output_profile or [], "--output-profile").items()}
     except (RouteError, ValueError, OSError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -148,7 +157,10 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         web = create_app(specs, api_key=api_key, limits=limits, routes=routes, ab_log=ab_log,
-                         drift_profiles=profiles, drift=DriftSettings(threshold=drift_threshold), device=device,
+                         drift_profiles=profiles, drift=DriftSettings(threshold=drift_threshold),
+                         output_profiles=output_profiles,
+                         output_drift=DriftSettings(threshold=output_drift_threshold), request_log=request_log,
+                         device=device,
                          dtype=dtype)
     except (SpecError, RouteError, ModelNotFound) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
@@ -180,6 +192,47 @@ def serve_profile(
     typer.echo(f"profiled {profile.n_texts} prompts ({shares}) -> {out}")
 
 
+@app.command("serve-output-profile")
+def serve_output_profile(
+    source: Annotated[Path, typer.Argument(
+        help="a run folder (its newest `tunelab eval` predictions), a predictions .jsonl, or a data file "
+             "(its assistant answers)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="profile JSON to write")],
+    base: Annotated[str | None, typer.Option(
+        "--model", "-m", help="model whose tokenizer and embeddings to use (default: a run's base model)")] = None,
+    bins: Annotated[int, typer.Option(help="length bins")] = 10,
+) -> None:
+    """Profile a run's validation answers (length, refusals, formats, mean embedding) for serve --output-profile."""
+    from tunelab.data.io import DataError
+    from tunelab.infer.drift import answer_texts, build_output_profile
+    from tunelab.models import load_model, load_tokenizer
+    from tunelab.runfolder import RunFolder
+
+    try:
+        path = source
+        if source.is_dir():
+            folder = RunFolder(source)
+            preds = [p for p in folder.eval_results() if RunFolder.predictions_path(p).is_file()]
+            if not preds:
+                raise DataError(f"{source}: no eval predictions; run `tunelab eval {source} --data VAL_FILE` first "
+                                "(its answers are the run's validation outputs)")
+            path = RunFolder.predictions_path(max(preds, key=lambda p: p.stat().st_mtime))
+            base = base or folder.base_name(folder.read_config().model.name)
+        if base is None:
+            raise DataError(f"{source} is a file: pass --model with the served model's base")
+        texts = answer_texts(path)
+        embeddings = load_model(base).get_input_embeddings().weight
+        profile = build_output_profile(texts, load_tokenizer(base), embeddings, bins=bins)
+    except (DataError, ValueError, OSError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    profile.meta.update(source=str(path), base_model=base)
+    profile.save(out)
+    formats = ", ".join(f"{k} {v:.0%}" for k, v in profile.format_share.items() if v)
+    typer.echo(f"profiled {profile.n_texts} answers from {path} (refusals {profile.refusal_rate:.0%}; {formats}) "
+               f"-> {out}")
+
+
 def _fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.3f}{unit}"
 
@@ -205,17 +258,34 @@ def serve_stats(
             typer.secho(f"{url}/metrics answered HTTP {resp.status_code}: {resp.text[:300]}", fg="red", err=True)
             raise typer.Exit(1)
         typer.echo(f"{'model':<20} {'ok':>6} {'errors':>6} {'p50_s':>8} {'p95_s':>8} {'p99_s':>8} {'tok/s':>8} "
-                   f"{'drift':>6}")
+                   f"{'drift':>6} {'out_drift':>9} {'refusals':>8}")
         for model, row in sorted(summarize_metrics(resp.text).items()):
             typer.echo(f"{model:<20} {row.get('ok', 0):>6.0f} {row.get('errors', 0):>6.0f} {_fmt(row.get('p50')):>8} "
                        f"{_fmt(row.get('p95')):>8} {_fmt(row.get('p99')):>8} {_fmt(row.get('tokens_per_s')):>8} "
-                       f"{_fmt(row.get('drift')):>6}")
+                       f"{_fmt(row.get('drift')):>6} {_fmt(row.get('output_drift')):>9} "
+                       f"{_fmt(row.get('refusal_rate')):>8}")
     if ab_log is not None:
+        from tunelab.infer.ab import read_ab_log
+        from tunelab.infer.traffic import ab_significance
+
         typer.echo(f"\nA/B log {ab_log}:")
-        for (route_name, variant), row in summarize_ab_log(ab_log).items():
+        try:
+            summary, tests = summarize_ab_log(ab_log), ab_significance(read_ab_log(ab_log))
+        except (ValueError, OSError, KeyError) as exc:
+            typer.secho(f"error: {ab_log}: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        for (route_name, variant), row in summary.items():
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(row["outcomes"].items()))
             typer.echo(f"  {route_name} -> {variant}: {row['requests']} requests, p50 {row['p50_s']:.3f}s, "
                        f"p95 {row['p95_s']:.3f}s ({outcomes})")
+        for route_name, route_tests in tests.items():
+            for t in route_tests:
+                verdict = "significant at 5%" if t.p_value < 0.05 else "not significant at 5%"
+                typer.echo(f"  {route_name}: success {t.a} {t.successes_a}/{t.n_a} vs {t.b} {t.successes_b}/{t.n_b}: "
+                           f"diff {t.diff:+.3f} (95% CI {t.ci95[0]:+.3f}..{t.ci95[1]:+.3f}), z {t.z:+.2f}, "
+                           f"p {t.p_value:.4f} ({verdict}; two-proportion z-test)")
+        if not any(tests.values()):
+            typer.echo("  no outcomes to test: send POST /v1/feedback {id, outcome} for routed answers")
 
 
 @app.command("bench-serve")

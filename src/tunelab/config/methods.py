@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from tunelab.config.base import Section
-from tunelab.config.refs import ModelRef
+from tunelab.config.refs import ModelRef, RunPath
 
 Targets = Literal["all-linear", "attention", "mlp"] | list[str]
 
@@ -119,6 +119,19 @@ class PrefixCfg(Section):
     name: Literal["prefix"] = "prefix"
     num_virtual_tokens: int = Field(16, gt=0, description="Prefix length.")
     encoder_hidden_size: int = Field(256, gt=0, description="Width of the reparametrisation MLP.")
+    init_from: RunPath | None = Field(
+        None, description="A finished run of this same method to warm-start from (its trained prompt vectors, "
+        "e.g. a run on another language for cross-lingual transfer); its shape must match: same base model "
+        "width and layers, same num_virtual_tokens.")
+
+    @model_validator(mode="after")
+    def _warm_start_fits(self):
+        # the saved prefix is matched exactly through the reparametrisation MLP, which needs one hidden
+        # direction per virtual token (tunelab.methods.prompt.warm_start)
+        if self.init_from and self.encoder_hidden_size < self.num_virtual_tokens:
+            raise ValueError(f"encoder_hidden_size ({self.encoder_hidden_size}) must be >= num_virtual_tokens "
+                             f"({self.num_virtual_tokens}) to warm-start from init_from; raise it")
+        return self
 
 
 class PTuningV2Cfg(Section):
@@ -126,6 +139,10 @@ class PTuningV2Cfg(Section):
 
     name: Literal["ptuning_v2"] = "ptuning_v2"
     num_virtual_tokens: int = Field(16, gt=0, description="Prompt length at each layer.")
+    init_from: RunPath | None = Field(
+        None, description="A finished run of this same method to warm-start from (its trained prompt vectors, "
+        "e.g. a run on another language for cross-lingual transfer); its shape must match: same base model "
+        "width and layers, same num_virtual_tokens.")
 
 
 class PromptCfg(Section):
@@ -139,6 +156,16 @@ class PromptCfg(Section):
     tokenizer: ModelRef | None = Field(
         None, description="Model name whose tokenizer encodes init_text; null = the base model's own folder."
     )
+    init_from: RunPath | None = Field(
+        None, description="A finished run of this same method to warm-start from (its trained prompt vectors, "
+        "e.g. a run on another language for cross-lingual transfer); its shape must match: same base model "
+        "width and layers, same num_virtual_tokens.")
+
+    @model_validator(mode="after")
+    def _one_init(self):
+        if self.init_text and self.init_from:
+            raise ValueError("init_text and init_from both initialise the soft prompt; keep one of them")
+        return self
 
 
 class PTuningCfg(Section):

@@ -146,6 +146,20 @@ def score_tasks(model, tokenizer, template: str, files: Mapping[str, str], **kw)
     return merged, rows
 
 
+def _speed_prompts(data: str | list[str], limit: int | None, n: int) -> list[list[dict]]:
+    """The prompts (messages before the last answer) of the first `n` records of the (first) data file."""
+    first = data[0] if isinstance(data, list) else data
+    convs, _ = load_conversations(first)
+    return [c.messages[:-1] for c in convs[:min(n, limit or n)]]
+
+
+def _before_loss(results: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`results` with `extra` inserted after the task metrics, before loss/perplexity (the results' order)."""
+    keys = list(results)
+    cut = keys.index("loss") if "loss" in keys else len(keys)
+    return {**{k: results[k] for k in keys[:cut]}, **extra, **{k: results[k] for k in keys[cut:]}}
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "other"
 
@@ -159,7 +173,9 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
                  max_new_tokens: int = 64,
                  batch_size: int = 8, limit: int | None = None, device: str = "auto", *, mc: str | None = None,
                  mc_scoring: str = "letter", compare: str | None = None,
-                 human_sheet: str | Path | None = None) -> dict[str, Any]:
+                 human_sheet: str | Path | None = None, judge: str | None = None, judge_model: str | None = None,
+                 judge_api_key: str | None = None, human_ratings: str | Path | None = None,
+                 fluency_lm: str | None = None, judge_client=None, speed_samples: int = 0) -> dict[str, Any]:
     """Score a Run on a data file (`data`) or a multiple-choice file (`mc`) with the run's own template.
 
     `data` may be several files, one per task (`path` or `task=path`, see `task_files`): metrics are then
@@ -168,13 +184,28 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
     With `compare` ("base" or another run folder) the other system is scored the same way and
     the saved JSON gains {"compare": {"name", "metrics", "deltas"}}; each predictions row gains
     compare_prediction (and the other compare_* fields). `human_sheet` then writes a blinded
-    A/B rating CSV (A = this run, B = the other). Writes eval/<data>[-mc][-vs-<other>]-<time>.json
+    A/B rating CSV (A = this run, B = the other).
+
+    `judge` (a run folder, model name or OpenAI-compatible URL; see tunelab.eval.judge) grades each
+    answer on a 1-5 rubric (judge_rubric) and, with `compare`, judges this run against the other
+    position-swapped (judge_win_rate, judge_consistency...); `human_ratings` (a rated sheet) adds the
+    judge's agreement with the raters; `fluency_lm` adds fluency_ppl, the answers' perplexity under that
+    reference LM. These join the metrics (so --compare shows their deltas).
+
+    `speed_samples` > 0 (with `data`) times that many prompts answered one at a time, for this run and
+    the compared system in this process (tunelab.eval.speed): latency_p50_s, latency_p95_s,
+    tokens_per_s and ms_per_token join the metrics, the per-sample timings go to the JSON's "speed".
+    Writes eval/<data>[-mc][-vs-<other>]-<time>.json
     plus .predictions.jsonl; returns this run's metrics with "saved" (and "compare", "human_sheet").
     """
     if (data is None) == (mc is None):
         raise ValueError("pass either data (a dataset to generate answers for) or mc (a multiple-choice file)")
     if human_sheet and not compare:
         raise ValueError("a human rating sheet pairs two systems' answers; also pass compare ('base' or a run folder)")
+    if mc is not None and (judge or fluency_lm):
+        raise ValueError("--judge and --fluency-lm grade generated answers; use them with --data, not --mc")
+    if human_ratings and not judge:
+        raise ValueError("--human-ratings measures a judge against raters: also pass --judge MODEL_OR_URL")
     max_length = run.config.data.max_length
     if mc is not None:
         scorer: Scorer = partial(score_mc, path=mc, scoring=mc_scoring, batch_size=batch_size,
@@ -207,22 +238,55 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
             stem = "+".join(files)
     phases = 2 if compare else 1
     _phase(f"eval 1/{phases}: scoring the run on {stem}")  # the studio shows these lines as progress
+    speed_prompts = _speed_prompts(data, limit, speed_samples) if mc is None and speed_samples else []
+    speed: dict[str, Any] = {}
+
+    def score(model, tok, template, who: str) -> tuple[dict, list[dict]]:
+        results, rows = scorer(model, tok, template)
+        if speed_prompts:
+            from tunelab.eval.speed import measure_speed
+
+            summary, timings = measure_speed(model, tok, template, speed_prompts, max_new_tokens, speed_samples)
+            speed["samples"] = summary.pop("speed_samples")
+            speed[who] = timings
+            n = results.pop("n")  # the timings join the metrics after loss/perplexity, "n" stays last
+            results = {**results, **summary, "n": n}
+        return results, rows
+
     model, tok, template = run.load_model(device=device)
-    results, rows = scorer(model, tok, template)
+    results, rows = score(model, tok, template, "this")
     del model
     source = str(mc) if mc is not None else data if isinstance(data, list) else str(data)
     record: dict[str, Any] = {"data": source, "metrics": results, "settings": settings,
                               "n": results["n"]}
+    other_results = other_rows = None
     if compare:
         _phase(f"eval 2/2: scoring {compare} on {stem}")
         name, (other, other_tok, other_template) = load_other(run, compare, device)
-        other_results, other_rows = scorer(other, other_tok, other_template)
+        other_results, other_rows = score(other, other_tok, other_template, "other")
         del other
+        stem += f"-vs-{_slug(name)}"
+    gc.collect()
+    if judge or fluency_lm:
+        from tunelab.eval.judge import judge_eval
+
+        graded = judge_eval(rows, other_rows, judge=judge, judge_model=judge_model, judge_api_key=judge_api_key,
+                            human_ratings=human_ratings, fluency_lm=fluency_lm, device=device,
+                            batch_size=batch_size, max_length=max_length, client=judge_client)
+        results = _before_loss(results, graded["metrics"])
+        rows = [{**r, **e} for r, e in zip(rows, graded["rows"])]
+        if other_rows is not None:
+            other_results = _before_loss(other_results, graded["other_metrics"])
+            other_rows = [{**r, **e} for r, e in zip(other_rows, graded["other_rows"])]
+        record["metrics"] = results
+        record["judge"] = graded["record"]
+    if speed:
+        record["speed"] = speed
+        settings["speed"] = "batch 1, greedy, after one warm-up answer, same process"
+    if compare:
         record["compare"] = {"name": name, "spec": compare, "metrics": other_results,
                              "deltas": metric_deltas(results, other_results)}
         rows = pair_rows(rows, other_rows)
-        stem += f"-vs-{_slug(name)}"
-    gc.collect()
     out = RunFolder(run.path).eval_path(stem)
     atomic_write_jsonl(RunFolder.predictions_path(out), rows)
     atomic_write_json(out, record)

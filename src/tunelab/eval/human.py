@@ -152,3 +152,30 @@ def import_ratings(csv_path: str | Path, key_file: str | Path | None = None) -> 
         score = t["wins"] + 0.5 * t["ties"]
         systems[name] = {**t, "n": n, "win_rate": score / n, "ci95": list(wilson_interval(score, n))}
     return {"n": len(verdicts), "systems": systems}
+
+
+def _uncell(text: str) -> str:
+    """Undo `_cell`: the quote added before a leading = + - @ (tab, CR) is not part of the answer."""
+    return text[1:] if text[:1] == "'" and text[1:2] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def rated_rows(csv_path: str | Path, key_file: str | Path | None = None) -> list[dict[str, str]]:
+    """The rated rows of a filled-in sheet with their texts: {"id", "prompt", "answer_1", "answer_2", "better",
+    "answer_1_source", "answer_2_source"}; "better" is "1", "2" or "tie". Invalid ratings raise as in
+    `import_ratings`. Used to measure an LLM judge against the raters (tunelab.eval.judge.human_agreement)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise HumanEvalError(f"{csv_path}: no such rating sheet")
+    key = _load_key(csv_path, Path(key_file) if key_file else None)
+    _read_verdicts(csv_path, key)  # every problem reported at once, with its line
+    reader = csv.DictReader(io.StringIO(csv_path.read_text(encoding="utf-8-sig"), newline=""))
+    missing = [c for c in ("prompt", "answer_1", "answer_2") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise HumanEvalError(f"{csv_path}:1: header lacks column(s) {', '.join(missing)}; the judge needs the texts")
+    out = []
+    for row in reader:
+        rid = (row.get("id") or "").strip()
+        out.append({"id": rid, "prompt": _uncell(row["prompt"]), "answer_1": _uncell(row["answer_1"]),
+                    "answer_2": _uncell(row["answer_2"]), "better": row["better"].strip().lower(),
+                    "answer_1_source": key[rid]["answer_1"], "answer_2_source": key[rid]["answer_2"]})
+    return out

@@ -124,8 +124,14 @@ class ABRouter:
         """Append one routed request to the log: one JSON line written by a single call (whole lines only)."""
         if self.log_path is None:
             return
-        row = {"time": time.time(), "route": route, "variant": variant, "user": user,
-               "latency_s": round(latency_s, 6), "outcome": outcome, "completion_tokens": completion_tokens, **extra}
+        self.append({"time": time.time(), "route": route, "variant": variant, "user": user,
+                     "latency_s": round(latency_s, 6), "outcome": outcome, "completion_tokens": completion_tokens,
+                     **extra})
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one row (a routed request, or a {"type": "feedback"} row from POST /v1/feedback) to the log."""
+        if self.log_path is None:
+            return
         line = json.dumps(row, ensure_ascii=False) + "\n"
         with self._lock:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,18 +139,29 @@ class ABRouter:
                 f.write(line)
 
 
-def summarize_ab_log(path: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (route, variant): request count, outcome counts and latency P50/P95 from an A/B JSONL log."""
-    import numpy as np
-
-    groups: dict[tuple[str, str], list[dict]] = {}
+def read_ab_log(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of an A/B JSONL log; a bad line raises naming file:line."""
+    rows = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{n}: not JSON ({exc.msg}); the A/B log has one JSON object per line") from None
+    return rows
+
+
+def summarize_ab_log(path: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (route, variant): request count, outcome counts and latency P50/P95 from an A/B JSONL log.
+
+    Feedback rows (POST /v1/feedback) are left out here; `tunelab.infer.traffic.ab_significance` reads them."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in read_ab_log(path):
+        if row.get("type") == "feedback":
+            continue
         groups.setdefault((row["route"], row["variant"]), []).append(row)
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for key, rows in sorted(groups.items()):

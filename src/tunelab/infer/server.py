@@ -2,7 +2,8 @@
 
 Endpoints follow OpenAI's shapes, so the official `openai` client works unchanged:
 `POST /v1/chat/completions` and `POST /v1/completions` (with `stream: true` as server-sent
-events), `GET /v1/models`, plus `GET /health` and `GET /metrics` (Prometheus text).
+events), `GET /v1/models`, plus `GET /health`, `GET /metrics` (Prometheus text) and
+`POST /v1/feedback` (a rating / outcome for an answer, see tunelab.infer.traffic).
 
 Safe by default: the CLI binds 127.0.0.1; with an API key every endpoint but /health needs
 `Authorization: Bearer <key>`; the body size, `max_tokens` and the number of requests in
@@ -16,11 +17,13 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.infer.ab import ABRouter, Route
-from tunelab.infer.drift import DriftMonitor, DriftProfile, DriftReport
+from tunelab.infer.drift import DriftMonitor, DriftProfile, DriftReport, OutputProfile
 from tunelab.infer.model_pool import (
     Batcher,
     Delta,
@@ -44,12 +47,14 @@ from tunelab.infer.model_pool import (
     SpecError,
 )
 from tunelab.infer.stats import ServeStats
+from tunelab.infer.traffic import JsonlAppender, parse_outcome
 from tunelab.utils.userfiles import UserFileError, check_value
 
 log = logging.getLogger("tunelab.serve")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # OpenAI's `seed` is an int64; torch.manual_seed overflows past 2^64
 GREEDY_BELOW = 1e-5  # temperatures this small overflow logits / temperature; they mean greedy anyway
 _ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+MAX_ANSWERS_KEPT = 100_000  # answer ids remembered for POST /v1/feedback (about 10 MB)
 
 
 @dataclass(frozen=True)
@@ -172,37 +177,56 @@ class _State:
     limits: ServeLimits
     api_key: str | None
     monitors: dict[str, DriftMonitor]
+    output_monitors: dict[str, DriftMonitor] = field(default_factory=dict)
+    request_log: JsonlAppender | None = None
+    # answer id -> (served model, route): what POST /v1/feedback needs; the newest MAX_ANSWERS_KEPT only
+    answers: OrderedDict[str, tuple[str, str | None]] = field(default_factory=OrderedDict)
     in_flight: int = 0
+
+    def remember(self, ctx: _Ctx, text: str, finish: Finish) -> None:
+        """Keep a finished answer's id for feedback, and log the exchange when the server has a request log."""
+        self.answers[ctx.id] = (ctx.model, ctx.route)
+        while len(self.answers) > MAX_ANSWERS_KEPT:
+            self.answers.popitem(last=False)
+        if self.request_log is not None:
+            self.request_log.append({
+                "type": "request", "id": ctx.id, "time": time.time(), "model": ctx.model, "route": ctx.route,
+                "user": ctx.user, "messages": ctx.prompt, "answer": text, "finish_reason": finish.reason,
+                "completion_tokens": finish.completion_tokens})
+
+    def observe_answer(self, model: str, status: int, text: str) -> None:
+        """Hand a finished answer to the model's output-drift monitor, off the event loop (never delays a reply)."""
+        monitor = self.output_monitors.get(model)
+        if monitor is not None and status == 200:
+            asyncio.get_running_loop().run_in_executor(None, monitor.observe, text)
 
 
 def create_app(specs: Sequence[ModelSpec], *, api_key: str | None = None, limits: ServeLimits = ServeLimits(),
                routes: Mapping[str, str | Route] | None = None, ab_log: str | Path | None = None,
                drift_profiles: Mapping[str, DriftProfile] | None = None, drift: DriftSettings = DriftSettings(),
+               output_profiles: Mapping[str, OutputProfile] | None = None,
+               output_drift: DriftSettings = DriftSettings(), request_log: str | Path | None = None,
                device: str = "cpu", dtype: str = "auto", pool: ModelPool | None = None) -> FastAPI:
     """Load the models of `specs` (one copy per base model) and return the OpenAI-compatible app.
 
     `routes` maps virtual model names to weighted variants (`{"chat": "runA=90,runB=10"}`),
     `ab_log` is the JSONL file routed requests are logged to, `drift_profiles` maps served model
-    names to training profiles to monitor (scored as `drift` says). Raises SpecError / RouteError for bad arguments.
+    names to training profiles to monitor (scored as `drift` says), `output_profiles` to profiles of
+    their validation answers (output drift, scored as `output_drift` says). `request_log` is a JSONL
+    file every answered request (messages and answer) and every feedback is appended to, the input of
+    `tunelab retrain` (tunelab.infer.traffic); leave it off unless you may keep users' texts.
+    Raises SpecError / RouteError for bad arguments.
     """
     pool = pool or ModelPool(specs, device=device, dtype=dtype)
     stats = ServeStats()
     router = ABRouter(routes or {}, pool.names(), ab_log)
-    monitors = {}
-    for name, profile in (drift_profiles or {}).items():
-        if name not in pool.models:
-            raise SpecError(f"drift profile for {name!r}, which is not served; served: {', '.join(pool.names())}")
-        served = pool.get(name)
-        vocab = profile.meta.get("vocab_size")
-        if vocab is not None and vocab != served.input_embeddings().shape[0]:
-            raise SpecError(f"drift profile for {name!r} was made with a vocabulary of {vocab} tokens, but the model "
-                            f"has {served.input_embeddings().shape[0]}; rebuild it with serve-profile --model "
-                            f"{served.spec.base_model}")
-        monitors[name] = DriftMonitor(name, profile, served.tokenizer, served.input_embeddings(),
-                                      window=drift.window, min_requests=drift.min_requests, every=drift.every,
-                                      threshold=drift.threshold, on_report=_drift_gauges(stats))
+    monitors = _monitors(pool, drift_profiles or {}, drift, _drift_gauges(stats.drift), "drift profile")
+    output_monitors = _monitors(pool, output_profiles or {}, output_drift, _drift_gauges(stats.output_drift,
+                                                                                          stats.output_stats),
+                                "output profile")
     state = _State(pool, Batcher(pool, max_batch_size=limits.max_batch_size, wait_ms=limits.batch_wait_ms),
-                   router, stats, limits, api_key or None, monitors)
+                   router, stats, limits, api_key or None, monitors, output_monitors,
+                   JsonlAppender(request_log) if request_log else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -242,6 +266,11 @@ def create_app(specs: Sequence[ModelSpec], *, api_key: str | None = None, limits
                            code="model_not_found")
         return card(model)
 
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict:
+        _check_key(state, request)
+        return _feedback(state, await _read_json(request, limits.max_body_bytes))
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         return await _handle(state, request, "chat")
@@ -253,11 +282,67 @@ def create_app(specs: Sequence[ModelSpec], *, api_key: str | None = None, limits
     return app
 
 
-def _drift_gauges(stats: ServeStats):
+def _feedback(state: _State, body: dict) -> dict:
+    """Record a rating and/or outcome for an answer this server gave (by its completion id)."""
+    answer_id, rating = body.get("id"), body.get("rating")
+    if not isinstance(answer_id, str) or not answer_id:
+        raise APIError(400, "id: give the id of the completion being rated (the 'id' of its response)", param="id")
+    if rating is not None and (isinstance(rating, bool) or not isinstance(rating, (int, float))
+                               or not math.isfinite(rating)):
+        raise APIError(400, f"rating: must be a number (e.g. 1-5), got {rating!r}", param="rating")
+    try:
+        outcome = parse_outcome(body.get("outcome"))
+    except ValueError as exc:
+        raise APIError(400, f"outcome: {exc}", param="outcome") from None
+    if rating is None and outcome is None:
+        raise APIError(400, "give a rating (number) and/or an outcome (success/failure)", param="rating")
+    served = state.answers.get(answer_id)
+    if served is None:
+        raise APIError(404, f"no answer with id {answer_id!r}: feedback names an answer this server gave (the "
+                       f"last {MAX_ANSWERS_KEPT} are kept)", param="id", code="answer_not_found")
+    model, route = served
+    if state.request_log is None and (route is None or state.router.log_path is None):
+        raise APIError(409, "this server keeps no log to record feedback in; start it with --request-log FILE "
+                       "(or route the model through --route with --ab-log)", code="no_feedback_log")
+    row = {"type": "feedback", "id": answer_id, "time": time.time(), "model": model, "route": route,
+           "rating": rating, "outcome": outcome}
+    if state.request_log is not None:
+        state.request_log.append(row)
+    if route is not None and outcome is not None:
+        state.router.append({"type": "feedback", "id": answer_id, "time": row["time"], "route": route,
+                             "variant": model, "success": outcome, "rating": rating})
+    return {"id": answer_id, "recorded": True, "model": model, "route": route}
+
+
+def _monitors(pool: ModelPool, profiles: Mapping[str, DriftProfile | OutputProfile], settings: DriftSettings,
+              on_report, what: str) -> dict[str, DriftMonitor]:
+    """One drift monitor per profiled model; a profile for an unserved model or another vocabulary is refused."""
+    monitors = {}
+    for name, profile in profiles.items():
+        if name not in pool.models:
+            raise SpecError(f"{what} for {name!r}, which is not served; served: {', '.join(pool.names())}")
+        served = pool.get(name)
+        vocab = profile.meta.get("vocab_size")
+        if vocab is not None and vocab != served.input_embeddings().shape[0]:
+            raise SpecError(f"{what} for {name!r} was made with a vocabulary of {vocab} tokens, but the model "
+                            f"has {served.input_embeddings().shape[0]}; rebuild it with "
+                            f"{'serve-profile' if what == 'drift profile' else 'serve-output-profile'} --model "
+                            f"{served.spec.base_model}")
+        monitors[name] = DriftMonitor(name, profile, served.tokenizer, served.input_embeddings(),
+                                      window=settings.window, min_requests=settings.min_requests,
+                                      every=settings.every, threshold=settings.threshold, on_report=on_report)
+    return monitors
+
+
+def _drift_gauges(gauge, stats_gauge=None):
+    """A monitor callback setting `gauge{model, component}` (score and components) and, for output drift,
+    `stats_gauge{model, stat}` (live refusal rate, mean length, format shares)."""
     def on_report(model: str, report: DriftReport) -> None:
-        stats.drift.labels(model, "score").set(report.score)
+        gauge.labels(model, "score").set(report.score)
         for name, value in report.components.items():
-            stats.drift.labels(model, name).set(value)
+            gauge.labels(model, name).set(value)
+        for name, value in report.stats.items() if stats_gauge is not None else ():
+            stats_gauge.labels(model, name).set(value)
 
     return on_report
 
@@ -393,6 +478,8 @@ async def _handle(state: _State, request: Request, kind: str) -> Response:
         if kind == "chat" and any(m.has_images() for m in req.messages):  # type: ignore[attr-defined]
             return await _handle_images(state, req, body, t0)
         job, _, variant, route, text = _job(state, req, kind)
+        prompt = ([{"role": m.role, "content": m.text()} for m in req.messages] if kind == "chat"  # type: ignore
+                  else req.prompt if isinstance(req.prompt, str) else req.prompt[0])  # type: ignore
         if state.in_flight >= state.limits.max_concurrency:
             raise APIError(429, f"server busy: {state.in_flight} requests in flight "
                            f"(limit {state.limits.max_concurrency}); retry later", "rate_limit_error",
@@ -406,6 +493,7 @@ async def _handle(state: _State, request: Request, kind: str) -> Response:
     state.in_flight += 1
     state.stats.in_flight.set(state.in_flight)
     ctx = _Ctx(state, kind, variant, route, req.user, t0, "chatcmpl" if kind == "chat" else "cmpl")
+    ctx.prompt = prompt
     headers = {"x-tunelab-model": variant}
     if req.stream:
         include_usage = bool((req.stream_options or {}).get("include_usage"))
@@ -421,6 +509,8 @@ async def _handle(state: _State, request: Request, kind: str) -> Response:
         if finish.reason == "error":
             raise APIError(500, finish.error or "generation failed", "server_error", "generation_failed")
         ctx.done(200, finish)
+        state.observe_answer(variant, 200, "".join(parts))
+        state.remember(ctx, "".join(parts), finish)
         return JSONResponse(ctx.body("".join(parts), finish), headers=headers)
     except BaseException:
         ctx.done(500, None)
@@ -512,6 +602,7 @@ class _Ctx:
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.closed = False
+        self.prompt: list[dict] | str = []  # the request's messages (chat) or prompt text, for the request log
 
     def done(self, status: int, finish: Finish | None) -> None:
         if self.closed:
@@ -561,7 +652,7 @@ def _event(obj: dict | str) -> str:
 
 async def _sse(ctx: _Ctx, job: GenJob, include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's stream format, ending with `data: [DONE]`."""
-    status, finish = 500, None
+    status, finish, parts = 500, None, []
     try:
         if ctx.kind == "chat":
             yield _event(ctx.chunk(None, None, first=True))
@@ -571,6 +662,7 @@ async def _sse(ctx: _Ctx, job: GenJob, include_usage: bool) -> AsyncIterator[str
                 if first_token:
                     ctx.state.stats.ttft.labels(ctx.model).observe(time.perf_counter() - ctx.t0)
                     first_token = False
+                parts.append(event.text)
                 yield _event(ctx.chunk(event.text, None))
                 continue
             finish = event
@@ -580,6 +672,8 @@ async def _sse(ctx: _Ctx, job: GenJob, include_usage: bool) -> AsyncIterator[str
                                     "code": "generation_failed"}})
         else:
             status = 200
+            ctx.state.observe_answer(ctx.model, 200, "".join(parts))
+            ctx.state.remember(ctx, "".join(parts), finish)
             yield _event(ctx.chunk(None, finish.reason))
             if include_usage:
                 yield _event({**ctx.chunk(None, None), "choices": [], "usage": ctx.usage(finish)})

@@ -73,6 +73,11 @@ class ServeStats:
         self.in_flight = Gauge("tunelab_requests_in_flight", "Requests being processed or queued", registry=r)
         self.drift = Gauge("tunelab_drift_score", "Drift of live prompts from the training profile (see docs)",
                            ["model", "component"], registry=r)
+        self.output_drift = Gauge("tunelab_output_drift_score",
+                                  "Drift of live answers from the run's validation outputs (see docs)",
+                                  ["model", "component"], registry=r)
+        self.output_stats = Gauge("tunelab_output_stat", "Live answers: refusal_rate, mean_tokens, format_<name> "
+                                  "shares over the monitor's window", ["model", "stat"], registry=r)
         self.window = _WindowCollector(window)
         r.register(self.window)
 
@@ -182,4 +187,8 @@ def summarize_metrics(text: str) -> dict[str, dict[str, float]]:
                 row["tokens_per_s"] = s.value
             elif s.name == "tunelab_drift_score" and s.labels.get("component") == "score":
                 row["drift"] = s.value
+            elif s.name == "tunelab_output_drift_score" and s.labels.get("component") == "score":
+                row["output_drift"] = s.value
+            elif s.name == "tunelab_output_stat" and s.labels.get("stat") == "refusal_rate":
+                row["refusal_rate"] = s.value
     return out

@@ -10,6 +10,8 @@ None of them is a change of the weights, so none can be merged: serve the base m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from peft import (
     PrefixTuningConfig,
@@ -18,6 +20,8 @@ from peft import (
     PromptTuningConfig,
     PromptTuningInit,
 )
+
+from safetensors.torch import load_file
 
 from tunelab.methods import NotMergeable, peft_io
 from tunelab.methods.peft_io import load_state, save
@@ -71,12 +75,74 @@ CONFIGS = {"prompt": _prompt, "ptuning": _ptuning, "prefix": _prefix, "ptuning_v
 
 
 def apply(model, cfg):
-    """Freeze the base and add the soft prompt of the configured kind."""
+    """Freeze the base and add the soft prompt of the configured kind (warm-started from `cfg.init_from`)."""
     embeddings = model.get_input_embeddings()
     peft_model = peft_io.peft_model(model, CONFIGS[cfg.name](cfg, model))
     if cfg.name == "prompt" and cfg.init_text:
         init_from_text(peft_model, embeddings, cfg)
+    if getattr(cfg, "init_from", None):
+        warm_start(peft_model, cfg)
     return align_logits(peft_model)
+
+
+WARM_STARTABLE = ("prompt", "prefix", "ptuning_v2")
+
+
+def saved_prompt(run_dir: str | Path, method: str) -> torch.Tensor:
+    """The trained prompt vectors of a finished run of `method`: PEFT's `prompt_embeddings`, (n_virtual, D)
+    with D the hidden size (prompt tuning) or layers * 2 * key/value width (prefix, P-tuning v2)."""
+    from tunelab.runfolder import RunFileError, RunFolder
+
+    key = "method.init_from"
+    folder = RunFolder(run_dir)
+    try:
+        other = folder.read_config().method.name if folder.config_path.is_file() else None
+    except RunFileError as e:
+        raise ValueError(f"{key}: {e}") from None
+    if other is None:
+        raise ValueError(f"{key}: {run_dir} is not a run folder (no config.yaml); give the folder tunelab train wrote")
+    if other != method:
+        raise ValueError(f"{key}: {run_dir} was trained with method {other!r}, this run uses {method!r}; "
+                         f"warm-start from a {method} run (or set method.name={other})")
+    weights = folder.weights_path(method) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{key}: {run_dir} has no trained prompt ({weights} is missing); did its training finish?")
+    state = load_file(str(weights))
+    if "prompt_embeddings" not in state:
+        raise ValueError(f"{key}: {weights} holds no prompt_embeddings; it is not a {method} adapter")
+    return state["prompt_embeddings"]
+
+
+@torch.no_grad()
+def warm_start(peft_model, cfg) -> None:
+    """Start the soft prompt from `cfg.init_from`'s trained one (cross-lingual or cross-task transfer).
+
+    Prompt tuning and P-tuning v2 train the saved vectors themselves: they are copied. Prefix tuning
+    trains them through an MLP (embedding -> tanh -> linear); its last layer is solved by least squares
+    so that the MLP outputs the saved prefix exactly at the start (one hidden direction per virtual
+    token, hence encoder_hidden_size >= num_virtual_tokens), and training goes on through the MLP.
+    """
+    if cfg.name not in WARM_STARTABLE:
+        raise ValueError(f"method.init_from: {cfg.name} cannot be warm-started; use one of "
+                         f"{', '.join(WARM_STARTABLE)}")
+    saved = saved_prompt(cfg.init_from, cfg.name)
+    current = peft_model.get_prompt_embedding_to_save("default")
+    if tuple(saved.shape) != tuple(current.shape):
+        n, d = tuple(saved.shape)
+        fix = (f"set method.num_virtual_tokens={n}" if n != current.shape[0]
+               else "use the same base model (its width and layer count set that size)")
+        raise ValueError(f"method.init_from: {cfg.init_from}'s prompt is {n} x {d}, this run's is "
+                         f"{current.shape[0]} x {current.shape[1]}; {fix}")
+    encoder = peft_model.prompt_encoder["default"]
+    target = saved.to(encoder.embedding.weight.device, encoder.embedding.weight.dtype)
+    if getattr(encoder, "prefix_projection", False):
+        first, last = encoder.transform[0], encoder.transform[-1]
+        ids = torch.arange(target.shape[0], device=target.device)
+        hidden = torch.tanh(first(encoder.embedding(ids)))  # (n, encoder_hidden)
+        last.bias.zero_()
+        last.weight.copy_(torch.linalg.lstsq(hidden.double(), target.double()).solution.T.to(last.weight.dtype))
+    else:
+        encoder.embedding.weight.copy_(target)
 
 
 def load_for_inference(base_model, out_dir):

@@ -20,7 +20,8 @@ import random
 import re
 from functools import lru_cache
 from importlib import resources
-from typing import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 from tunelab.data.prepare.result import PrepResult, RecordLike, positioned
 from tunelab.data.prepare.text import Side, is_cjk_text, map_text
@@ -28,16 +29,82 @@ from tunelab.data.prepare.text import Side, is_cjk_text, map_text
 Augmenter = Callable[[str, random.Random, float], str]
 
 
+_PLUGGED: dict[str, Any] = {"groups": [], "replace": False}  # set by use_synonyms
+
+
+def shipped_groups() -> list[list[str]]:
+    """The synonym groups shipped in resources/synonyms.json (Chinese, then English)."""
+    raw = json.loads(resources.files("tunelab.data.prepare").joinpath("resources/synonyms.json").read_text("utf-8"))
+    return [*raw["zh"], *raw["en"]]
+
+
+# a Cilin (同义词词林扩展版) line: an 8-character code ending in '=' (synonyms), '#' (related) or '@' (alone)
+_CILIN = re.compile(r"^[A-Za-z]{2}\d{2}[A-Za-z]\d{2}([=#@])\s*(.*)$")
+
+
+def load_synonym_groups(path: str | Path) -> list[list[str]]:
+    """Synonym groups from a file, to plug a larger resource in (`use_synonyms`).
+
+    Formats: JSON (`{"zh": [[...], ...], "en": [[...], ...]}` like the shipped table, or a plain list
+    of groups); or text, one group per line: a Cilin line (`Aa01A01= 人 士 人物`; only `=` lines are
+    synonyms, `#` related-word and `@` single-word lines are skipped) or words separated by spaces,
+    commas or tabs. Blank lines and lines starting with `//` are skipped; a group needs 2+ words.
+    """
+    from tunelab.data.io import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such synonym file")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+        groups = [g for lang in ("zh", "en") for g in raw.get(lang, [])] if isinstance(raw, dict) else raw
+        bad = next((i for i, g in enumerate(groups)
+                    if not (isinstance(g, list) and all(isinstance(w, str) for w in g))), None)
+        if bad is not None:
+            raise DataError(f"{path}: group {bad} is not a list of words")
+        return [g for g in groups if len(g) >= 2]
+    groups = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("//"):
+            continue
+        m = _CILIN.match(line)
+        if m:
+            if m.group(1) != "=":
+                continue
+            line = m.group(2)
+        words = [w for w in re.split(r"[\s,，、]+", line) if w]
+        if len(words) >= 2:
+            groups.append(words)
+    return groups
+
+
+def use_synonyms(paths: Iterable[str | Path] = (), replace: bool = False) -> int:
+    """Plug synonym files in (`load_synonym_groups`) for every later synonym/insert operation; returns the
+    number of groups in use. `replace` drops the shipped table; no paths and replace=False restores it."""
+    groups = [g for p in paths for g in load_synonym_groups(p)]
+    if replace and not groups:
+        raise ValueError("replace=True needs at least one synonym file with groups")
+    _PLUGGED.update(groups=groups, replace=replace)
+    synonym_table.cache_clear()
+    _jieba.cache_clear()
+    return len(groups) + (0 if replace else len(shipped_groups()))
+
+
 @lru_cache(maxsize=1)
 def synonym_table() -> dict[str, list[str]]:
-    """word -> its synonyms (other words of its groups), from the shipped Chinese and English table."""
-    raw = json.loads(resources.files("tunelab.data.prepare").joinpath("resources/synonyms.json").read_text("utf-8"))
+    """word -> its synonyms (other words of its groups): the shipped Chinese and English table plus the
+    groups plugged in with `use_synonyms`."""
     table: dict[str, list[str]] = {}
-    for lang in ("zh", "en"):
-        for group in raw[lang]:
-            for w in group:
-                others = table.setdefault(w.casefold(), [])
-                others.extend(o for o in group if o != w and o not in others)
+    groups = _PLUGGED["groups"] if _PLUGGED["replace"] else [*shipped_groups(), *_PLUGGED["groups"]]
+    for group in groups:
+        for w in group:
+            others = table.setdefault(w.casefold(), [])
+            others.extend(o for o in group if o != w and o not in others)
     return table
 
 
