@@ -163,9 +163,12 @@ def load_local(spec: str, device: str = "auto") -> tuple[Any, Any, str]:
     from tunelab.runfolder import RunFolder
 
     if (Path(spec) / "config.yaml").is_file() and RunFolder(spec).has_weights():
-        from tunelab.run import Run
+        from tunelab.bases import load_model as load_run  # a run, merged into its base (eval does not import run.py)
 
-        return Run(spec).load_model(device=device)
+        folder = RunFolder(spec)
+        model = load_run(spec, "auto", pick_device(device))
+        model.eval()
+        return model, folder.load_tokenizer(), folder.read_template()
     try:
         model = load_model(spec, "auto", pick_device(device))
         tok = load_tokenizer(spec)
