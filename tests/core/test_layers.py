@@ -11,7 +11,7 @@ LAYERS = {
     "models": 3, "data": 3, "methods": 3, "kernels": 3, "engine": 4,
     "training": 5, "eval": 5, "infer": 5, "export": 5, "run": 5, "bench": 5,
     "stages": 6,  # recipes: only api (by name) and the CLI start one; nothing below imports a recipe
-    "api": 7, "estimate": 7, "demo": 8, "cli": 9, "studio": 9,
+    "api": 7, "estimate": 7, "sweep": 7, "demo": 8, "cli": 9, "studio": 9,
 }
 
 

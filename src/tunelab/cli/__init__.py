@@ -286,6 +286,9 @@ def _mount_optional() -> None:
     from tunelab.cli.estimate import estimate
 
     app.command("estimate")(estimate)
+    from tunelab.cli.sweep import sweep
+
+    app.command("sweep")(sweep)
     from tunelab.cli.studio import studio
 
     app.command("studio")(studio)
