@@ -35,7 +35,7 @@ def sweep(
 ) -> None:
     """Hyperparameter search: each trial a normal run folder; a table, plots and best.json in the sweep folder.
 
-    Example: tunelab sweep examples/sft_full_tiny.yaml --space examples/space_tiny.yaml --trials 8
+    Example: tunelab sweep examples/sft_full_tiny.yaml --space examples/sweep/space_tiny.yaml --trials 8
     """
     _quiet_library_warnings()
     try:
