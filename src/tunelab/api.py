@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "distill": "tunelab.stages.distill",
     "ppo": "tunelab.stages.ppo",
     "selftrain": "tunelab.stages.selftrain",
+    "token_classify": "tunelab.stages.token_classify",
 }
 """Stage name -> the module whose `run(cfg, progress) -> run_dir` trains it."""
 

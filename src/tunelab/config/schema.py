@@ -26,6 +26,7 @@ from tunelab.config.stages import (
     RewardCfg,
     SelftrainCfg,
     StageName,
+    TokenClassifyCfg,
 )
 
 
@@ -97,7 +98,7 @@ class RunCfg(Section):
         "sft", description="How the model learns: sft, pretrain (raw text), dpo / orpo / simpo / kto (preferences), "
         "reward (a pairwise reward model), classify (sequence classification), grpo (RL from reward functions), "
         "distill (from a teacher's logits), ppo (RL from a reward model), selftrain (pseudo-label self-training of a "
-        "classifier, or SFT on its own filtered samples).")
+        "classifier, or SFT on its own filtered samples), token_classify (a tag per word: NER, BIO/BIOES).")
     train: TrainCfg = Field(default_factory=TrainCfg)
     optim: OptimCfg = Field(default_factory=OptimCfg)
     preference: PreferenceCfg = Field(default_factory=PreferenceCfg, description="Stages dpo, orpo, simpo, kto.")
@@ -107,6 +108,7 @@ class RunCfg(Section):
     distill: DistillCfg | None = Field(None, description="Stage distill (needs distill.teacher).")
     ppo: PpoCfg | None = Field(None, description="Stage ppo (needs ppo.reward_model).")
     selftrain: SelftrainCfg = Field(default_factory=SelftrainCfg, description="Stage selftrain.")
+    token_classify: TokenClassifyCfg = Field(default_factory=TokenClassifyCfg, description="Stage token_classify.")
     parallel: ParallelCfg = Field(default_factory=ParallelCfg, description="Several processes (torchrun): "
                                   "ddp or fsdp; ignored by a single-process run.")
     output_dir: OutputPath = Field("runs/my-run", description="The run folder to write.")
@@ -128,5 +130,6 @@ __all__ = [
     "RunCfg",
     "Section",
     "SelftrainCfg",
+    "TokenClassifyCfg",
     "TrainCfg",
 ]

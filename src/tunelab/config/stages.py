@@ -14,7 +14,7 @@ from tunelab.config.base import Section
 from tunelab.config.refs import CodeRef, DataPath, ModelRef, RunPath
 
 StageName = Literal["sft", "pretrain", "dpo", "orpo", "simpo", "kto", "reward", "classify", "grpo", "distill",
-                    "ppo", "selftrain"]
+                    "ppo", "selftrain", "token_classify"]
 
 PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "kto")
 """Stages trained by tunelab.stages.preference; each reads the `preference:` section."""
@@ -82,6 +82,17 @@ class ClassifyCfg(Section):
             raise ValueError(f"class_weights has {len(self.class_weights)} numbers but labels has "
                              f"{len(self.labels)}; give one weight per label")
         return self
+
+
+class TokenClassifyCfg(Section):
+    """Token classification, e.g. named entities (stage token_classify)."""
+
+    scheme: Literal["auto", "BIO", "BIOES"] = Field(
+        "auto", description="Tag scheme: BIO or BIOES. Span records ({text, spans}) are turned into tags in this "
+        "scheme; CoNLL files and {tokens, tags} records keep their tags. auto = BIOES when the data has E-/S- "
+        "tags, else BIO.")
+    labels: list[str] | None = Field(
+        None, description="Every tag in order (O, B-PER, I-PER, ...); null = O then the sorted tags of the data.")
 
 
 def one_weight_per_reward(cfg):
