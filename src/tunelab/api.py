@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "ppo": "tunelab.stages.ppo",
     "selftrain": "tunelab.stages.selftrain",
     "token_classify": "tunelab.stages.token_classify",
+    "multihead": "tunelab.stages.multihead",
 }
 """Stage name -> the module whose `run(cfg, progress) -> run_dir` trains it."""
 

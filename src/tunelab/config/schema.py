@@ -21,6 +21,7 @@ from tunelab.config.stages import (
     ClassifyCfg,
     DistillCfg,
     GrpoCfg,
+    MultiheadCfg,
     PpoCfg,
     PreferenceCfg,
     RewardCfg,
@@ -98,7 +99,8 @@ class RunCfg(Section):
         "sft", description="How the model learns: sft, pretrain (raw text), dpo / orpo / simpo / kto (preferences), "
         "reward (a pairwise reward model), classify (sequence classification), grpo (RL from reward functions), "
         "distill (from a teacher's logits), ppo (RL from a reward model), selftrain (pseudo-label self-training of a "
-        "classifier, or SFT on its own filtered samples), token_classify (a tag per word: NER, BIO/BIOES).")
+        "classifier, or SFT on its own filtered samples), token_classify (a tag per word: NER, BIO/BIOES), multihead (several tasks, one "
+        "head each, on a shared model).")
     train: TrainCfg = Field(default_factory=TrainCfg)
     optim: OptimCfg = Field(default_factory=OptimCfg)
     preference: PreferenceCfg = Field(default_factory=PreferenceCfg, description="Stages dpo, orpo, simpo, kto.")
@@ -109,6 +111,7 @@ class RunCfg(Section):
     ppo: PpoCfg | None = Field(None, description="Stage ppo (needs ppo.reward_model).")
     selftrain: SelftrainCfg = Field(default_factory=SelftrainCfg, description="Stage selftrain.")
     token_classify: TokenClassifyCfg = Field(default_factory=TokenClassifyCfg, description="Stage token_classify.")
+    multihead: MultiheadCfg = Field(default_factory=MultiheadCfg, description="Stage multihead.")
     parallel: ParallelCfg = Field(default_factory=ParallelCfg, description="Several processes (torchrun): "
                                   "ddp or fsdp; ignored by a single-process run.")
     output_dir: OutputPath = Field("runs/my-run", description="The run folder to write.")
@@ -123,6 +126,7 @@ __all__ = [
     "LoraCfg",
     "MethodCfg",
     "ModelCfg",
+    "MultiheadCfg",
     "OptimCfg",
     "PpoCfg",
     "PreferenceCfg",

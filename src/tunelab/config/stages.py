@@ -14,7 +14,7 @@ from tunelab.config.base import Section
 from tunelab.config.refs import CodeRef, DataPath, ModelRef, RunPath
 
 StageName = Literal["sft", "pretrain", "dpo", "orpo", "simpo", "kto", "reward", "classify", "grpo", "distill",
-                    "ppo", "selftrain", "token_classify"]
+                    "ppo", "selftrain", "token_classify", "multihead"]
 
 PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "kto")
 """Stages trained by tunelab.stages.preference; each reads the `preference:` section."""
@@ -93,6 +93,29 @@ class TokenClassifyCfg(Section):
         "tags, else BIO.")
     labels: list[str] | None = Field(
         None, description="Every tag in order (O, B-PER, I-PER, ...); null = O then the sorted tags of the data.")
+
+
+class TaskHeadCfg(Section):
+    """One task's head in a multihead run (its data is the data.train source with the same task name)."""
+
+    kind: Literal["classify", "regress", "tag", "lm"] = Field(
+        ..., description="classify = a class per text ({text|messages, label}); regress = a number per text "
+        "({text, value}); tag = a tag per word (token_classify data); lm = next-token loss on chat/SFT records "
+        "through the model's own LM head.")
+    loss_weight: float = Field(1.0, gt=0, description="Multiplies this task's mean loss in the training loss.")
+    labels: list[str] | None = Field(None, description="classify / tag: the classes or tags in order; null = from "
+                                     "the data.")
+    pooling: Literal["last", "mean"] = Field("mean", description="classify / regress: the vector the head reads, "
+                                             "the last real token's hidden state or the mean over real tokens.")
+    scheme: Literal["auto", "BIO", "BIOES"] = Field("auto", description="tag: the tag scheme (as token_classify).")
+
+
+class MultiheadCfg(Section):
+    """Several tasks on one shared model (stage multihead): one head per task, each with its own loss weight."""
+
+    heads: dict[str, TaskHeadCfg] = Field(
+        default_factory=dict, description="Task name -> its head; every data.train source's task needs one (and "
+        "every head a source).")
 
 
 def one_weight_per_reward(cfg):
