@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tunelab.config.base import Section
 from tunelab.config.data import DataCfg
@@ -20,6 +20,7 @@ from tunelab.config.speed import SpeedCfg
 from tunelab.config.stages import (
     ClassifyCfg,
     DistillCfg,
+    DomainCfg,
     GrpoCfg,
     MultiheadCfg,
     PpoCfg,
@@ -112,15 +113,27 @@ class RunCfg(Section):
     selftrain: SelftrainCfg = Field(default_factory=SelftrainCfg, description="Stage selftrain.")
     token_classify: TokenClassifyCfg = Field(default_factory=TokenClassifyCfg, description="Stage token_classify.")
     multihead: MultiheadCfg = Field(default_factory=MultiheadCfg, description="Stage multihead.")
+    domain: DomainCfg | None = Field(None, description="Domain adaptation to unlabelled target text (stage "
+                                     "classify, mode head); null = off.")
     parallel: ParallelCfg = Field(default_factory=ParallelCfg, description="Several processes (torchrun): "
                                   "ddp or fsdp; ignored by a single-process run.")
     output_dir: OutputPath = Field("runs/my-run", description="The run folder to write.")
+
+    @model_validator(mode="after")
+    def _domain_needs_a_head_classifier(self) -> RunCfg:
+        if self.domain is not None and (self.stage != "classify" or self.classify.mode != "head"):
+            raise ValueError(f"domain is set but stage is {self.stage}"
+                             + (f" with classify.mode {self.classify.mode}" if self.stage == "classify" else "")
+                             + "; domain adaptation aligns a head classifier's features (stage: classify, "
+                             "classify.mode: head); remove the domain section or change the stage")
+        return self
 
 
 __all__ = [
     "ClassifyCfg",
     "DataCfg",
     "DistillCfg",
+    "DomainCfg",
     "FullCfg",
     "GrpoCfg",
     "LoraCfg",

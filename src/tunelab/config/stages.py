@@ -118,6 +118,21 @@ class MultiheadCfg(Section):
         "every head a source).")
 
 
+class DomainCfg(Section):
+    """Unsupervised domain adaptation of a classifier (stage classify, mode head): align the features the head
+    reads on labelled source data with those of unlabelled target-domain text."""
+
+    target: DataPath = Field(..., description="Unlabelled target-domain texts: .json/.jsonl records with \"text\" "
+                             "(or \"messages\": the last user turn); a label, if present, is never read.")
+    method: Literal["dann", "mmd"] = Field(
+        "dann", description="dann = a domain classifier on the pooled hidden states behind a gradient-reversal "
+        "layer (Ganin et al. 2016); mmd = the squared maximum mean discrepancy between source and target "
+        "features (Gaussian kernels; Long et al. 2015).")
+    weight: float = Field(0.1, gt=0, description="Weight of the domain loss added to the classification loss.")
+    hidden: int = Field(256, gt=0, description="dann: hidden units of the domain classifier (one ReLU layer).")
+    batch_size: int | None = Field(None, gt=0, description="Target texts per training step; null = train.batch_size.")
+
+
 def one_weight_per_reward(cfg):
     """A section with `rewards` and `reward_weights` (grpo, selftrain): one weight per reward function."""
     if cfg.reward_weights is not None and len(cfg.reward_weights) != len(cfg.rewards):

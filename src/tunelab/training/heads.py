@@ -68,12 +68,15 @@ class ScoreModel(torch.nn.Module):
         self.head = new_head(lm, num_labels, seed)
         self.labels = labels
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Scores ``(B, num_labels)`` from right-padded ``(B, T)`` inputs."""
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooled vector the head reads, ``(B, T) -> (B, H)`` (also what domain adaptation aligns)."""
         hidden = decoder_of(self.lm)(input_ids=input_ids, attention_mask=attention_mask,
                                      use_cache=False).last_hidden_state  # (B, T, H)
-        picked = pool(hidden, attention_mask, self.pooling)  # (B, H)
-        return self.head(picked.to(self.head.weight.dtype))
+        return pool(hidden, attention_mask, self.pooling).to(self.head.weight.dtype)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B, num_labels)`` from right-padded ``(B, T)`` inputs."""
+        return self.head(self.features(input_ids, attention_mask))
 
     def get_output_embeddings(self) -> torch.nn.Linear:
         """The scoring head: the output layer whose learning rate ``optim.head_lr_scale`` multiplies."""
