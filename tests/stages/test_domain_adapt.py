@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from tunelab.cli import app
-from tunelab.config import ConfigError, build_config
+from tunelab.config import ConfigError
 from tunelab.data.pipeline import collate
 from tunelab.data.templates import IGNORE_INDEX, Tokenized
 from tunelab.models import load_model
@@ -23,11 +23,13 @@ from tunelab.training.heads import ScoreModel, load_scorer
 
 
 def test_domain_needs_a_head_classifier() -> None:
-    with pytest.raises(ConfigError, match="domain is set but stage is sft"):
-        build_config({"data": {"train": "x.json"}, "domain": {"target": "t.json"}})
+    import tunelab
+
+    with pytest.raises(ConfigError, match="domain: set, but stage is sft"):
+        tunelab.train({"data": {"train": "x.json"}, "domain": {"target": "t.json"}}, progress=False)
     with pytest.raises(ConfigError, match="with classify.mode label_tokens"):
-        build_config({"data": {"train": "x.json"}, "stage": "classify", "classify": {"mode": "label_tokens"},
-                      "domain": {"target": "t.json"}})
+        tunelab.train({"data": {"train": "x.json"}, "stage": "classify", "classify": {"mode": "label_tokens"},
+                       "domain": {"target": "t.json"}}, progress=False)
 
 
 def test_mmd_against_a_direct_double_sum() -> None:

@@ -36,11 +36,14 @@ NER = REPO / "examples" / "data" / "ner_demo.conll"
 def test_every_task_needs_a_head_and_every_head_a_task() -> None:
     cfg = build_config({"stage": "multihead", "data": {"train": [{"path": "a.json", "task": "news"},
                                                                  {"path": "b.json", "task": "chat"}]},
-                        "multihead": {"heads": {"news": {"kind": "classify"}, "ner": {"kind": "tag"}}}})
+                        "multihead": {"heads": [{"task": "news", "kind": "classify"}, {"task": "ner", "kind": "tag"}]}})
     with pytest.raises(ConfigError) as e:
         check_heads(cfg)
-    assert "multihead.heads.chat: missing" in str(e.value)
-    assert "multihead.heads.ner: no data.train source has task 'ner'" in str(e.value)
+    assert "multihead.heads: no head for task 'chat' of data.train" in str(e.value)
+    assert "multihead.heads[1].task: no data.train source has task 'ner'" in str(e.value)
+    with pytest.raises(ConfigError, match="task 'a' has more than one head"):
+        build_config({"data": {"train": "a.json"}, "multihead": {"heads": [{"task": "a", "kind": "lm"},
+                                                                          {"task": "a", "kind": "tag"}]}})
 
 
 def _seq(n: int, offset: int) -> Tokenized:
@@ -117,10 +120,10 @@ method: {{name: full}}
 stage: multihead
 multihead:
   heads:
-    senti: {{kind: classify}}
-    length: {{kind: regress, loss_weight: 2.0}}
-    ner: {{kind: tag}}
-    sums: {{kind: lm, loss_weight: 0.5}}
+    - {{task: senti, kind: classify}}
+    - {{task: length, kind: regress, loss_weight: 2.0}}
+    - {{task: ner, kind: tag}}
+    - {{task: sums, kind: lm, loss_weight: 0.5}}
 train: {{epochs: 4, batch_size: 8, lr: 3.0e-3, eval_every: 10, report: false, warmup_ratio: 0.0}}
 output_dir: {root / 'run'}
 """, encoding="utf-8")

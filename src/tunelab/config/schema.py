@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from tunelab.config.base import Section
 from tunelab.config.data import DataCfg
@@ -119,14 +119,6 @@ class RunCfg(Section):
                                   "ddp or fsdp; ignored by a single-process run.")
     output_dir: OutputPath = Field("runs/my-run", description="The run folder to write.")
 
-    @model_validator(mode="after")
-    def _domain_needs_a_head_classifier(self) -> RunCfg:
-        if self.domain is not None and (self.stage != "classify" or self.classify.mode != "head"):
-            raise ValueError(f"domain is set but stage is {self.stage}"
-                             + (f" with classify.mode {self.classify.mode}" if self.stage == "classify" else "")
-                             + "; domain adaptation aligns a head classifier's features (stage: classify, "
-                             "classify.mode: head); remove the domain section or change the stage")
-        return self
 
 
 __all__ = [

@@ -98,6 +98,8 @@ class TokenClassifyCfg(Section):
 class TaskHeadCfg(Section):
     """One task's head in a multihead run (its data is the data.train source with the same task name)."""
 
+    task: str = Field(..., min_length=1, description="The data.train source's task name (its task:, else the "
+                      "file's stem).")
     kind: Literal["classify", "regress", "tag", "lm"] = Field(
         ..., description="classify = a class per text ({text|messages, label}); regress = a number per text "
         "({text, value}); tag = a tag per word (token_classify data); lm = next-token loss on chat/SFT records "
@@ -113,9 +115,21 @@ class TaskHeadCfg(Section):
 class MultiheadCfg(Section):
     """Several tasks on one shared model (stage multihead): one head per task, each with its own loss weight."""
 
-    heads: dict[str, TaskHeadCfg] = Field(
-        default_factory=dict, description="Task name -> its head; every data.train source's task needs one (and "
-        "every head a source).")
+    heads: list[TaskHeadCfg] = Field(
+        default_factory=list, description="One head per task, e.g. [{task: news, kind: classify}, {task: chat, "
+        "kind: lm, loss_weight: 0.3}]; every data.train source's task needs one (and every head a source).")
+
+    @model_validator(mode="after")
+    def _one_head_per_task(self) -> MultiheadCfg:
+        seen = [h.task for h in self.heads]
+        twice = sorted({t for t in seen if seen.count(t) > 1})
+        if twice:
+            raise ValueError(f"heads: task {twice[0]!r} has more than one head; give each task one")
+        return self
+
+    def by_task(self) -> dict[str, TaskHeadCfg]:
+        """The heads keyed by task name."""
+        return {h.task: h for h in self.heads}
 
 
 class DomainCfg(Section):

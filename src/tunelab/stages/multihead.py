@@ -1,10 +1,10 @@
 """Multi-task learning with a shared model and a head per task (stage multihead).
 
-Each ``data.train`` source is a task (``task:``, else the file's stem) and ``multihead.heads.<task>`` says what
+Each ``data.train`` source is a task (``task:``, else the file's stem) and the ``multihead.heads`` entry with that ``task`` says what
 its head is: ``classify`` (a class per text), ``regress`` (a number per text), ``tag`` (a tag per word) or
 ``lm`` (next-token loss through the model's own LM head). Every task shares the decoder and the method's
 trained weights (LoRA or full); each head task adds one linear head (``tunelab.training.multihead``).
-``multihead.heads.<task>.loss_weight`` scales its loss; ``data.train[i].weight`` draws the sample shares as in
+its ``loss_weight`` scales its loss; ``data.train[i].weight`` draws the sample shares as in
 sft, and ``data.max_samples`` caps each task's training file. Validation: ``eval_loss/<task>`` per evaluation, then each task's own metrics at the end (accuracy /
 macro-F1 / AUC; MSE / MAE / R^2 / Pearson; entity P/R/F1; loss / perplexity) in ``eval/`` and summary.json.
 """
@@ -32,11 +32,11 @@ from tunelab.training.tagging import make_tag_samples
 def check_heads(cfg) -> list[str]:
     """Every data.train task has a head and every head a task; the task names in data order."""
     names = [s.task_name() for s in cfg.data.sources()]
-    heads = cfg.multihead.heads
-    problems = [f"multihead.heads.{n}: missing; data.train has a task {n!r}, give it a head (kind: classify, "
-                "regress, tag or lm)" for n in names if n not in heads]
-    problems += [f"multihead.heads.{h}: no data.train source has task {h!r} (tasks: {', '.join(names)})"
-                 for h in heads if h not in names]
+    heads = cfg.multihead.by_task()
+    problems = [f"multihead.heads: no head for task {n!r} of data.train; add {{task: {n}, kind: classify|regress|"
+                "tag|lm}" for n in names if n not in heads]
+    problems += [f"multihead.heads[{i}].task: no data.train source has task {h!r} (tasks: {', '.join(names)})"
+                 for i, h in enumerate(heads) if h not in names]
     if cfg.data.eval:
         problems.append("data.eval: a multihead run validates each task on its own; move the file to "
                         "data.train[i].eval")
@@ -48,7 +48,7 @@ def check_heads(cfg) -> list[str]:
 def run(cfg, progress: bool = True):
     """Train the shared model and every task head end to end; return the run folder path."""
     check_heads(cfg)
-    heads = cfg.multihead.heads
+    heads = cfg.multihead.by_task()
     if any(h.kind == "classify" for h in heads.values()):
         try:  # the classification report needs scikit-learn: fail before training, not after
             import sklearn  # noqa: F401
