@@ -58,8 +58,8 @@ def test_conll_and_span_records_become_word_tags(tmp_path: Path) -> None:
     assert (first.words, first.tags, first.where) == (["John", "lives"], ["B-PER", "O"], f"{conll}:3")
     assert second.tags == ["S-LOC"]
     spans = tmp_path / "s.jsonl"
-    spans.write_text(json.dumps({"text": "张三在北京大学读书。", "spans": [{"start": 0, "end": 2, "label": "PER"},
-                                                                   [3, 7, "ORG"]]}, ensure_ascii=False) + "\n"
+    zh_spans = [{"start": 0, "end": 2, "label": "PER"}, [3, 7, "ORG"]]
+    spans.write_text(json.dumps({"text": "张三在北京大学读书。", "spans": zh_spans}, ensure_ascii=False) + "\n"
                      + json.dumps({"text": "Ann met New York Times staff", "entities": [[0, 3, "PER"],
                                                                                      [8, 22, "ORG"]]}) + "\n",
                      encoding="utf-8")

@@ -19,7 +19,8 @@ def sweep(
     trials: Annotated[int, typer.Option("--trials", min=1, help="Trials in all (a resumed sweep counts the "
                                         "ones it already has).")] = 10,
     metric: Annotated[str, typer.Option("--metric", help="What to optimize: eval_loss, another eval line key "
-                                        "(eval_accuracy...) or a summary.json key (accuracy, f1_macro...).")] = "eval_loss",
+                                        "(eval_accuracy...) or a summary.json key (accuracy, f1_macro...).")
+                      ] = "eval_loss",
     direction: Annotated[Optional[str], typer.Option(help="minimize or maximize (default: minimize for losses "
                                                      "and perplexities, maximize otherwise).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Sweep folder (default sweeps/<config name>); "
@@ -31,7 +32,8 @@ def sweep(
                                                 "before pruning starts.")] = 5,
     prune_warmup: Annotated[int, typer.Option(min=0, help="Steps before a trial may be pruned.")] = 0,
     seed: Annotated[int, typer.Option(min=0, help="Sampler seed.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the sweep's own lines, no training progress.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the sweep's own lines, no training progress.")
+                     ] = False,
 ) -> None:
     """Hyperparameter search: each trial a normal run folder; a table, plots and best.json in the sweep folder.
 

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 BESIDE_MODEL = ("head.safetensors", "heads.safetensors")
 """Files saved beside a model's weights that are not part of it: the scoring or tagging head that
-`tunelab.training.heads.HeadMethod` (or a multihead run's `MultiHeadMethod`) writes into the same folder (loaded by the stage, not here)."""
+`tunelab.training.heads.HeadMethod` (or a multihead run's `MultiHeadMethod`) writes into the same folder
+(the stage loads them, not this loader)."""
 
 
 def load_safetensors_dir(model, folder: Path) -> None:

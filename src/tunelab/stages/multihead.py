@@ -1,12 +1,13 @@
 """Multi-task learning with a shared model and a head per task (stage multihead).
 
-Each ``data.train`` source is a task (``task:``, else the file's stem) and the ``multihead.heads`` entry with that ``task`` says what
-its head is: ``classify`` (a class per text), ``regress`` (a number per text), ``tag`` (a tag per word) or
-``lm`` (next-token loss through the model's own LM head). Every task shares the decoder and the method's
-trained weights (LoRA or full); each head task adds one linear head (``tunelab.training.multihead``).
-its ``loss_weight`` scales its loss; ``data.train[i].weight`` draws the sample shares as in
-sft, and ``data.max_samples`` caps each task's training file. Validation: ``eval_loss/<task>`` per evaluation, then each task's own metrics at the end (accuracy /
-macro-F1 / AUC; MSE / MAE / R^2 / Pearson; entity P/R/F1; loss / perplexity) in ``eval/`` and summary.json.
+Each ``data.train`` source is a task (``task:``, else the file's stem), and the ``multihead.heads`` entry with
+that ``task`` says what its head is: ``classify`` (a class per text), ``regress`` (a number per text), ``tag``
+(a tag per word) or ``lm`` (next-token loss through the model's own LM head). Every task shares the decoder and
+the method's trained weights (LoRA or full); each head task adds one linear head (``tunelab.training.multihead``).
+A head's ``loss_weight`` scales its task's loss; ``data.train[i].weight`` draws the sample shares as in sft,
+and ``data.max_samples`` caps each task's training file. Validation: ``eval_loss/<task>`` at each evaluation,
+then each task's own metrics at the end (accuracy / macro-F1 / AUC; MSE / MAE / R^2 / Pearson; entity P/R/F1;
+loss / perplexity) in ``eval/`` and summary.json.
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ def _objective_plot(rows: list[dict], metric: str, direction: str) -> bytes:
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
     done = [(r["trial"], r["value"]) for r in rows if r["state"] == "COMPLETE"]
-    pruned = [(r["trial"], r["last_reported"]) for r in rows if r["state"] == "PRUNED" and r["last_reported"] is not None]
+    pruned = [(r["trial"], r["last_reported"]) for r in rows
+              if r["state"] == "PRUNED" and r["last_reported"] is not None]
     if done:
         ax.scatter(*zip(*done), label="finished", color="tab:blue")
         best, line = None, []

@@ -41,7 +41,7 @@ def task_metrics(model: MultiHeadModel, task: str, samples: list, examples: list
 
 
 def write_multihead_eval(run_dir, per_task: dict[str, dict], specs: dict[str, dict]) -> None:
-    """eval/validation-<time>.json with every task's metrics; the predictions (task, reference, prediction) beside it."""
+    """eval/validation-<time>.json with every task's metrics, and the predictions (task, reference, prediction)."""
     out = RunFolder(run_dir).eval_path("validation")
     atomic_write_jsonl(RunFolder.predictions_path(out), [{"task": n, **row} for n, m in per_task.items()
                                                          for row in m["rows"]])
