@@ -222,10 +222,14 @@ def generate(
 
 
 def _is_tagger(run_dir: Path) -> bool:
+    """True for a token_classify run; anything unreadable is left to the normal path to report."""
     from tunelab.runfolder import RunFolder
 
-    info = RunFolder(run_dir).read_info() if Path(run_dir).is_dir() else None
-    return bool(info) and info.get("stage") == "token_classify"
+    try:
+        info = RunFolder(run_dir).read_info() if Path(run_dir).is_dir() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("stage") == "token_classify"
 
 
 def _tag(run_dir: Path, data: Path, out: Path, batch_size: int, limit: int | None) -> None:
