@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,32 @@ def test_subprocess_trial_is_stopped_by_sigterm_and_saves(tiny_config: Path, tmp
     assert watch.trial.reports[0][1] == 2 and max(steps) < 400  # stopped long before the end
     assert not (run_dir / "summary.json").exists()
     assert "interrupted" in (tmp_path / "trial.log").read_text()  # the loop's own SIGTERM handling ran
+
+
+def test_an_interrupted_trial_with_a_checkpoint_continues_from_it(tiny_config: Path, tmp_path: Path) -> None:
+    """A trial killed after its step-2 checkpoint: the rerun takes its folder over and resumes at step 2."""
+    import tunelab
+
+    out = tmp_path / "sweep"
+    run_sweep(tiny_config, SPACE, trials=1, out=out, progress=False, enqueue=[{"train.lr": 3e-3}])
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
+    study.enqueue_trial({"train.lr": 2e-3})
+    stale = study.ask()
+    stale.suggest_float("train.lr", 1e-7, 1e-2, log=True)
+    old = out / "trials" / f"trial-{stale.number:03d}"
+    # what the killed trial left: a checkpoint at step 2, lines logged up to step 3, no weights or summary
+    tunelab.train(tiny_config, ["train.lr=0.002", "train.max_steps=3", "train.save_every=2", f"output_dir={old}"],
+                  progress=False)
+    (old / "summary.json").unlink()
+    shutil.rmtree(old / "model")
+    before = [json.loads(x) for x in (old / "metrics.jsonl").read_text().splitlines()]
+
+    again = run_sweep(tiny_config, SPACE, trials=2, out=out, progress=False)
+    rerun = again.rows[-1]
+    assert rerun["restart_of"] == stale.number and rerun["state"] == "COMPLETE"
+    new = Path(rerun["run_dir"])
+    assert not old.exists() and new.is_dir()  # the folder moved to the new trial's name
+    lines = [json.loads(x) for x in (new / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in lines if "loss" in r]
+    assert train_steps == [1, 2, 3, 4, 5, 6]  # no duplicate step 3: the resume trimmed it
+    assert [r for r in lines if r["step"] <= 2] == [r for r in before if r["step"] <= 2]  # steps 1-2 kept as run
