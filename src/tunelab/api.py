@@ -20,6 +20,8 @@ STAGES: dict[str, str] = {
     "distill": "tunelab.stages.distill",
     "ppo": "tunelab.stages.ppo",
     "selftrain": "tunelab.stages.selftrain",
+    "token_classify": "tunelab.stages.token_classify",
+    "multihead": "tunelab.stages.multihead",
 }
 """Stage name -> the module whose `run(cfg, progress) -> run_dir` trains it."""
 
@@ -38,6 +40,13 @@ def train(cfg: RunCfg | dict | str | Path, overrides: list[str] | None = None, p
         from tunelab.config.loader import apply_overrides
 
         cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
+    if cfg.domain is not None and (cfg.stage != "classify" or cfg.classify.mode != "head"):
+        from tunelab.config import ConfigError
+
+        raise ConfigError([f"domain: set, but stage is {cfg.stage}"
+                           + (f" with classify.mode {cfg.classify.mode}" if cfg.stage == "classify" else "")
+                           + "; domain adaptation aligns a head classifier's features (stage: classify, "
+                           "classify.mode: head); remove the domain section or change the stage"])
     from tunelab.data.pipeline import check_data_files
 
     check_data_files(cfg.data)  # unreadable or empty data fails here, not after the model has loaded

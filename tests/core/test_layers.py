@@ -13,7 +13,7 @@ LAYERS = {
     "bases": 4,  # any model name, a run folder included: needs models and methods, so above both
     "training": 5, "eval": 5, "infer": 5, "export": 5, "run": 5, "bench": 5,
     "stages": 6,  # recipes: only api (by name) and the CLI start one; nothing below imports a recipe
-    "api": 7, "estimate": 7, "retrain": 7, "demo": 8, "cli": 9, "studio": 9,
+    "api": 7, "estimate": 7, "retrain": 7, "sweep": 7, "demo": 8, "cli": 9, "studio": 9,
 }
 
 

@@ -57,7 +57,7 @@ def test_every_field_the_issue_named_declares_a_kind():
         "data.train[].path": "data", "data.train[].eval": "data", "data.eval": "data",
         "method.tokenizer": "model", "train.resume": "checkpoint", "optim.ewc.data": "data",
         "grpo.rewards[]": "code", "distill.teacher": "model", "ppo.reward_model": "run",
-        "selftrain.unlabelled": "data", "selftrain.rewards[]": "code", "output_dir": "output"}
+        "selftrain.unlabelled": "data", "selftrain.rewards[]": "code", "domain.target": "data", "output_dir": "output"}
     schema = str(RunCfg.model_json_schema())
     assert schema.count(refs_mod.REF_SCHEMA_KEY) >= len(declared)
 

@@ -246,6 +246,8 @@ def generate(
     from tunelab.infer.predict import predict_file
     from tunelab.run import Run
 
+    if _is_tagger(run_dir):  # a token_classify run answers with tags and entities, not generated text
+        return _tag(run_dir, data, out, batch_size, limit)
     try:
         read_any(data)  # bad or missing records fail here, before the model is loaded
         run = Run(run_dir)
@@ -256,6 +258,37 @@ def generate(
     except _user_errors() as e:
         _fail(e)
     err.print(f"[green]wrote[/] {n} predictions to {out}")
+
+
+def _is_tagger(run_dir: Path) -> bool:
+    """True for a token_classify run; anything unreadable is left to the normal path to report."""
+    from tunelab.runfolder import RunFolder
+
+    try:
+        info = RunFolder(run_dir).read_info() if Path(run_dir).is_dir() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("stage") == "token_classify"
+
+
+def _tag(run_dir: Path, data: Path, out: Path, batch_size: int, limit: int | None) -> None:
+    """`tunelab generate` for a token_classify run: entities (text records) or tags (token records, CoNLL)."""
+    from tunelab.infer.tagging import tag_file
+    from tunelab.run import Run
+    from tunelab.training.tagging import load_tagger
+
+    try:
+        if not data.is_file():
+            raise FileNotFoundError(f"--data: {data} is not a file")
+        run = Run(run_dir)
+        model = load_tagger(run)
+        n, metrics = tag_file(model, run.load_tokenizer(), data, out, batch_size=batch_size, limit=limit)
+    except (*_user_errors(), FileNotFoundError) as e:
+        _fail(e)
+    err.print(f"[green]wrote[/] {n} tagged records to {out}")
+    if metrics is not None:
+        err.print(f"entity F1 {metrics['f1']:.3f} (precision {metrics['precision']:.3f}, recall "
+                  f"{metrics['recall']:.3f}) on {metrics['entities_true']} reference entities")
 
 
 @app.command()
@@ -334,6 +367,9 @@ def _mount_optional() -> None:
     from tunelab.cli.estimate import estimate
 
     app.command("estimate")(estimate)
+    from tunelab.cli.sweep import sweep
+
+    app.command("sweep")(sweep)
     from tunelab.cli.studio import studio
 
     app.command("studio")(studio)

@@ -237,8 +237,8 @@ def schema_lines(model: type[BaseModel] = RunCfg, prefix: str = "") -> list[tupl
                 rows.append((f"{path}.name", "str", tag, (m.__doc__ or "").strip().splitlines()[0]))
                 rows += [r for r in schema_lines(m, f"{path}[{tag}].") if not r[0].endswith(".name")]
             continue
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            rows += schema_lines(sub, path + ".")
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and typing.get_origin(ann) not in (list, dict):
+            rows += schema_lines(sub, path + ".")  # a section; a list of sections is one key (multihead.heads)
             continue
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         tname = type_name(ann)

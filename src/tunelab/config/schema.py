@@ -20,12 +20,15 @@ from tunelab.config.speed import SpeedCfg
 from tunelab.config.stages import (
     ClassifyCfg,
     DistillCfg,
+    DomainCfg,
     GrpoCfg,
+    MultiheadCfg,
     PpoCfg,
     PreferenceCfg,
     RewardCfg,
     SelftrainCfg,
     StageName,
+    TokenClassifyCfg,
 )
 
 
@@ -101,7 +104,8 @@ class RunCfg(Section):
         "sft", description="How the model learns: sft, pretrain (raw text), dpo / orpo / simpo / kto (preferences), "
         "reward (a pairwise reward model), classify (sequence classification), grpo (RL from reward functions), "
         "distill (from a teacher's logits), ppo (RL from a reward model), selftrain (pseudo-label self-training of a "
-        "classifier, or SFT on its own filtered samples).")
+        "classifier, or SFT on its own filtered samples), token_classify (a tag per word: NER, BIO/BIOES), multihead (several tasks, one "
+        "head each, on a shared model).")
     train: TrainCfg = Field(default_factory=TrainCfg)
     optim: OptimCfg = Field(default_factory=OptimCfg)
     preference: PreferenceCfg = Field(default_factory=PreferenceCfg, description="Stages dpo, orpo, simpo, kto.")
@@ -111,20 +115,27 @@ class RunCfg(Section):
     distill: DistillCfg | None = Field(None, description="Stage distill (needs distill.teacher).")
     ppo: PpoCfg | None = Field(None, description="Stage ppo (needs ppo.reward_model).")
     selftrain: SelftrainCfg = Field(default_factory=SelftrainCfg, description="Stage selftrain.")
+    token_classify: TokenClassifyCfg = Field(default_factory=TokenClassifyCfg, description="Stage token_classify.")
+    multihead: MultiheadCfg = Field(default_factory=MultiheadCfg, description="Stage multihead.")
+    domain: DomainCfg | None = Field(None, description="Domain adaptation to unlabelled target text (stage "
+                                     "classify, mode head); null = off.")
     parallel: ParallelCfg = Field(default_factory=ParallelCfg, description="Several processes (torchrun): "
                                   "ddp or fsdp; ignored by a single-process run.")
     output_dir: OutputPath = Field("runs/my-run", description="The run folder to write.")
+
 
 
 __all__ = [
     "ClassifyCfg",
     "DataCfg",
     "DistillCfg",
+    "DomainCfg",
     "FullCfg",
     "GrpoCfg",
     "LoraCfg",
     "MethodCfg",
     "ModelCfg",
+    "MultiheadCfg",
     "OptimCfg",
     "PpoCfg",
     "PreferenceCfg",
@@ -132,5 +143,6 @@ __all__ = [
     "RunCfg",
     "Section",
     "SelftrainCfg",
+    "TokenClassifyCfg",
     "TrainCfg",
 ]

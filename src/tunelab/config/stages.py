@@ -14,7 +14,7 @@ from tunelab.config.base import Section
 from tunelab.config.refs import CodeRef, DataPath, ModelRef, RunPath
 
 StageName = Literal["sft", "pretrain", "dpo", "orpo", "simpo", "kto", "reward", "classify", "grpo", "distill",
-                    "ppo", "selftrain"]
+                    "ppo", "selftrain", "token_classify", "multihead"]
 
 PREFERENCE_STAGES = ("dpo", "orpo", "simpo", "kto")
 """Stages trained by tunelab.stages.preference; each reads the `preference:` section."""
@@ -87,6 +87,69 @@ class ClassifyCfg(Section):
             raise ValueError(f"class_weights has {len(self.class_weights)} numbers but labels has "
                              f"{len(self.labels)}; give one weight per label")
         return self
+
+
+class TokenClassifyCfg(Section):
+    """Token classification, e.g. named entities (stage token_classify)."""
+
+    scheme: Literal["auto", "BIO", "BIOES"] = Field(
+        "auto", description="Tag scheme: BIO or BIOES. Span records ({text, spans}) are turned into tags in this "
+        "scheme; CoNLL files and {tokens, tags} records keep their tags. auto = BIOES when the data has E-/S- "
+        "tags, else BIO.")
+    labels: list[str] | None = Field(
+        None, description="Every tag in order (O, B-PER, I-PER, ...); null = O then the sorted tags of the data.")
+
+
+class TaskHeadCfg(Section):
+    """One task's head in a multihead run (its data is the data.train source with the same task name)."""
+
+    task: str = Field(..., min_length=1, description="The data.train source's task name (its task:, else the "
+                      "file's stem).")
+    kind: Literal["classify", "regress", "tag", "lm"] = Field(
+        ..., description="classify = a class per text ({text|messages, label}); regress = a number per text "
+        "({text, value}); tag = a tag per word (token_classify data); lm = next-token loss on chat/SFT records "
+        "through the model's own LM head.")
+    loss_weight: float = Field(1.0, gt=0, description="Multiplies this task's mean loss in the training loss.")
+    labels: list[str] | None = Field(None, description="classify / tag: the classes or tags in order; null = from "
+                                     "the data.")
+    pooling: Literal["last", "mean"] = Field("mean", description="classify / regress: the vector the head reads, "
+                                             "the last real token's hidden state or the mean over real tokens.")
+    scheme: Literal["auto", "BIO", "BIOES"] = Field("auto", description="tag: the tag scheme (as token_classify).")
+
+
+class MultiheadCfg(Section):
+    """Several tasks on one shared model (stage multihead): one head per task, each with its own loss weight."""
+
+    heads: list[TaskHeadCfg] = Field(
+        default_factory=list, description="One head per task, e.g. [{task: news, kind: classify}, {task: chat, "
+        "kind: lm, loss_weight: 0.3}]; every data.train source's task needs one (and every head a source).")
+
+    @model_validator(mode="after")
+    def _one_head_per_task(self) -> MultiheadCfg:
+        seen = [h.task for h in self.heads]
+        twice = sorted({t for t in seen if seen.count(t) > 1})
+        if twice:
+            raise ValueError(f"heads: task {twice[0]!r} has more than one head; give each task one")
+        return self
+
+    def by_task(self) -> dict[str, TaskHeadCfg]:
+        """The heads keyed by task name."""
+        return {h.task: h for h in self.heads}
+
+
+class DomainCfg(Section):
+    """Unsupervised domain adaptation of a classifier (stage classify, mode head): align the features the head
+    reads on labelled source data with those of unlabelled target-domain text."""
+
+    target: DataPath = Field(..., description="Unlabelled target-domain texts: .json/.jsonl records with \"text\" "
+                             "(or \"messages\": the last user turn); a label, if present, is never read.")
+    method: Literal["dann", "mmd"] = Field(
+        "dann", description="dann = a domain classifier on the pooled hidden states behind a gradient-reversal "
+        "layer (Ganin et al. 2016); mmd = the squared maximum mean discrepancy between source and target "
+        "features (Gaussian kernels; Long et al. 2015).")
+    weight: float = Field(0.1, gt=0, description="Weight of the domain loss added to the classification loss.")
+    hidden: int = Field(256, gt=0, description="dann: hidden units of the domain classifier (one ReLU layer).")
+    batch_size: int | None = Field(None, gt=0, description="Target texts per training step; null = train.batch_size.")
 
 
 def one_weight_per_reward(cfg):

@@ -7,9 +7,15 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 
+BESIDE_MODEL = ("head.safetensors", "heads.safetensors")
+"""Files saved beside a model's weights that are not part of it: the scoring or tagging head that
+`tunelab.training.heads.HeadMethod` (or a multihead run's `MultiHeadMethod`) writes into the same folder
+(the stage loads them, not this loader)."""
+
+
 def load_safetensors_dir(model, folder: Path) -> None:
     """Copy every tensor of folder/*.safetensors into the model; missing keys must be tied weights."""
-    files = sorted(Path(folder).glob("*.safetensors"))
+    files = sorted(f for f in Path(folder).glob("*.safetensors") if f.name not in BESIDE_MODEL)
     if not files:
         raise FileNotFoundError(f"{folder}: no .safetensors files to load")
     state = {}

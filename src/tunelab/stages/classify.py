@@ -14,6 +14,9 @@
 Both train with cross-entropy over the classes, optionally class-weighted for imbalanced data
 (``class_weights: balanced`` gives class c the weight ``n / (K * n_c)``), and report accuracy, macro-F1 and
 AUC on the validation set via ``tunelab.eval.metrics.classification_metrics`` (saved under ``eval/``).
+
+With a ``domain:`` section (mode head), unlabelled target-domain text joins every training step and a DANN or
+MMD loss aligns the head's input features across the two domains (``tunelab.training.domain``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ from tunelab.training.classes import (
     make_samples,
     predict,
     write_eval,
+)
+from tunelab.training.domain import (
+    DomainClassifier,
+    TargetBatches,
+    collate_with_target,
+    domain_step,
+    load_target_texts,
 )
 from tunelab.training.heads import HeadMethod, ScoreModel
 from tunelab.training.setup import (
@@ -68,11 +78,13 @@ def run(cfg, progress: bool = True):
         recount_parameters(setup)
     scorer = SCORERS[ccfg.mode]
     collate_fn = partial(collate_classes, pad_id=tok.pad_token_id)
+    step = partial(classify_step, scorer=scorer, weights=weights)
+    if cfg.domain is not None:  # unlabelled target text: DANN or MMD on the pooled features (training/domain.py)
+        collate_fn, step = domain_adaptation(cfg, setup, collate_fn, weights, progress)
     say(progress, f"classify ({ccfg.mode}): {len(labels)} classes {labels}; {len(train)} train / {len(val)} "
         f"validation examples from {cfg.data.train}")
     result = fit(setup, Recipe(
-        train=cfg.train, optim=cfg.optim, samples=train, val=val, collate=collate_fn,
-        loss=partial(classify_step, scorer=scorer, weights=weights),
+        train=cfg.train, optim=cfg.optim, samples=train, val=val, collate=collate_fn, loss=step,
         reference_data=lambda path: make_samples(load_classification(path), labels, ccfg.mode, tok, tpl,
                                                  cfg.data.max_length)), progress=progress)
     summary = dict(result.summary)
@@ -86,4 +98,23 @@ def run(cfg, progress: bool = True):
         say(progress, f"validation: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}")
     stats = {"format": "classification", "mode": ccfg.mode, "labels": labels, "train_samples": len(train),
              "val_samples": len(val)}
+    if cfg.domain is not None:
+        if hasattr(setup.model, "domain"):  # dann: trained alongside, never saved; the run is an ordinary classifier
+            del setup.model.domain
+        stats["domain"] = {"method": cfg.domain.method, "weight": cfg.domain.weight, "target": cfg.domain.target}
     return finish_run(setup, summary, stats)
+
+
+def domain_adaptation(cfg, setup, collate_fn, weights, progress: bool):
+    """(collate with target batches, the step with the domain loss); adds the DANN domain classifier to the model."""
+    dcfg = cfg.domain
+    texts = load_target_texts(dcfg.target)
+    target = TargetBatches(texts, setup.tokenizer, cfg.data.max_length, dcfg.batch_size or cfg.train.batch_size,
+                           cfg.train.seed)
+    if dcfg.method == "dann":
+        head = setup.model.head.weight
+        setup.model.domain = DomainClassifier(head.shape[1], dcfg.hidden, head.device, head.dtype)
+    say(progress, f"domain adaptation ({dcfg.method}, weight {dcfg.weight:g}): {len(texts)} unlabelled target "
+        f"texts from {dcfg.target}")
+    return (partial(collate_with_target, base_collate=collate_fn, target=target),
+            partial(domain_step, weights=weights, method=dcfg.method, weight=dcfg.weight))

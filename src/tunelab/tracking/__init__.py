@@ -7,6 +7,9 @@ Backends are imported lazily so a missing optional package only matters when it 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +35,28 @@ TRACKERS: dict[str, str] = {
 }
 # added to every run by the training recipe, before the user's train.report_to
 ALWAYS_ON: tuple[str, ...] = ("jsonl", "overfit")
+
+
+_EXTRA: ContextVar[tuple] = ContextVar("tunelab_extra_trackers", default=())
+
+
+@contextmanager
+def extra_trackers(*trackers: Tracker) -> Iterator[None]:
+    """Add tracker objects to every run started inside this block (in this thread), after the configured ones.
+
+    How a caller that runs training in-process watches it live without a config key: the sweep's pruning
+    watcher is one (its ``log`` may raise to stop the run). Outside the block no run sees them.
+    """
+    token = _EXTRA.set(_EXTRA.get() + trackers)
+    try:
+        yield
+    finally:
+        _EXTRA.reset(token)
+
+
+def active_extra_trackers() -> list[Tracker]:
+    """The trackers added by the enclosing `extra_trackers` blocks (none outside them)."""
+    return list(_EXTRA.get())
 
 
 class MissingExtra(ImportError):

@@ -18,7 +18,7 @@ from types import ModuleType
 import torch
 from safetensors.torch import load_file, save_file
 
-HEAD_FILE, HEAD_META = "head.safetensors", "head.json"
+HEAD_FILE, HEAD_META = "head.safetensors", "head.json"  # HEAD_FILE is in methods.weights.BESIDE_MODEL
 
 
 def decoder_of(lm: torch.nn.Module) -> torch.nn.Module:
@@ -45,6 +45,16 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
 
 
+def new_head(lm: torch.nn.Module, num_labels: int, seed: int = 0) -> torch.nn.Linear:
+    """A bias-free linear head ``hidden -> num_labels`` on the LM's device, drawn as TRL's value head: N(0, 1/(H+1))."""
+    hidden = lm.config.hidden_size
+    head = torch.nn.Linear(hidden, num_labels, bias=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(num_labels, hidden, generator=gen) / (hidden + 1) ** 0.5)
+    return head.to(next(lm.parameters()).device)
+
+
 class ScoreModel(torch.nn.Module):
     """A causal LM's decoder with a linear head on the last real token (or the mean of the real tokens)."""
 
@@ -55,20 +65,18 @@ class ScoreModel(torch.nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         self.pooling = pooling
         self.lm = lm
-        hidden = lm.config.hidden_size
-        self.head = torch.nn.Linear(hidden, num_labels, bias=False)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():  # TRL's value-head init: N(0, 1 / (hidden + 1))
-            self.head.weight.copy_(torch.randn(num_labels, hidden, generator=gen) / (hidden + 1) ** 0.5)
-        self.head.to(next(lm.parameters()).device)
+        self.head = new_head(lm, num_labels, seed)
         self.labels = labels
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooled vector the head reads, ``(B, T) -> (B, H)`` (also what domain adaptation aligns)."""
+        hidden = decoder_of(self.lm)(input_ids=input_ids, attention_mask=attention_mask,
+                                     use_cache=False).last_hidden_state  # (B, T, H)
+        return pool(hidden, attention_mask, self.pooling).to(self.head.weight.dtype)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scores ``(B, num_labels)`` from right-padded ``(B, T)`` inputs."""
-        hidden = decoder_of(self.lm)(input_ids=input_ids, attention_mask=attention_mask,
-                                     use_cache=False).last_hidden_state  # (B, T, H)
-        picked = pool(hidden, attention_mask, self.pooling)  # (B, H)
-        return self.head(picked.to(self.head.weight.dtype))
+        return self.head(self.features(input_ids, attention_mask))
 
     def get_output_embeddings(self) -> torch.nn.Linear:
         """The scoring head: the output layer whose learning rate ``optim.head_lr_scale`` multiplies."""
@@ -91,6 +99,8 @@ class HeadMethod:
         meta = {"num_labels": model.head.out_features, "hidden_size": model.head.in_features, "labels": model.labels}
         if hasattr(model, "pooling"):  # a sequence head; PPO's per-token value head pools nothing
             meta["pooling"] = model.pooling
+        if hasattr(model, "head_meta"):  # what else a head needs to be rebuilt (a tagger's scheme)
+            meta.update(model.head_meta())
         (Path(out_dir) / HEAD_META).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
 
     def load_state(self, model: ScoreModel, out_dir: Path) -> None:

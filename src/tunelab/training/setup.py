@@ -22,7 +22,7 @@ from tunelab.models import load_tokenizer, pick_device
 from tunelab.models.loader import base_chain, base_source, vision_source
 from tunelab.models.vision import VisionModelError, load_processor
 from tunelab.runfolder import RunFolder
-from tunelab.tracking import ALWAYS_ON, make_tracker
+from tunelab.tracking import ALWAYS_ON, active_extra_trackers, make_tracker
 from tunelab.training.vision import VISION_STAGES, check_switches, method_cfg_for_vision, set_trainable_parts
 from tunelab.utils.threads import apply_threads
 
@@ -151,6 +151,7 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
             f"[bold]{cfg.method.name}[/] on {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
             f"({meta['trainable_pct']:.2f}%) on {device}, {threads} CPU thread{'s' if threads != 1 else ''}")
     trackers = [make_tracker(name) for name in dict.fromkeys([*ALWAYS_ON, *cfg.train.report_to])]
+    trackers += active_extra_trackers()  # a caller's live watchers (tunelab.sweep's pruning), if any
     trackers = trackers if main else []
     for t in trackers:
         t.start(run_dir, cfg.model_dump(mode="json"))
