@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FAMILIES, family_model
+from tests.export.conftest import FAMILIES, family_model
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import family_model
+from tests.export.conftest import family_model
 
 from tunelab.export import export
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-import trl_oracle  # noqa: F401  (silences TRL's experimental-import warning)
+import tests.stages.trl_oracle  # noqa: F401  (silences TRL's experimental-import warning)
 from torch.testing import assert_close
 
 from tunelab.stages.distill import distill_loss

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from torch.testing import assert_close
-from trl_oracle import trl_dpo, trl_kto, trl_orpo, trl_simpo
+from tests.stages.trl_oracle import trl_dpo, trl_kto, trl_orpo, trl_simpo
 
 from tunelab.stages.preference import (
     PREFERENCE_LOSSES,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from torch.testing import assert_close
-from trl_oracle import trl_reward
+from tests.stages.trl_oracle import trl_reward
 
 from tunelab.stages.reward import bradley_terry_loss, pair_accuracy
 

@@ -8,7 +8,7 @@ import base64
 import openai
 import pytest
 
-from tests.serve.helpers import ServerThread
+from tests.infer.helpers import ServerThread
 
 
 @pytest.fixture(scope="module")

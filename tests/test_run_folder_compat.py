@@ -13,7 +13,7 @@ import torch
 
 from tunelab.run import Run
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture()

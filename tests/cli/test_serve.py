@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tunelab.cli.serve import app, parse_model_arg
 
-from .helpers import API_KEY
+from tests.infer.helpers import API_KEY
 
 runner = CliRunner()
 

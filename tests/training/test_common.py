@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.testing import assert_close
-from trl_oracle import trl_batch_logps
+from tests.stages.trl_oracle import trl_batch_logps
 
 from tunelab.training.common import KL_ESTIMATORS, masked_mean, masked_whiten, sequence_logps, target_counts, token_logps
 

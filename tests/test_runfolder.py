@@ -21,7 +21,7 @@ from tunelab.runfolder import (
     weights_dir_name,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def cfg(out: Path, **over):

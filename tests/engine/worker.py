@@ -1,6 +1,6 @@
 """One rank of the 2-process tests (run by torchrun): train every scenario, save weights and what it saw.
 
-Usage: torchrun --standalone --nproc-per-node 2 tests/distributed/worker.py OUT_DIR
+Usage: torchrun --standalone --nproc-per-node 2 tests/engine/worker.py OUT_DIR
 """
 
 from __future__ import annotations

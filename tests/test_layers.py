@@ -4,7 +4,7 @@ each other without cycles, and no recipe (stages/*) imports another."""
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "tunelab"
+SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 
 # higher number = higher layer; a module may import only its own layer or lower ones
 LAYERS = {

@@ -1,6 +1,6 @@
 """DDP and FSDP2 on 2 CPU processes (gloo) against single-process training on the same global batch.
 
-One torchrun launch (module fixture) trains every scenario in tests/distributed/worker.py; the tests
+One torchrun launch (module fixture) trains every scenario in tests/engine/worker.py; the tests
 compare its outputs with in-process references. Invariant: 2 ranks x batch 2 == 1 process x batch 4,
 with gradient accumulation, clipping and token-normalized loss (the count all-reduced over ranks).
 Tolerance: float32 summation order differs between the two (gloo all-reduce, split batches), so

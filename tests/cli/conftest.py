@@ -1,0 +1,3 @@
+"""Fixtures of the folders these tests came from."""
+from tests.eval.conftest import *  # noqa: F401,F403  (its fixtures, for the tests that moved here)
+from tests.infer.conftest import *  # noqa: F401,F403  (its fixtures, for the tests that moved here)
