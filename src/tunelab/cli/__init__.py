@@ -273,7 +273,7 @@ def _is_tagger(run_dir: Path) -> bool:
 
 def _tag(run_dir: Path, data: Path, out: Path, batch_size: int, limit: int | None) -> None:
     """`tunelab generate` for a token_classify run: entities (text records) or tags (token records, CoNLL)."""
-    from tunelab.infer.tagging import tag_file
+    from tunelab.training.tag_file import tag_file
     from tunelab.run import Run
     from tunelab.training.tagging import load_tagger
 
