@@ -60,6 +60,15 @@ class Run:
         """The tokenizer the run trained with."""
         return self.folder.load_tokenizer()
 
+    @property
+    def is_vision(self) -> bool:
+        """Whether the run trained a vision-language model (chat, eval and serve then take images)."""
+        return self.folder.is_vision()
+
+    def load_processor(self):
+        """A vision run's processor (image settings + tokenizer), as it trained with."""
+        return self.folder.load_processor()
+
     def load_model(self, device: str = "auto", merged: bool = False):
         """(model, tokenizer, chat_template) as trained; `merged` folds adapters into the weights."""
         from tunelab.methods import get_method
@@ -74,11 +83,21 @@ class Run:
         model.eval()
         return model, self.load_tokenizer(), self.chat_template
 
-    def chat(self, prompt: str, max_new_tokens: int = 128, **kw) -> str:
-        """One answer to one user message, with the run's template."""
+    def chat(self, prompt: str, max_new_tokens: int = 128, images: list | None = None, **kw) -> str:
+        """One answer to one user message, with the run's template; `images` (paths or PIL images) go before the
+        prompt for a vision run."""
         from tunelab.infer.generate import generate
 
         model, tok, tpl = self.load_model()
+        if self.is_vision:
+            from tunelab.data.images import IMAGE_TOKEN
+            from tunelab.infer.vision import generate_vision, open_image_file
+
+            pics = [open_image_file(i) if isinstance(i, (str, Path)) else i for i in images or []]
+            msgs = [{"role": "user", "content": IMAGE_TOKEN * len(pics) + prompt}]
+            return generate_vision(model, self.load_processor(), tpl, [(msgs, pics)], max_new_tokens, **kw)[0].text
+        if images:
+            raise ValueError(f"{self.path}: a text-only run; it cannot read images")
         return generate(model, tok, tpl, [[{"role": "user", "content": prompt}]], max_new_tokens, **kw)[0]
 
     def evaluate(self, data: str | list[str] | None, **kw) -> dict:
@@ -102,6 +121,14 @@ class Run:
 
         check_export(fmt, options)  # a wrong format or option fails before the model is loaded
         target = Path(out) if out else self.folder.export_dir(fmt)
+        if self.is_vision:  # a HF folder with the processor, loadable by AutoModelForImageTextToText/AutoProcessor
+            from tunelab.export.base import ExportError
+
+            if fmt not in ("merged", "safetensors"):
+                raise ExportError(f"--format {fmt}: a vision run exports as merged (a Hugging Face folder with its "
+                                  "processor); GGUF/ONNX/Ollama/Triton exports are for text models")
+            model, _, template = self.load_model(device="cpu", merged=True)
+            return do_export(model, self.load_processor(), template, fmt, target, **options)
         try:
             model, tok, template = self.load_model(device="cpu", merged=True)
         except NotMergeable as e:

@@ -36,7 +36,7 @@ def test_unknown_method_lists_choices_and_method_keys_follow_the_method():
     assert probs == [f"method.name: 'lorax' is not a method; choose from {', '.join(METHODS)}"]
     assert "full, freeze, lora, qlora" in probs[0]
     probs, _ = problems({"data": {"train": "x.json"}, "method": {"name": "full", "r": 8}})
-    assert probs == ["method.r: unknown key; valid keys: name"]
+    assert probs == ["method.r: unknown key; valid keys: name, train_vision, train_projector"]
 
 
 def test_method_options_without_a_name_ask_for_the_name():

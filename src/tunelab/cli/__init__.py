@@ -123,10 +123,13 @@ def chat(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when temperature > 0.")] = 1.0,
     repetition_penalty: Annotated[float, typer.Option(
         help="Penalty on tokens already in the answer (1.0 = off); keeps small models out of loops.")] = 1.1,
+    image: Annotated[Optional[list[Path]], typer.Option(
+        "--image", "-i", help="Vision runs: an image file for the first message (repeat for several).")] = None,
 ) -> None:
     """Chat with a run (streaming), using the exact chat template it was trained with.
 
     Interactive: type a message, Enter to send; /reset clears the history, /exit (or Ctrl-D) quits.
+    Vision runs: tunelab chat RUN --image a.png --prompt "What colour is the shape?"
     CPU threads: TUNELAB_THREADS=N (default: OMP_NUM_THREADS, else the cores this process may use).
     """
     _check_sampling(max_new_tokens, temperature, top_p)
@@ -136,16 +139,38 @@ def chat(
     from tunelab.run import Run
 
     try:
-        model, tok, template = Run(run_dir).load_model()
+        run = Run(run_dir)
+        pictures, processor = [], None
+        if run.is_vision:
+            from tunelab.infer.vision import open_image_file
+
+            pictures = [open_image_file(str(p)) for p in image or []]
+            processor = run.load_processor()
+        elif image:
+            from tunelab.infer.vision import ImageInputError
+
+            raise ImageInputError(f"--image: {run_dir} is a text-only run; it cannot read images")
+        model, tok, template = run.load_model()
     except _user_errors() as e:
         _fail(e)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
 
+    def stream(msgs: list[dict]):
+        if processor is None:
+            return stream_chat(model, tok, template, msgs, max_new_tokens, temperature, top_p, repetition_penalty)
+        from tunelab.infer.vision import stream_chat_vision
+
+        return stream_chat_vision(model, processor, template, msgs, pictures, max_new_tokens, temperature, top_p,
+                                  repetition_penalty)
+
     def answer(text: str) -> str:
+        if pictures and not any(m["role"] == "user" for m in history):  # the images go with the first message
+            from tunelab.data.images import IMAGE_TOKEN
+
+            text = IMAGE_TOKEN * len(pictures) + text
         history.append({"role": "user", "content": text})
         parts = []
-        for piece in stream_chat(model, tok, template, history, max_new_tokens, temperature, top_p,
-                                 repetition_penalty):
+        for piece in stream(history):
             parts.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -210,10 +235,11 @@ def generate(
 
     try:
         read_records(data)  # bad or missing records fail here, before the model is loaded
-        model, tok, template = Run(run_dir).load_model()
+        run = Run(run_dir)
+        model, tok, template = run.load_model()
         n = predict_file(model, tok, template, str(data), out, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, limit=limit,
-                         progress=True)
+                         progress=True, processor=run.load_processor() if run.is_vision else None)
     except _user_errors() as e:
         _fail(e)
     err.print(f"[green]wrote[/] {n} predictions to {out}")

@@ -25,9 +25,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunelab.tracking import MissingExtra
     from tunelab.utils.io import DiskFullError
     from tunelab.utils.userfiles import UserFileError
+    from tunelab.infer.vision import ImageInputError
+    from tunelab.models.vision import VisionModelError
 
     return (ConfigError, DataError, TemplateError, ModelNotFound, RunNotFound, RunFolderError, FileNotFoundError,
-            MissingExtra, DiskFullError, UserFileError, ExportError)
+            MissingExtra, DiskFullError, UserFileError, ExportError, ImageInputError, VisionModelError)
 
 
 def _fail(e: BaseException, code: int = 2) -> None:

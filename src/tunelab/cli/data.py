@@ -289,7 +289,8 @@ def inspect_cmd(
     example: Annotated[int, typer.Option(help="Which valid record to show rendered.")] = 0,
 ) -> None:
     """Detected format, counts, token-length histogram, truncation at max_length, duplicates, labels,
-    and one rendered example with the trained tokens marked.
+    and one rendered example with the trained tokens marked. Records with images: image counts and sizes; with
+    a vision --model (e.g. tiny-llava or a VLM folder) the image tokens per sample, shown as one placeholder.
 
     Example:
 
@@ -300,11 +301,20 @@ def inspect_cmd(
         from tunelab.data.sources import read_any
         from tunelab.data.templates import resolve_template
         from tunelab.models import load_tokenizer
+        from tunelab.models.vision import vision_source
 
         records = read_any(input)  # an unreadable file fails before the tokenizer is loaded
-        tok = load_tokenizer(model)
-        report = inspect_data(input, tok, resolve_template(tok, chat_template), max_length, example_index=example,
-                              records=records)
+        vision_dir = vision_source(model)
+        if vision_dir is not None:  # a vision model: measured with its processor, images expanded
+            from tunelab.models.vision import load_processor
+
+            proc = load_processor(vision_dir)
+            report = inspect_data(input, proc.tokenizer, resolve_template(proc, chat_template), max_length,
+                                  example_index=example, records=records, processor=proc)
+        else:
+            tok = load_tokenizer(model)
+            report = inspect_data(input, tok, resolve_template(tok, chat_template), max_length,
+                                  example_index=example, records=records)
         text = report.to_text()
         head, _, sample = text.partition(f"example (trained tokens in {TRAINED_OPEN} {TRAINED_CLOSE}):\n")
         out.print(head, highlight=False, markup=False, soft_wrap=True, end="")

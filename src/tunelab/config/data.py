@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from tunelab.config.base import Section
 from tunelab.config.refs import DataPath
 
-RecordFormat = Literal["auto", "alpaca", "sharegpt", "messages"]
+RecordFormat = Literal["auto", "alpaca", "sharegpt", "messages", "vision"]
 TASK_NAME = re.compile(r"^[\w.-]+$")
 """Task names appear in metric keys (`eval_loss/<task>`) and file names: letters, digits, `_`, `.`, `-`."""
 

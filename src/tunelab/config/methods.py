@@ -12,10 +12,24 @@ from tunelab.config.refs import ModelRef
 Targets = Literal["all-linear", "attention", "mlp"] | list[str]
 
 
+def _train_vision():
+    return Field(False, description="Vision models: train the vision tower too (LoRA: adapters on its linear layers; "
+                 "full/freeze: its weights). Off by default: a pretrained encoder already sees well, and its "
+                 "activations cost most of a VLM's memory. Text models: must stay false.")
+
+
+def _train_projector():
+    return Field(False, description="Vision models: train the projector (connector) between vision tower and "
+                 "language model in full (LoRA: as modules_to_save). Turn it on for a projector trained from scratch "
+                 "(LLaVA-style connector training). Text models: must stay false.")
+
+
 class FullCfg(Section):
-    """Train every weight."""
+    """Train every weight (of a vision model: the language model, plus what train_vision/train_projector add)."""
 
     name: Literal["full"] = "full"
+    train_vision: bool = _train_vision()
+    train_projector: bool = _train_projector()
 
 
 class FreezeCfg(Section):
@@ -29,6 +43,8 @@ class FreezeCfg(Section):
     )
     head: bool = Field(True, description="Train the output head (lm_head / score / classifier).")
     embeddings: bool = Field(False, description="Train the input embeddings (tied heads train with them).")
+    train_vision: bool = _train_vision()
+    train_projector: bool = _train_projector()
 
     @model_validator(mode="after")
     def _something_trains(self):
@@ -61,6 +77,8 @@ class LoraCfg(Section):
     modules_to_save: list[str] = Field(
         default_factory=list, description="Modules trained in full next to the adapters (e.g. lm_head, score)."
     )
+    train_vision: bool = _train_vision()
+    train_projector: bool = _train_projector()
 
 
 class QLoraCfg(LoraCfg):

@@ -27,6 +27,8 @@ class Conversation:
     messages: list[dict[str, Any]]
     tools: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    images: list[Any] = field(default_factory=list)
+    """The images of a `vision` record in order (tunelab.data.images.ImageRef); one `<image>` in the text each."""
 
     def assistant_turns(self) -> int:
         """How many messages will be trained on."""
@@ -76,6 +78,7 @@ SHAREGPT_ROLES = {
 
 def parse_sharegpt(rec: Record) -> Conversation:
     """ShareGPT: conversations [{from, value}] with human/gpt/system/function_call/observation roles."""
+    _no_images(rec, "sharegpt")
     conv = rec.data.get("conversations")
     if not isinstance(conv, list) or not conv:
         raise DataError(f"{rec.where}: field 'conversations' must be a non-empty list of {{from, value}} turns")
@@ -98,6 +101,7 @@ def parse_sharegpt(rec: Record) -> Conversation:
 
 def parse_messages(rec: Record) -> Conversation:
     """OpenAI messages: [{role, content}] with system/user/assistant/tool roles."""
+    _no_images(rec, "messages")
     raw = rec.data.get("messages")
     if not isinstance(raw, list) or not raw:
         raise DataError(f"{rec.where}: field 'messages' must be a non-empty list of {{role, content}} objects")
@@ -115,6 +119,13 @@ def parse_messages(rec: Record) -> Conversation:
             continue
         msgs.append({"role": m["role"], "content": _text(rec, f"messages[{i}].content", m.get("content"))})
     return Conversation(msgs, tools=_tools_text(rec, rec.data.get("tools")))
+
+
+def _no_images(rec: Record, fmt: str) -> None:
+    """A record with images read as a text format would silently train without them: refuse it."""
+    if rec.data.get("images"):
+        raise DataError(f"{rec.where}: this record has images, which data.format={fmt} ignores; set data.format "
+                        "to vision (or auto)")
 
 
 def _calls_from_text(rec: Record, key: str, text: str) -> list[dict]:
@@ -173,16 +184,27 @@ def _tools_text(rec: Record, tools: Any) -> str | None:
     raise DataError(f"{rec.where}: field 'tools' must be a JSON string or a list of tool schemas")
 
 
+def _parse_vision(rec: Record) -> Conversation:
+    from tunelab.data.images import parse_vision
+
+    return parse_vision(rec)
+
+
 FORMATS: dict[str, Callable[[Record], Conversation]] = {
     "alpaca": parse_alpaca,
     "sharegpt": parse_sharegpt,
     "messages": parse_messages,
+    "vision": _parse_vision,
 }
 
 
 def detect_format(rec: Record) -> str:
     """Name the format of a record from its keys, or raise DataError listing what each format needs."""
+    from tunelab.data.images import has_images
+
     keys = set(rec.data)
+    if has_images(rec):
+        return "vision"
     if "messages" in keys:
         return "messages"
     if "conversations" in keys:
@@ -191,7 +213,8 @@ def detect_format(rec: Record) -> str:
         return "alpaca"
     raise DataError(
         f"{rec.where}: cannot tell the format from keys {sorted(keys)}; expected Alpaca (instruction/input/output), "
-        "ShareGPT (conversations) or OpenAI messages (messages). Set data.format to say which"
+        "ShareGPT (conversations), OpenAI messages (messages), or either with images (images / image_url parts). "
+        "Set data.format to say which"
     )
 
 
@@ -251,7 +274,12 @@ def parse_records(records: list[Record], fmt: str = "auto", rejects: list[dict] 
 
 
 def _detect_first(records: list[Record], lenient: bool) -> str:
-    """The format of the first record (or, when lenient, of the first record whose format can be told)."""
+    """The format of the first record (or, when lenient, of the first record whose format can be told);
+    `vision` when any record has images, so a file whose first records are text-only still keeps its images."""
+    from tunelab.data.images import has_images
+
+    if any(has_images(r) for r in records):
+        return "vision"
     if not lenient:
         return detect_format(records[0])
     for rec in records:

@@ -44,6 +44,9 @@ class InspectReport:
     duplicates: int
     labels: dict[str, int] | None
     example: list[tuple[str, bool]] = field(default_factory=list)
+    images: dict | None = None
+    """Records with images: {"records", "images", "per_record": {count: records}, "width"/"height": [min, median,
+    max], "image_tokens": [min, median, max] per sample (with a vision processor)}; None for text-only data."""
 
     @property
     def truncated(self) -> int:
@@ -84,6 +87,15 @@ class InspectReport:
             buckets = self.histogram()
             peak = max(c for _, _, c in buckets) or 1
             lines += [f"  {lo:>6}-{hi:<6} {'#' * round(30 * c / peak):<30} {c}" for lo, hi, c in buckets]
+        if self.images:
+            im = self.images
+            lines.append(f"images: {im['images']} in {im['records']} records ("
+                         + ", ".join(f"{k} per record: {v}" for k, v in sorted(im["per_record"].items())) + ")")
+            lines.append(f"image sizes: width {'/'.join(map(str, im['width']))}, height "
+                         f"{'/'.join(map(str, im['height']))} px (min/median/max)")
+            if im.get("image_tokens"):
+                lines.append(f"image tokens per sample: {'/'.join(map(str, im['image_tokens']))} (min/median/max; "
+                             "never trained)")
         if self.labels:
             lines.append("labels: " + ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items())))
         for bad in self.invalid[:5]:
@@ -106,10 +118,57 @@ def _marked_example(tokenizer, template: str, conv: Conversation) -> list[tuple[
     return [(tokenizer.decode(ids), trained) for ids, trained in runs]
 
 
+def _image_token_ids(processor) -> set[int]:
+    """Ids of the tokens a processor writes for images (its image token and the markup around it)."""
+    added = processor.tokenizer.get_added_vocab()  # markup tokens the family added: <image>, <global-img>, ...
+    ids = {i for t, i in added.items() if any(w in t for w in ("image", "img", "vision"))}
+    if getattr(processor, "image_token_id", None) is not None:
+        ids.add(processor.image_token_id)
+    return ids
+
+
+def _marked_vision_example(processor, template: str, conv: Conversation) -> list[tuple[str, bool]]:
+    """Like _marked_example for a vision sample; each run of image tokens shows as one ⟨image: N tokens⟩."""
+    from tunelab.data.vision import tokenize_vision
+
+    t = tokenize_vision(processor, template, conv, NO_LIMIT)
+    image_ids = _image_token_ids(processor)
+    runs: list[tuple[list[int], str]] = []  # kind: "image", "trained", "prompt"
+    for tok, label in zip(t.input_ids, t.labels):
+        kind = "image" if tok in image_ids else "trained" if label != IGNORE_INDEX else "prompt"
+        if runs and runs[-1][1] == kind:
+            runs[-1][0].append(tok)
+        else:
+            runs.append(([tok], kind))
+    dec = processor.tokenizer.decode
+    return [(f"⟨image: {len(ids)} tokens⟩" if kind == "image" else dec(ids), kind == "trained") for ids, kind in runs]
+
+
+def _image_stats(convs: list[Conversation]) -> dict | None:
+    from tunelab.data.images import check_image
+
+    with_images = [c for c in convs if c.images]
+    if not with_images:
+        return None
+    sizes = [check_image(img, c.meta.get("where", "?"), k) for c in with_images for k, img in enumerate(c.images)]
+
+    def spread(values: list[int]) -> list[int]:
+        v = sorted(values)
+        return [v[0], v[len(v) // 2], v[-1]]
+
+    return {"records": len(with_images), "images": len(sizes),
+            "per_record": dict(Counter(len(c.images) for c in with_images)),
+            "width": spread([w for w, _ in sizes]), "height": spread([h for _, h in sizes])}
+
+
 def inspect_data(path: str | Path, tokenizer=None, template: str | None = None, max_length: int = 1024,
                  fmt: str = "auto", columns: dict[str, str] | None = None, example_index: int = 0,
-                 records: list[Record] | None = None) -> InspectReport:
+                 records: list[Record] | None = None, processor=None) -> InspectReport:
     """Inspect an SFT data file; with a tokenizer also token lengths, truncation and a marked example.
+
+    Records with images add image counts and sizes; with a vision model's `processor` (instead of a
+    tokenizer) samples are measured as the model sees them (images expanded to image tokens) and the
+    example shows each image as a placeholder.
 
     Bad records are counted in `invalid` (with position and reason) instead of stopping the look; so are
     records with an empty assistant answer. `records`, when the caller already read the file, skips reading it.
@@ -128,7 +187,27 @@ def inspect_data(path: str | Path, tokenizer=None, template: str | None = None, 
     label_key = next((k for k in LABEL_KEYS if any(k in r.data for r in records)), None)
     labels = dict(Counter(str(r.data.get(label_key)) for r in records)) if label_key else None
     lengths, targets, example = [], [], []
-    if tokenizer is not None:
+    images = _image_stats(convs)
+    if processor is not None:
+        from tunelab.data.vision import tokenize_vision
+
+        template = template or processor.chat_template
+        image_ids, counts = _image_token_ids(processor), []
+        for c in convs:
+            try:
+                t = tokenize_vision(processor, template, c, NO_LIMIT)
+            except (DataError, TemplateError) as e:
+                invalid.append({"where": c.meta.get("where"), "error": str(e)})
+                continue
+            lengths.append(len(t.input_ids))
+            targets.append(t.n_targets)
+            counts.append(sum(i in image_ids for i in t.input_ids))
+        if images and counts:
+            v = sorted(counts)
+            images["image_tokens"] = [v[0], v[len(v) // 2], v[-1]]
+        if convs:
+            example = _marked_vision_example(processor, template, convs[min(example_index, len(convs) - 1)])
+    elif tokenizer is not None:
         template = template or resolve_template(tokenizer, None)
         for c in convs:
             try:
@@ -141,7 +220,7 @@ def inspect_data(path: str | Path, tokenizer=None, template: str | None = None, 
         if convs:
             example = _marked_example(tokenizer, template, convs[min(example_index, len(convs) - 1)])
     return InspectReport(str(path), found, len(records), invalid, dict(roles), lengths, targets, max_length,
-                         duplicates, labels, example)
+                         duplicates, labels, example, images)
 
 
 def write_length_png(report: InspectReport, png: str | Path) -> Path:

@@ -17,10 +17,14 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One raw record and where it came from (`where` reads like 'data.jsonl:12' or 'data.json[3]')."""
+    """One raw record and where it came from (`where` reads like 'data.jsonl:12' or 'data.json[3]').
+
+    `source` is the file it was read from, when there is one: image paths in a record are relative to it.
+    """
 
     data: dict[str, Any]
     where: str
+    source: str | None = None
 
 
 def read_records(path: str | Path) -> list[Record]:
@@ -39,7 +43,7 @@ def read_records(path: str | Path) -> list[Record]:
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            records.append(Record(parse_json_line(line, path, lineno), f"{path}:{lineno}"))
+            records.append(Record(parse_json_line(line, path, lineno), f"{path}:{lineno}", str(path)))
         return records
     try:
         obj = json.loads(text)
@@ -58,7 +62,7 @@ def read_records(path: str | Path) -> list[Record]:
         if not isinstance(item, dict):
             raise DataError(f"{path}[{i}]: expected a JSON object, got {type(item).__name__}")
         check_value(item, f"{path}[{i}]", DataError, surrogates)
-        out.append(Record(item, f"{path}[{i}]"))
+        out.append(Record(item, f"{path}[{i}]", str(path)))
     return out
 
 

@@ -189,6 +189,10 @@ def tokenize_all(tokenizer, template: str, convs: list[Conversation], max_length
     out = []
     for c in convs:
         try:
+            if c.images:  # a text-only model would train on the text and silently never see the images
+                raise DataError(f"{c.meta.get('where', 'a record')}: the record has images but the model is text-only; "
+                                "train a vision-language model (model.name: a LLaVA / Idefics3 / Qwen2-VL folder, see "
+                                "docs/multimodal.md) or remove the images")
             out.append(tokenize_conversation(tokenizer, template, c, max_length))
         except (DataError, TemplateError) as e:
             if rejects is None:

@@ -135,5 +135,5 @@ def map_columns(records: list[Record], columns: dict[str, str] | None) -> list[R
                 raise DataError(f"{rec.where}: data.columns maps {standard!r} to column {theirs!r}, which this "
                                 f"record lacks (it has {sorted(rec.data)})")
             data[standard] = _cell(standard, data.pop(theirs), rec.where)
-        out.append(Record(data, rec.where))
+        out.append(Record(data, rec.where, rec.source))
     return out

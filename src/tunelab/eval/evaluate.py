@@ -182,7 +182,15 @@ def evaluate_run(run, data: str | Sequence[str] | None = None, metrics: Sequence
                    "max_length": max_length, "limit": limit}
         settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                     "limit": limit, "metrics": list(metrics)}
-        if len(files) == 1:
+        if len(files) == 1 and run.is_vision:  # images go to the model with each prompt (tunelab.eval.vision)
+            from tunelab.eval.vision import vision_scorer
+
+            data = next(iter(files.values()))
+            scorer = vision_scorer(run, data, **options)
+            stem = Path(data).stem
+        elif run.is_vision:
+            raise ValueError("--data: a vision run is scored on one data file at a time")
+        elif len(files) == 1:
             data = next(iter(files.values()))
             scorer = partial(score_model, data=data, **options)
             stem = Path(data).stem

@@ -134,11 +134,52 @@ def contains(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
     return {"contains": 100.0 * hits / len(preds)}
 
 
+_NUMBER = r"-?\d+(?:\.\d+)?"
+_BOX = re.compile(rf"[\[(]\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\)?\s*,\s*\(?\s*({_NUMBER})\s*,\s*({_NUMBER})\s*[\])]")
+
+
+def parse_box(text: str) -> tuple[float, float, float, float] | None:
+    """The first box in a grounding answer: `[x1, y1, x2, y2]` or Qwen-VL's `(x1,y1),(x2,y2)`; None if none."""
+    m = _BOX.search(text or "")
+    if m is None:
+        return None
+    x1, y1, x2, y2 = (float(v) for v in m.groups())
+    return min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)
+
+
+def box_iou(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Intersection over union of the predicted and reference boxes, over examples whose reference has a box.
+
+    A prediction without a box scores 0. Returns the mean IoU, the share with IoU >= 0.5 (the usual
+    grounding accuracy, Acc@0.5) and how many references had a box.
+    """
+    _check_lengths(preds, refs)
+    ious = []
+    for p, r in zip(preds, refs):
+        ref = parse_box(r)
+        if ref is None:
+            continue
+        box = parse_box(p)
+        if box is None:
+            ious.append(0.0)
+            continue
+        w = max(0.0, min(box[2], ref[2]) - max(box[0], ref[0]))
+        h = max(0.0, min(box[3], ref[3]) - max(box[1], ref[1]))
+        inter = w * h
+        union = (box[2] - box[0]) * (box[3] - box[1]) + (ref[2] - ref[0]) * (ref[3] - ref[1]) - inter
+        ious.append(inter / union if union > 0 else float(box == ref))
+    if not ious:
+        return {"box_iou": 0.0, "box_iou@0.5": 0.0, "boxes": 0}
+    return {"box_iou": sum(ious) / len(ious), "box_iou@0.5": sum(i >= 0.5 for i in ious) / len(ious),
+            "boxes": len(ious)}
+
+
 GENERATION_METRICS: dict[str, GenerationMetric] = {
     "bleu4": bleu4,
     "rouge": rouge,
     "exact_match": exact_match,
     "contains": contains,
+    "box_iou": box_iou,
 }
 
 

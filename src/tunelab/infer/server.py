@@ -62,6 +62,7 @@ class ServeLimits:
     max_concurrency: int = 64  # requests in flight (queued or generating) beyond this get 429
     max_batch_size: int = 8  # requests generated together
     batch_wait_ms: float = 5.0  # how long the batcher waits for more requests to join a batch
+    max_image_bytes: int = 5_000_000  # a decoded image_url part larger than this gets 400 (vision models)
 
 
 @dataclass(frozen=True)
@@ -117,16 +118,26 @@ class _TextPart(BaseModel):
     text: str
 
 
+class _ImagePart(BaseModel):
+    """An OpenAI image content part; only base64 data URLs are accepted (tunelab.infer.vision.image_from_url)."""
+
+    type: Literal["image_url"]
+    image_url: dict[str, Any]
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_TextPart] | None = None
+    content: str | list[_TextPart | _ImagePart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(p.text for p in self.content)
+            return "".join(p.text for p in self.content if isinstance(p, _TextPart))
         return self.content or ""
+
+    def has_images(self) -> bool:
+        return isinstance(self.content, list) and any(isinstance(p, _ImagePart) for p in self.content)
 
 
 class ChatBody(_Body):
@@ -379,6 +390,8 @@ async def _handle(state: _State, request: Request, kind: str) -> Response:
         _check_key(state, request)
         body = await _read_json(request, state.limits.max_body_bytes)
         req = _validate(ChatBody if kind == "chat" else CompletionBody, body)
+        if kind == "chat" and any(m.has_images() for m in req.messages):  # type: ignore[attr-defined]
+            return await _handle_images(state, req, body, t0)
         job, _, variant, route, text = _job(state, req, kind)
         if state.in_flight >= state.limits.max_concurrency:
             raise APIError(429, f"server busy: {state.in_flight} requests in flight "
@@ -412,6 +425,81 @@ async def _handle(state: _State, request: Request, kind: str) -> Response:
     except BaseException:
         ctx.done(500, None)
         raise
+
+
+_PROCESSORS: dict[str, Any] = {}
+
+
+def _processor(served: ServedModel):
+    """The processor of a served vision model (its run's tokenizer/ folder, or its base folder), or None."""
+    from tunelab.models.vision import load_processor, vision_source
+
+    key = served.spec.tokenizer_dir or served.spec.base_model
+    if key not in _PROCESSORS:
+        folder = served.spec.tokenizer_dir
+        if folder is None or not any((Path(folder) / n).is_file()
+                                     for n in ("processor_config.json", "preprocessor_config.json")):
+            folder = vision_source(served.spec.base_model) if folder is None else None
+        _PROCESSORS[key] = load_processor(folder) if folder is not None else None
+    return _PROCESSORS[key]
+
+
+async def _handle_images(state: _State, req: _Body, body: dict, t0: float) -> Response:
+    """A chat request with image_url parts, for a vision model: decoded (data URLs only, size-limited),
+    answered one at a time under the model's lock (not batched), returned as JSON or as one SSE chunk."""
+    from tunelab.infer.vision import ImageInputError, answer_one, split_openai_content
+
+    try:
+        variant, route = state.router.resolve(req.model, req.user)
+        if variant not in state.pool.models:
+            raise APIError(404, f"model {req.model!r} not found; available models: {', '.join(state.pool.names())}",
+                           param="model", code="model_not_found")
+        served = state.pool.get(variant)
+        processor = _processor(served)
+        if processor is None or not served.spec.chat_template:
+            raise APIError(400, f"model {variant!r} does not read images (a text-only model); send text only",
+                           param="messages", code="images_not_supported")
+        try:
+            messages, images = split_openai_content(body["messages"], state.limits.max_image_bytes)
+        except ImageInputError as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_image") from None
+        max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or min(
+            state.limits.default_max_tokens, state.limits.max_tokens)
+        if max_tokens > state.limits.max_tokens:
+            raise APIError(400, f"max_tokens={max_tokens} is above this server's limit of {state.limits.max_tokens}",
+                           param="max_tokens", code="max_tokens_too_large")
+    except APIError as exc:
+        state.stats.requests.labels("-", _ENDPOINTS["chat"], str(exc.status)).inc()
+        raise
+    state.in_flight += 1
+    state.stats.in_flight.set(state.in_flight)
+    ctx = _Ctx(state, "chat", variant, route, req.user, t0, "chatcmpl")
+
+    def work():
+        with served.lock, served.activate():
+            return answer_one(served.module, processor, served.spec.chat_template, messages, images, max_tokens,
+                              req.temperature, req.top_p)
+
+    try:
+        answer, n_prompt = await asyncio.get_running_loop().run_in_executor(None, work)
+    except ImageInputError as exc:
+        ctx.done(400, None)
+        raise APIError(400, str(exc), param="messages", code="invalid_image") from None
+    except BaseException:
+        ctx.done(500, None)
+        raise
+    finish = Finish("stop" if answer.ended else "length", n_prompt, answer.n_tokens)
+    ctx.done(200, finish)
+    headers = {"x-tunelab-model": variant}
+    if not req.stream:
+        return JSONResponse(ctx.body(answer.text, finish), headers=headers)
+    events = [_event(ctx.chunk(None, None, first=True)), _event(ctx.chunk(answer.text, None)),
+              _event(ctx.chunk(None, finish.reason)), _event("[DONE]")]
+
+    async def replay() -> AsyncIterator[str]:
+        for e in events:
+            yield e
+    return StreamingResponse(replay(), media_type="text/event-stream", headers=headers)
 
 
 class _Ctx:

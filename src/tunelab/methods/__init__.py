@@ -135,10 +135,13 @@ def lr_scale(param: torch.nn.Parameter) -> float:
 
 
 def decoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
-    """(qualified name, module list) of the model's repeated blocks: the longest ModuleList in it."""
+    """(qualified name, module list) of the model's repeated blocks: the longest ModuleList in it (of a
+    vision-language model, the longest outside its vision tower)."""
     best: tuple[str, torch.nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and (best is None or len(module) > len(best[1])):
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
+    text_lists = [(n, m) for n, m in lists if not re.search(r"(^|\.)(vision_tower|vision_model|visual)\.", n)]
+    for name, module in text_lists or lists:
+        if best is None or len(module) > len(best[1]):
             best = (name, module)
     if best is None:
         raise ValueError(f"{type(model).__name__}: no list of decoder layers found (no nn.ModuleList)")

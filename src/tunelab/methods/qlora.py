@@ -35,8 +35,13 @@ def _bnb():
 def quantize(model, quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str = "bfloat16"):
     """Replace every nn.Linear except the output head by a bitsandbytes Linear4bit with the same weights."""
     bnb = _bnb()
+    from tunelab.models.vision import VISION_FAMILIES, family_of, part_of
+
     head = model.get_output_embeddings()
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    if getattr(model.config, "model_type", None) in VISION_FAMILIES:  # a VLM: only its language model goes 4-bit
+        family = family_of(model)
+        targets = [(n, m) for n, m in targets if part_of(n + ".", family) == "language"]
     for name, lin in targets:
         device = lin.weight.device
         q = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,

@@ -62,11 +62,14 @@ def smollm2_gguf_path() -> Path:
 def resolve_model(name: str) -> ModelSource:
     """Turn a config's model.name into a ModelSource, or raise ModelNotFound with the fix."""
     from tunelab.models.tiny import TINY_MODELS
+    from tunelab.models.tiny_vlm import TINY_VLMS, tiny_vlm_dir
 
     if name in MODEL_ALIASES:
         return ModelSource("gguf", str(smollm2_gguf_path()))
     if name in TINY_MODELS:
         return ModelSource("tiny", name)
+    if name in TINY_VLMS:  # a real HF folder, built once into the cache (tunelab.models.tiny_vlm)
+        return ModelSource("hf_dir", str(tiny_vlm_dir(name)))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource("gguf", str(path.resolve()))
@@ -221,7 +224,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu", trust_remote_code: bool = False,
                quantize: dict | None = None):
-    """Load a causal LM by name (see resolve_model) in the requested dtype on the device.
+    """Load a causal LM (or an image-text-to-text model, from a folder that holds one) by name (see
+    resolve_model) in the requested dtype on the device.
 
     A run folder loads as its base with the run's trained part merged in (a plain model, no adapter left).
     `quantize` (QLoRA's settings: quant_type, double_quant, compute_dtype) with a model folder on CUDA:
@@ -233,9 +237,13 @@ def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu
 
     from tunelab.models.tiny import build_tiny_model
 
+    from tunelab.models.vision import is_vision_folder, load_vision_model
+
     device = torch.device(device)
     torch_dtype = pick_dtype(dtype, device)
     src = resolve_model(name)
+    if src.kind == "hf_dir" and is_vision_folder(src.path):  # image-text-to-text: tunelab.models.vision
+        return load_vision_model(src.path, torch_dtype, trust_remote_code).to(device)
     if quantize and device.type == "cuda" and src.kind not in ("tiny", "run"):
         return _load_quantized(gguf_as_hf_dir(src.path) if src.kind == "gguf" else src.path, torch_dtype, device,
                                trust_remote_code, quantize)

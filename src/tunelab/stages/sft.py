@@ -22,6 +22,7 @@ from tunelab.engine.loop import fit
 from tunelab.engine.optim import resolve_name
 from tunelab.kernels.train import speed_context
 from tunelab.models import pick_device
+from tunelab.models.vision import is_vision_model
 from tunelab.run import add_run_info
 from tunelab.training.lm_loss import sft_loss
 from tunelab.training.setup import chat_reference_data, finish_run, setup_run
@@ -35,6 +36,8 @@ def packing_by_default(cfg: RunCfg) -> bool:
     Returns whether packing was switched on here.
     """
     if "packing" in cfg.data.model_fields_set or cfg.data.streaming or cfg.train.speed.mode == "plain":
+        return False
+    if is_vision_model(cfg.model.name):  # image samples are never packed (tunelab.data.vision)
         return False
     if pick_device(cfg.train.device).type != "cuda":
         return False
@@ -78,6 +81,8 @@ def run(cfg: RunCfg, progress: bool = True):
         check_streaming(cfg)
     packing_by_default(cfg)
     setup = setup_run(cfg, progress)
+    if setup.processor is not None:  # a vision-language model: image+text samples (tunelab.data.vision)
+        return run_vision(cfg, setup, progress)
     if cfg.data.streaming:
         data = prepare_stream(cfg.data, setup.tokenizer, setup.template, cfg.train.seed)
     else:
@@ -112,3 +117,32 @@ def run(cfg: RunCfg, progress: bool = True):
                      reference_data=chat_reference_data(cfg, setup))
     return finish_run(setup, result.summary, data.stats)
 
+
+
+def run_vision(cfg: RunCfg, setup, progress: bool = True):
+    """SFT of a vision-language model: processor-made samples (images expanded to image tokens, labels on the
+    answers only), their image tensors batched beside the tokens, the plain next-token loss.
+
+    The train.speed paths (fused LoRA, compiled layers, chunked loss, packing) assume a text decoder and are
+    not applied here.
+    """
+    from tunelab.data.io import DataError
+    from tunelab.data.vision import prepare_vision_data
+    from tunelab.training.vision import collate_vision, vision_loss
+
+    if cfg.data.streaming:
+        raise DataError("data.streaming: not supported for vision models yet; set data.streaming: false")
+    data = prepare_vision_data(cfg.data, setup.processor, setup.template, cfg.train.seed, run_dir=setup.run_dir)
+    s = data.stats
+    if progress:
+        Console(stderr=True).print(
+            f"data: {cfg.data.train_label()} detected as [bold]{s['format']}[/]; {s['train_samples']} train / "
+            f"{s['val_samples']} validation samples with {s['train_images']} / {s['val_images']} images, "
+            f"{s['train_target_tokens']:,} target tokens"
+            + (f", {s['truncated']} truncated to {cfg.data.max_length}" if s["truncated"] else "")
+            + (f"; {s['rejected']} invalid records skipped, listed in {s['rejected_file']}" if s.get("rejected")
+               else ""))
+    result = fit(setup.model, setup.method, data.train, data.val,
+                 partial(collate_vision, pad_id=setup.tokenizer.pad_token_id), vision_loss, cfg.train,
+                 setup.run_dir, setup.device, setup.trackers, epoch_order, progress=progress, optim=cfg.optim)
+    return finish_run(setup, result.summary, s)

@@ -60,7 +60,7 @@ class Spool:
 
     def __init__(self, settings: Settings, filename: str):
         self.settings, self.filename = settings, filename
-        self.name = safe_name(filename, DATA_SUFFIXES)
+        self.name = safe_name(filename, (*DATA_SUFFIXES, ".zip"))  # .zip: records + images (studio.image_zip)
         fd, tmp = tempfile.mkstemp(dir=settings.datasets, prefix=".upload-", suffix=Path(self.name).suffix)
         self.path, self.out = Path(tmp), os.fdopen(fd, "wb")
         self.size, self.head = 0, b""
@@ -81,6 +81,10 @@ class Spool:
         try:
             if self.size == 0:
                 raise StudioError(f"{self.filename}: the file is empty")
+            if Path(self.name).suffix.lower() == ".zip":
+                from tunelab.studio.image_zip import admit_zip
+
+                return admit_zip(self.settings, self.path, self.filename)
             _check_content(Path(self.name), self.head, self.filename)
             if not read_dataset(self.path, self.filename):
                 raise StudioError(f"{self.filename}: no records in the file")
@@ -211,9 +215,13 @@ def inspect(settings: Settings, name: str, model: str = "tiny-llama", max_length
     names = file_columns(read_dataset(path, name))
     mapping = saved_columns(settings, name) if columns is None else (check_columns(columns, names, name)
                                                                      if columns else None)
-    tok = load_tokenizer(model) if model else None
+    from tunelab.models.vision import load_processor, vision_source
+
+    vision_dir = vision_source(model) if model else None
+    proc = load_processor(vision_dir) if vision_dir is not None else None  # images measured as the model sees them
+    tok = proc.tokenizer if proc is not None else load_tokenizer(model) if model else None
     try:
-        rep = inspect_data(path, tok, max_length=max_length, columns=mapping)
+        rep = inspect_data(path, tok, max_length=max_length, columns=mapping, processor=proc)
     except DataError as e:
         raise StudioError(str(e).replace(str(path), name)) from None
     lens = sorted(rep.token_lengths)
@@ -226,6 +234,7 @@ def inspect(settings: Settings, name: str, model: str = "tiny-llama", max_length
                    "trained": sum(rep.target_tokens), "total": sum(lens)} if lens else None,
         "histogram": [{"low": lo, "high": hi, "count": c} for lo, hi, c in rep.histogram(12)],
         "example": [{"text": t, "trained": trained} for t, trained in rep.example],
+        "images": rep.images,
     }
 
 

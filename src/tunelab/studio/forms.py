@@ -148,8 +148,9 @@ def _is_named(kind: str, value: str) -> bool:
     """A value that names something shipped with tunelab rather than a path: a model alias or a named template."""
     if kind == "model":
         from tunelab.models import MODEL_ALIASES, TINY_MODELS  # the names resolve_model accepts
+        from tunelab.models.tiny_vlm import TINY_VLMS
 
-        return value in MODEL_ALIASES or value in TINY_MODELS
+        return value in MODEL_ALIASES or value in TINY_MODELS or value in TINY_VLMS
     if kind == "template":
         from tunelab.data.templates import NAMED_TEMPLATES
 

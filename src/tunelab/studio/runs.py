@@ -51,8 +51,9 @@ def report(settings: Settings, name: str) -> Path:
 def list_models(settings: Settings) -> list[dict]:
     """Base models to choose from: aliases, HF folders and .gguf files under the model roots."""
     from tunelab.models import TINY_MODELS
+    from tunelab.models.tiny_vlm import TINY_VLMS
 
-    out = [{"name": a, "kind": "alias"} for a in (*ALIASES, *TINY_MODELS)]
+    out = [{"name": a, "kind": "alias"} for a in (*ALIASES, *TINY_MODELS, *TINY_VLMS)]
     for root in settings.model_roots:
         for cfg in sorted(root.rglob("config.json")):
             out.append({"name": _config_name(settings, cfg.parent), "kind": "hf_dir"})
@@ -108,9 +109,25 @@ def chat_stream(cache: ModelCache, settings: Settings, run: str, target: str, me
     """Pieces of the answer as they are generated (tunelab.infer.generate.stream_chat)."""
     from tunelab.infer.generate import stream_chat
 
-    if not messages or any(m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str)
-                           for m in messages):
-        raise StudioError("messages: a list of {role: system|user|assistant, content: text}")
+    if not messages or any(m.get("role") not in ("system", "user", "assistant")
+                           or not isinstance(m.get("content"), (str, list)) for m in messages):
+        raise StudioError("messages: a list of {role: system|user|assistant, content: text (or, for a vision run, "
+                          "[{type: text, text}, {type: image_url, image_url: {url: data:image/...;base64,...}}])}")
+    if any(isinstance(m["content"], list) for m in messages):  # an image in the playground: a vision run only
+        from tunelab.infer.vision import ImageInputError, split_openai_content, stream_chat_vision
+        from tunelab.runfolder import RunFolder
+
+        folder = RunFolder(run_path(settings, run))
+        if not folder.is_vision():
+            raise StudioError(f"run {run!r} is a text-only run; it cannot read images")
+        try:
+            messages, images = split_openai_content(messages)
+        except ImageInputError as e:
+            raise StudioError(str(e)) from None
+        model, _, template = cache.get(settings, run, target)
+        yield from stream_chat_vision(model, folder.load_processor(), template, messages, images, max_new_tokens,
+                                      temperature, repetition_penalty=1.0)
+        return
     model, tok, template = cache.get(settings, run, target)
     yield from stream_chat(model, tok, template, messages, max_new_tokens, temperature, 1.0)
 

@@ -19,8 +19,11 @@ from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.methods import count_parameters, get_method
 from tunelab.models import load_model, load_tokenizer, pick_device
 from tunelab.models.loader import base_chain
+from tunelab.models.vision import load_processor, vision_source
 from tunelab.runfolder import RunFolder
 from tunelab.tracking import ALWAYS_ON, make_tracker
+from tunelab.models.vision import VisionModelError
+from tunelab.training.vision import VISION_STAGES, check_switches, method_cfg_for_vision, set_trainable_parts
 from tunelab.utils.threads import apply_threads
 
 
@@ -40,6 +43,8 @@ class RunSetup:
     method: ModuleType
     device: torch.device
     trackers: list
+    processor: object = None
+    """A vision-language model's processor (images + tokenizer + its chat template); None for text models."""
 
 
 def check_output_dir(cfg: RunCfg) -> Path:
@@ -101,18 +106,34 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     device = pick_device(cfg.train.device)
     device = distributed.init(cfg.parallel, device)  # joins torchrun's process group, if any; cuda:LOCAL_RANK
     main = distributed.current().is_main  # only rank 0 writes the run folder
-    tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-    template = resolve_template(tokenizer, cfg.model.chat_template)
+    vision_dir = vision_source(cfg.model.name)  # an image-text-to-text model: tunelab.training.vision
+    check_switches(cfg.method, vision_dir is not None)
+    if vision_dir is not None and cfg.stage not in VISION_STAGES:
+        raise VisionModelError(f"stage: {cfg.stage} does not train vision-language models yet (their images would "
+                               f"be ignored); use stage {' or '.join(VISION_STAGES)}")
+    processor = None
+    if vision_dir is not None:
+        processor = load_processor(_processor_folder(cfg.model.name, vision_dir), cfg.model.trust_remote_code)
+        tokenizer = processor.tokenizer
+        template = resolve_template(processor, cfg.model.chat_template)
+    else:
+        tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+        template = resolve_template(tokenizer, cfg.model.chat_template)
     torch.manual_seed(cfg.train.seed)
     method = get_method(cfg.method.name)
     quantize = method.load_settings(cfg.method) if hasattr(method, "load_settings") else None  # QLoRA: 4-bit at load
     model = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code, quantize=quantize)
-    model = method.apply(model, cfg.method)
+    method_cfg = method_cfg_for_vision(model, cfg.method) if processor is not None else cfg.method
+    model = method.apply(model, method_cfg)
+    if processor is not None:
+        set_trainable_parts(model, cfg.method)
     folder = RunFolder(run_dir)
     if main:
         folder.write_config(cfg)
         folder.write_template(template)
         folder.write_tokenizer(tokenizer, template)
+        if processor is not None:  # the processor (image settings) travels with the run, beside the tokenizer
+            folder.write_processor(processor, template)
     trainable, total = count_parameters(model)
     meta = {"tunelab_version": __version__, "base_model": cfg.model.name, "method": cfg.method.name,
             "stage": cfg.stage, "trainable_params": trainable, "total_params": total,
@@ -134,7 +155,16 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     trackers = trackers if main else []
     for t in trackers:
         t.start(run_dir, cfg.model_dump(mode="json"))
-    return RunSetup(cfg, run_dir, model, tokenizer, template, method, device, trackers)
+    return RunSetup(cfg, run_dir, model, tokenizer, template, method, device, trackers, processor)
+
+
+def _processor_folder(name: str, vision_dir: Path) -> Path:
+    """Where the processor of model.name is: a run folder's tokenizer/ (what that run trained with), else the
+    model folder itself."""
+    from tunelab.models.loader import resolve_model
+
+    src = resolve_model(name)
+    return RunFolder(src.path).tokenizer_dir if src.kind == "run" else vision_dir
 
 
 def finish_run(setup: RunSetup, summary: dict, data_stats: dict) -> Path:

@@ -19,7 +19,7 @@ router = APIRouter(tags=["datasets"])
 # The upload endpoint reads the body itself (to enforce the size limit while receiving); this documents it.
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary", "description": "JSON, JSONL, CSV or Parquet"}}}}}}}
+    "properties": {"file": {"type": "string", "format": "binary", "description": "JSON, JSONL, CSV or Parquet; or a .zip of one JSON/JSONL records file and the images it names"}}}}}}}
 
 
 class PrepareBody(BaseModel):
@@ -42,7 +42,9 @@ def list_datasets(settings: SettingsDep) -> list[dict]:
 @router.post("/api/datasets", openapi_extra=UPLOAD_BODY)
 async def upload(request: Request, settings: SettingsDep) -> dict:
     """Upload a JSON/JSONL/CSV/Parquet file (multipart field `file`): parsed as it streams in, refused with
-    413 once it passes the size limit (whatever Content-Length said), sanitized name, never overwrites."""
+    413 once it passes the size limit (whatever Content-Length said), sanitized name, never overwrites.
+    A .zip of one records file and its images becomes <name>.jsonl with the images in <name>/ beside it
+    (entry names checked to stay inside, total unpacked size limited; tunelab.studio.image_zip)."""
     path = await receive_upload(request, settings)
     return {"name": path.name, "path": str(path.relative_to(settings.data_dir))}
 

@@ -530,11 +530,17 @@ $("#chat-form").addEventListener("submit", async e => {
   const text = $("#chat-input").value.trim();
   if (!text) return;
   $("#chat-input").value = "";
-  const messages = [...chat.history, {role: "user", content: text}];
+  // a vision run reads an image sent as an OpenAI image_url part (a data URL; the server never fetches URLs)
+  const file = $("#chat-image").files[0];
+  $("#chat-image").value = "";
+  const url = file ? await new Promise((ok, fail) => {
+    const r = new FileReader(); r.onload = () => ok(r.result); r.onerror = fail; r.readAsDataURL(file); }) : null;
+  const content = url ? [{type: "image_url", image_url: {url}}, {type: "text", text}] : text;
+  const messages = [...chat.history, {role: "user", content}];
   const logs = [["run", $("#chat-run-log")]];
   if ($("#chat-base").checked) logs.push(["base", $("#chat-base-log")]);
   const outs = logs.map(([t, log]) => {
-    log.append(h("div", {class: "user"}, "you: " + text));
+    log.append(h("div", {class: "user"}, "you: " + (file ? `[image ${file.name}] ` : "") + text));
     const out = h("div", {class: "assistant"}); log.append(out); return [t, out];
   });
   $("#chat-send").disabled = true;
