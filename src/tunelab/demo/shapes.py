@@ -19,6 +19,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from tunelab.eval.metrics import box_iou
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 230),
     "yellow": (240, 210, 20), "purple": (150, 50, 190), "orange": (250, 130, 10),
@@ -33,9 +35,6 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     "box": ("Give the bounding box of the shape.", "Where is the shape? Answer with its box."),
 }
 """Question phrasings per kind; each record asks all three kinds about its image, one per turn."""
-
-BOX_RE = re.compile(r"\[\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*\]")
-
 
 @dataclass(frozen=True)
 class ShapeImage:
@@ -56,22 +55,6 @@ class ShapeImage:
 def format_box(box: tuple[int, int, int, int]) -> str:
     """A box as grounding datasets write it: `[x1, y1, x2, y2]`."""
     return "[" + ", ".join(str(v) for v in box) + "]"
-
-
-def parse_box(text: str) -> tuple[int, int, int, int] | None:
-    """The first `[x1, y1, x2, y2]` in a text, or None when there is none."""
-    m = BOX_RE.search(text)
-    return tuple(int(v) for v in m.groups()) if m else None  # type: ignore[return-value]
-
-
-def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """Intersection over union of two `(x1, y1, x2, y2)` boxes; 0 for a degenerate box."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area = lambda r: max(0.0, r[2] - r[0]) * max(0.0, r[3] - r[1])  # noqa: E731
-    union = area(a) + area(b) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _polygon(shape: str, x: float, y: float, side: float) -> list[tuple[float, float]] | None:
@@ -178,9 +161,8 @@ def write_dataset(folder: str | Path, n_train: int = 600, n_test: int = 60, seed
 def score_answer(kind: str, answer: str, item: ShapeImage) -> float:
     """1.0 when a colour/shape answer names the right word and no other; the box's IoU for a box answer."""
     text = answer.lower()
-    if kind == "box":
-        box = parse_box(text)
-        return box_iou(box, item.box) if box else 0.0
+    if kind == "box":  # the same IoU `tunelab eval` reports for grounding answers
+        return box_iou([answer], [format_box(item.box)])["box_iou"]
     names = list(COLOURS) if kind == "colour" else list(SHAPES)
     said = [n for n in names if re.search(rf"\b{n}\b", text)]
     return float(said == [getattr(item, kind)])

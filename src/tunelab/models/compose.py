@@ -20,19 +20,11 @@ from pathlib import Path
 
 import torch
 
+from tunelab.models.tiny_vlm import chatml_vision_template
+
 IMAGE_TOKEN = "<image>"
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+CHAT_TEMPLATE = chatml_vision_template(IMAGE_TOKEN)
 """ChatML (SmolLM2's own turn markers) without its default system prompt, with image parts as `<image>`.
 
 The composed model is a new model; leaving out the 15-token default system prompt keeps its
