@@ -68,8 +68,10 @@ def test_vision_demo_learns_and_the_run_reloads(tmp_path, tiny_lm_dir):
     from tunelab.models.vision import load_vision_model
 
     composed = load_vision_model(tmp_path / "demo" / "model", torch.float32)
-    assert not torch.equal(model.model.multi_modal_projector.linear_1.weight,
-                           composed.model.multi_modal_projector.linear_1.weight)
+    trained = [p for n, p in model.named_parameters()  # PEFT keeps the trained copy beside the original
+               if "multi_modal_projector" in n and n.endswith("linear_1.weight") and "original_module" not in n]
+    assert len(trained) == 1
+    assert not torch.equal(trained[0], composed.model.multi_modal_projector.linear_1.weight)
     truth = [ShapeImage(**{**t, "box": tuple(t["box"])})
              for t in json.loads((tmp_path / "demo" / "data" / "heldout_truth.json").read_text())]
     again = ask_heldout(model, run.load_processor(), template, truth, tmp_path / "demo" / "data")
