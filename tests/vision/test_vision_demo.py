@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 
-from tunelab.demo.shapes import QUESTIONS, ShapeImage, format_box, score_answer, write_dataset
+from tunelab.demo.shapes import (
+    QUESTIONS,
+    ShapeImage,
+    format_box,
+    score_answer,
+    write_dataset,
+)
 from tunelab.models.compose import VisionSpec
 
 

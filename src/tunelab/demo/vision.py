@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.demo.shapes import COLOURS, QUESTIONS, SHAPES, ShapeImage, make_images, score_answer, write_dataset
+from tunelab.demo.shapes import (
+    COLOURS,
+    QUESTIONS,
+    SHAPES,
+    ShapeImage,
+    make_images,
+    score_answer,
+    write_dataset,
+)
 from tunelab.models.compose import VisionSpec
 
 
@@ -39,7 +47,8 @@ class VisionDemoSize:
     epochs: int = 1
     batch_size: int = 8
     lr: float = 1.0e-3
-    vision: VisionSpec = VisionSpec(image_size=32, patch_size=8, hidden=128, layers=2, heads=4, mlp=512)
+    vision: VisionSpec = field(default_factory=lambda: VisionSpec(image_size=32, patch_size=8, hidden=128, layers=2,
+                                                                  heads=4, mlp=512))
 
 
 def demo_config(out_dir: Path, model_dir: Path, data_file: Path, size: VisionDemoSize, seed: int) -> dict:

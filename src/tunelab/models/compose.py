@@ -58,8 +58,15 @@ def compose_llava(language_model: str | Path, out_dir: str | Path, vision: Visio
     weights are copied unchanged, and the embedding matrix grows by one row for `<image>` (that row
     never reaches the language model: LLaVA overwrites image positions with projected patches).
     """
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaProcessor, SiglipImageProcessor, SiglipVisionConfig)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
 
     if vision.image_size % vision.patch_size:
         raise ValueError(f"vision image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}")
