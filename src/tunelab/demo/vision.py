@@ -40,7 +40,7 @@ from tunelab.models.compose import VisionSpec
 class VisionDemoSize:
     """How much the demo draws and trains; the defaults are the README's run, tests use a smaller one."""
 
-    train_images: int = 320
+    train_images: int = 640
     heldout_images: int = 30
     see_images: int = 2000
     see_steps: int = 600
