@@ -126,7 +126,7 @@ def test_family_tokenizer_reloads_from_gguf(models, small_tok, tmp_path):
 def test_settings_llama_cpp_would_not_reproduce_are_refused(small_tok, tmp_path):
     from transformers import AutoModelForCausalLM as Auto
 
-    from conftest import family_config
+    from tests.export.conftest import family_config
 
     cfg = family_config("gemma2")
     cfg.query_pre_attn_scalar = 144  # llama.cpp uses head_dim (256) for a 2-layer Gemma 2

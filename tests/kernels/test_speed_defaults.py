@@ -188,7 +188,9 @@ def test_prefetch_mode_logs_the_same_curve_and_summary_counts_real_tokens(tmp_pa
     assert summary["loss_tokens"] > 0 and summary["tokens"] > summary["loss_tokens"]
     assert summary["first_step_s"] > 0 and summary["steady_tokens_per_s"] > 0
     assert summary["train_s"] + summary["eval_s"] <= summary["elapsed_s"] + 1e-3
-    assert summary["tokens_per_s"] == pytest.approx(summary["tokens"] / summary["train_s"], rel=1e-3)
+    # train_s is stored to the millisecond: on a run this short that rounding alone can be ~0.5%
+    assert summary["tokens_per_s"] == pytest.approx(summary["tokens"] / summary["train_s"],
+                                                    rel=max(1e-3, 1e-3 / summary["train_s"]))
 
 
 def test_device_side_nan_guard_skips_the_update_and_names_the_step(tmp_path, addition_file, monkeypatch):

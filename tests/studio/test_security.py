@@ -55,7 +55,7 @@ def test_every_field_the_issue_named_declares_a_kind():
     assert declared == {
         "model.name": "model", "model.chat_template": "template", "data.train": "data",
         "data.train[].path": "data", "data.train[].eval": "data", "data.eval": "data",
-        "method.tokenizer": "model", "train.resume": "checkpoint", "optim.ewc.data": "data",
+        "method.tokenizer": "model", "method.init_from": "run", "train.resume": "checkpoint", "optim.ewc.data": "data",
         "grpo.rewards[]": "code", "distill.teacher": "model", "ppo.reward_model": "run",
         "selftrain.unlabelled": "data", "selftrain.rewards[]": "code", "domain.target": "data", "output_dir": "output"}
     schema = str(RunCfg.model_json_schema())

@@ -162,7 +162,7 @@ def score_answer(kind: str, answer: str, item: ShapeImage) -> float:
     """1.0 when a colour/shape answer names the right word and no other; the box's IoU for a box answer."""
     text = answer.lower()
     if kind == "box":  # the same IoU `tunelab eval` reports for grounding answers
-        return box_iou([answer], [format_box(item.box)])["box_iou"]
+        return box_iou([answer], [format_box(item.box)])["box_iou"] / 100  # eval reports percent; here 0..1
     names = list(COLOURS) if kind == "colour" else list(SHAPES)
     said = [n for n in names if re.search(rf"\b{n}\b", text)]
     return float(said == [getattr(item, kind)])

@@ -511,7 +511,11 @@ async function watchEval(id, name) {
     state.evalTimer = setTimeout(() => watchEval(id, name), 1500);
   else if (j.status === "completed") {
     state.evalJob = null;
-    showRun(name);
+    await showRun(name);  // the new result joins the evidence; the finished job stays named above it
+    const done = $("#eval-status");
+    if (done && state.run === name)
+      done.replaceChildren(h("p", {}, `job #${j.id} `, h("span", {class: "status completed", id: "eval-job-status"},
+        "completed"), " ", j.message || ""));
   }
 }
 
