@@ -9,9 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,34 +18,18 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).is_file():
     pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
 
-import uvicorn
-
-from tunelab.studio.app import create_app
+from tests.studio.live_server import live_studio
 from tunelab.studio.paths import Settings
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "studio"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
 def server(tmp_path):
     """A real studio (job watcher on) on a free loopback port."""
     settings = Settings(data_dir=tmp_path / "studio", poll_s=0.5)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", settings
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with live_studio(settings) as url:
+        yield url, settings
 
 
 @pytest.fixture()

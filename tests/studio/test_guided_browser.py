@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,9 +21,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).is_file():
     pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
 
-import uvicorn
-
-from tunelab.studio.app import create_app
+from tests.studio.live_server import live_studio
 from tunelab.studio.paths import Settings
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "studio"
@@ -35,12 +30,6 @@ PRESETS = {"quick-lora-cpu": ("identity.json", "max_steps: 60"), "qlora-24gb": (
            "full-small": ("identity.json", "name: full"), "dpo-pairs": ("pairs.json", "stage: dpo"),
            "classifier-head": ("news.jsonl", "stage: classify")}
 SERIOUS = ("serious", "critical")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -53,16 +42,8 @@ def server(tmp_path, shared_data):
     (settings.datasets / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
     news = (shared_data / "fudan_news_train.jsonl").read_text(encoding="utf-8").splitlines()[:24]
     (settings.datasets / "news.jsonl").write_text("\n".join(news) + "\n", encoding="utf-8")
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", settings
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with live_studio(settings) as url:
+        yield url, settings
 
 
 @pytest.fixture()
