@@ -18,6 +18,7 @@ import torch
 from tunelab.data.formats import Conversation
 from tunelab.data.images import IMAGE_TOKEN, content_parts
 from tunelab.data.io import DataError
+from tunelab.data.packing import pad_rows
 from tunelab.data.templates import IGNORE_INDEX, Tokenized, TemplateError
 
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask", "image_grid_thw", "image_sizes")
@@ -164,15 +165,7 @@ def collate_vision(samples: list[VisionSample], pad_id: int) -> dict[str, torch.
     concatenated; Idefics3's (1, n_images, C, H, W) are padded with all-zero images (which the model skips)
     to the batch's largest image count.
     """
-    width = max(len(s.input_ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for i, s in enumerate(samples):
-        n = len(s.input_ids)
-        ids[i, :n] = torch.tensor(s.input_ids)
-        labels[i, :n] = torch.tensor(s.labels)
-        mask[i, :n] = 1
+    ids, labels, mask = pad_rows(samples, pad_id)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     with_images = [s for s in samples if s.pixels]
     for key in PIXEL_KEYS:
