@@ -30,6 +30,12 @@ case $PHASE in
   q)  # QLoRA through tunelab train: quantized while loading (load included in the peak)
     timeout 150 $E2E --shape qwen2.5-1.5b --data $HH --steps 20 --method qlora --runs tunelab --timeout 140
     ;;
+  p)  # where a cold start goes: each run with its own empty compiler caches (a fresh machine), compile-time
+      # tables in the logs; -warm reuses the default run's caches; -noflex/-noce/-nopool each take one part away
+    python3 -c "import torch.nn.attention.varlen as v; print('varlen_attn available')" || true
+    timeout 560 $E2E --shape qwen2.5-1.5b --data $HH --steps 60 --fresh-cache --compile-times \
+      --runs tunelab,tunelab-warm,tunelab-nopool,tunelab-noflex,tunelab-noce --timeout 110
+    ;;
   b)  # the other peers and shapes
     timeout 100 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
       --peer-script assets/peer_lora.py 2>&1 | grep '^{' | tee $OUT/bench.jsonl

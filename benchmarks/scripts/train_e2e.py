@@ -44,12 +44,13 @@ def make_model(shape: str, tok: str, out: Path) -> None:
     torch.cuda.empty_cache()
 
 
-def run(cmd: list[str], log: Path, timeout: float) -> tuple[float, int]:
+def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> tuple[float, int]:
     """Run `cmd`, writing each output line to `log` prefixed with the seconds since launch (where the
     fixed cost of a whole command goes: imports, loading, data, compilation, saving)."""
     t = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                env=env)
         try:
             for line in proc.stdout:
                 f.write(f"[{time.perf_counter() - t:7.1f}s] {line}")
@@ -63,18 +64,50 @@ def run(cmd: list[str], log: Path, timeout: float) -> tuple[float, int]:
     return time.perf_counter() - t, rc
 
 
+# run-name parts (tunelab-PART-PART...) that change one train.speed switch, for profiling where time goes
+SPEED_VARIANTS = {"noflex": {"flex_attention": False}, "noce": {"chunked_ce": False},
+                  "nocompile": {"compile_layers": False}}
+# `python -c` body that runs the CLI and prints dynamo/inductor's compile-time table at exit
+CLI_WITH_COMPILE_TIMES = (
+    "import atexit, sys, torch\n"
+    "def _times():\n"
+    "    try:\n"
+    "        print(torch._dynamo.utils.compile_times(repr='str', aggregate=True), flush=True)\n"
+    "    except Exception as e:\n"
+    "        print('compile_times unavailable:', e, flush=True)\n"
+    "atexit.register(_times)\n"
+    "sys.argv = ['tunelab', *sys.argv[1:]]\n"
+    "from tunelab.cli import main\n"
+    "main()\n")
+
+
 def tunelab_row(name: str, a, model: Path, work: Path) -> dict:
     out = work / f"run-{name}"
     shutil.rmtree(out, ignore_errors=True)
+    parts = name.split("-")[1:]
+    speed = {"mode": "lean" if "lean" in parts else "fast"}
+    for part in parts:
+        speed.update(SPEED_VARIANTS.get(part, {}))
     cfg = {"model": {"name": str(model)},
            "data": {"train": a.data, "max_length": a.seq, "val_size": 0.0},
            "method": {"name": a.method, "r": 16, "alpha": 32, "dropout": 0.05},
-           "train": {"max_steps": a.steps, "batch_size": a.bs, "lr": 2e-4, "log_every": 10,
-                     "speed": {"mode": "lean" if name.endswith("lean") else "fast"}},
+           "train": {"max_steps": a.steps, "batch_size": a.bs, "lr": 2e-4, "log_every": 10, "speed": speed},
            "output_dir": str(out)}
     path = work / f"{name}.json"
     path.write_text(json.dumps(cfg))
-    wall, rc = run([sys.executable, "-m", "tunelab", "train", str(path)], work / f"{name}.log", a.timeout)
+    env = dict(os.environ)
+    if a.fresh_cache and "warm" not in parts:  # each run compiles as on a fresh machine (its own empty caches)
+        cache = work / f"cache-{name}"
+        shutil.rmtree(cache, ignore_errors=True)
+        env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
+    elif a.fresh_cache:  # "warm": the caches the run before it filled
+        cache = work / f"cache-{name.replace('-warm', '')}"
+        env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
+    if "nopool" in parts:  # the compiler's workers start with the first compilation (torch's own timing)
+        env["TUNELAB_COMPILE_WARMUP"] = "0"
+    cmd = [sys.executable, "-c", CLI_WITH_COMPILE_TIMES, "train", str(path)] if a.compile_times else \
+        [sys.executable, "-m", "tunelab", "train", str(path)]
+    wall, rc = run(cmd, work / f"{name}.log", a.timeout, env=env)
     row = {"rc": rc, "wall_s": round(wall, 1)}
     if rc == 0:
         s = json.loads((out / "summary.json").read_text())
@@ -145,6 +178,11 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/e2e")
     ap.add_argument("--timeout", type=float, default=400)
     ap.add_argument("--peer-script", default="../shared/bench/peer_lora.py")
+    ap.add_argument("--fresh-cache", action="store_true",
+                    help="give each tunelab run its own empty inductor/Triton caches (a fresh machine's cold "
+                    "compile); a run named ...-warm reuses the caches of the same name without -warm")
+    ap.add_argument("--compile-times", action="store_true",
+                    help="print torch's compile-time table at the end of each tunelab run's log")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -207,7 +207,10 @@ def load_model(name: str, dtype: str = "auto", device: torch.device | str = "cpu
                             "its trained part into its own base (tunelab.models loads plain models only)")
     else:
         path = gguf_as_hf_dir(src.path) if src.kind == "gguf" else src.path
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        # on a GPU the weights go straight from the files to the device (no full copy in host memory first)
+        placement = {"device_map": {"": _cuda_index(device)}} if device.type == "cuda" else {}
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                     **placement)
     source = base_source(name)
     if source["base_model_name_or_path"]:  # PEFT records this in adapter_config.json (AutoPeft, vLLM read it)
         model.name_or_path = source["base_model_name_or_path"]
@@ -235,6 +238,11 @@ def base_source(name: str) -> dict:
     return {"base_model_name_or_path": src.path, "base_model_path": src.path}
 
 
+def _cuda_index(device: torch.device) -> int:
+    """The CUDA device index transformers' device_map wants (`cuda` alone: the current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def _load_quantized(path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool, settings: dict):
     """A model folder loaded straight into 4-bit linears on `device` (every linear but the output head).
 
@@ -246,8 +254,8 @@ def _load_quantized(path, dtype: torch.dtype, device: torch.device, trust_remote
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=settings["quant_type"],
                                 bnb_4bit_use_double_quant=settings["double_quant"],
                                 bnb_4bit_compute_dtype=dtypes[settings["compute_dtype"]])
-    index = device.index if device.index is not None else torch.cuda.current_device()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, quantization_config=config,
-                                                 device_map={"": index}, trust_remote_code=trust_remote_code)
+                                                 device_map={"": _cuda_index(device)},
+                                                 trust_remote_code=trust_remote_code)
     model.tunelab_quantized = dict(settings)
     return model

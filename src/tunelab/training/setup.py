@@ -16,6 +16,7 @@ from tunelab.data.templates import apply_template_options, resolve_template
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
 from tunelab.engine.recipe import Setup
+from tunelab.kernels.warmup import start_compile_workers
 from tunelab.methods import count_parameters, get_method
 from tunelab.bases import load_model
 from tunelab.models import load_tokenizer, pick_device
@@ -101,6 +102,8 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
         raise ConfigError([str(e)]) from None
     device = pick_device(cfg.train.device)
     device = distributed.init(cfg.parallel, device)  # joins torchrun's process group, if any; cuda:LOCAL_RANK
+    if device.type == "cuda" and cfg.train.speed.wants("compile_layers", "cuda"):
+        start_compile_workers()  # the compiler's workers come up while the weights load (kernels.warmup)
     main = distributed.current().is_main  # only rank 0 writes the run folder
     vision_dir = vision_source(cfg.model.name)  # an image-text-to-text model: tunelab.training.vision
     check_switches(cfg.method, vision_dir is not None)
