@@ -57,6 +57,20 @@ def test_zip_of_records_and_images_lands_in_the_library(client, settings):
         ["shapes-2/set/img/a.png"]
 
 
+def test_deleting_a_zip_dataset_removes_its_images_and_nothing_else(client, settings):
+    body = make_zip({"data.jsonl": records(["a.png"]), "a.png": png()})
+    assert upload(client, "shapes.zip", body).status_code == 200
+    assert upload(client, "shapes.zip", body).json()["name"] == "shapes-2.jsonl"
+    plain = settings.datasets / "notes.jsonl"
+    plain.write_text(records(["shapes-2/a.png"]))  # a plain file naming the other upload's images
+    assert client.delete("/api/datasets/shapes.jsonl").status_code == 200
+    assert not (settings.datasets / "shapes").exists() and not (settings.datasets / "shapes.jsonl").exists()
+    assert (settings.datasets / "shapes-2" / "a.png").is_file()  # the second upload keeps its images
+    assert client.delete("/api/datasets/notes.jsonl").status_code == 200  # a plain file owns no folder
+    assert (settings.datasets / "shapes-2" / "a.png").is_file()
+    assert [d["name"] for d in client.get("/api/datasets").json()] == ["shapes-2.jsonl"]
+
+
 @pytest.mark.parametrize("entries, links, message", [
     ({"data.jsonl": records(["a.png"]), "../evil.png": png()}, (), "'../evil.png' points outside the archive"),
     ({"data.jsonl": records(["a.png"]), "/abs/evil.png": png()}, (), "'/abs/evil.png' points outside"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -296,6 +297,12 @@ PREPARE_OPS = {"clean": _clean, "dedup": _dedup, "split": _split}
 
 
 def delete_dataset(settings: Settings, name: str) -> None:
-    """Remove a library file and its column mapping."""
+    """Remove a library file, its column mapping and, for a zip upload, the folder holding its images."""
+    from tunelab.studio.image_zip import image_folder_of
+
+    path = dataset_path(settings, name)
+    images = image_folder_of(settings, path.name)
     _columns_file(settings, name).unlink(missing_ok=True)
-    dataset_path(settings, name).unlink()
+    path.unlink()
+    if images is not None:
+        shutil.rmtree(images, ignore_errors=True)

@@ -24,6 +24,8 @@ RECORD_SUFFIXES = (".json", ".jsonl")
 MAX_ENTRIES = 20_000
 UNZIPPED_FACTOR = 4
 """The uncompressed total may be this many times the upload limit (images barely compress; text does)."""
+OWNER_FILE = ".records-file"
+"""Inside an unpacked image folder: the name of the library file whose images it holds (deleted with it)."""
 
 
 def _member_name(info: zipfile.ZipInfo, zip_name: str) -> PurePosixPath | None:
@@ -88,12 +90,23 @@ def admit_zip(settings: Settings, spooled: Path, zip_name: str) -> Path:
             prefix = PurePosixPath(folder.name) / base if str(base) != "." else PurePosixPath(folder.name)
             lines = [json.dumps(_rebase(r, prefix), ensure_ascii=False) for r in rows]
             target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            (folder / OWNER_FILE).write_text(target.name, encoding="utf-8")
             _check_records(target, zip_name, folder.name)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             target.unlink(missing_ok=True)
             raise
     return target
+
+
+def image_folder_of(settings: Settings, name: str) -> Path | None:
+    """The folder a zip upload unpacked the images of library file `name` into, or None (a plain file)."""
+    for folder in settings.datasets.iterdir():
+        owner = folder / OWNER_FILE
+        if folder.is_dir() and not folder.is_symlink() and owner.is_file() and \
+                owner.read_text(encoding="utf-8").strip() == name:
+            return folder
+    return None
 
 
 def _rows(text: str, rec_path: PurePosixPath, zip_name: str) -> list[dict]:
