@@ -39,6 +39,10 @@ SMALL_VOCAB = 2048
 
 @pytest.fixture(scope="session")
 def small_tok():
+    return small_tokenizer()
+
+
+def small_tokenizer():
     """SmolLM2's tokenizer cut to its first 2,048 ids (the byte alphabet, specials and the merges among them).
 
     Still a real byte-level BPE tokenizer with the ChatML template, but a model built for it has a

@@ -59,7 +59,7 @@ def test_metadata_types_and_tied_output(llama, tok, tmp_path):
     assert f["llama.attention.head_count"] == 4 and f["llama.attention.head_count_kv"] == 2
     assert f["llama.rope.dimension_count"] == 16 and f["llama.vocab_size"] == 49152
     assert f["general.file_type"] == 7  # MOSTLY_Q8_0
-    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "gpt2"
+    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "gpt-2"
     assert f["tokenizer.ggml.bos_token_id"] == tok.bos_token_id == 1
     assert f["tokenizer.ggml.eos_token_id"] == tok.eos_token_id == 2
     assert f["tokenizer.ggml.padding_token_id"] == tok.pad_token_id

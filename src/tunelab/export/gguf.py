@@ -410,7 +410,7 @@ def pre_tokenizer_name(pre_tok: dict | None) -> str:
     steps = (pre_tok or {}).get("pretokenizers", [pre_tok] if pre_tok else [])
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp spells the GPT-2 regex "gpt-2" (an unknown name stops its loader)
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"
     if kinds == ["Split", "ByteLevel"]:
@@ -418,7 +418,7 @@ def pre_tokenizer_name(pre_tok: dict | None) -> str:
         if name:
             return name
     raise ExportError(f"unknown pre-tokenizer {json.dumps(pre_tok)[:300]}; llama.cpp needs its name "
-                      f"(tokenizer.ggml.pre). Pass pre=<name> (e.g. gpt2, smollm, llama-bpe, qwen2) if you know it")
+                      f"(tokenizer.ggml.pre). Pass pre=<name> (e.g. gpt-2, smollm, llama-bpe, qwen2) if you know it")
 
 
 def add_vocab(writer: gguf.GGUFWriter, vocab: GgufVocab, chat_template: str | None) -> None:
