@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not TOOL, reason=f"{TOOL_ENV} not set (a llama_l
 # (max |difference|, relative RMS) allowed against the fp32 transformers logits; llama.cpp's CPU kernels
 # also round the activations (to q8 blocks for quantized weights), so these sit above the transformers-GGUF
 # loader's tolerances in test_export_gguf_families.py. Measured values: docs/export.md.
-TOL = {"f32": (1e-3, 1e-3), "f16": (2e-2, 1e-2), "q8_0": (0.1, 0.05), "q4_k_m": (0.6, 0.4)}
+TOL = {"f32": (3e-3, 2e-3), "f16": (5e-3, 3e-3), "q8_0": (0.08, 0.06), "q4_k_m": (0.6, 0.45)}
 TEXTS = ("Hello world! 12345", "  two  spaces\tand\ttabs\n", "<|im_start|>user\nhi<|im_end|>\n")
 
 
