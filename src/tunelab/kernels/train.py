@@ -219,10 +219,15 @@ def speed_context(model: nn.Module, train_cfg, device: torch.device, packed: boo
             fused = fuse_lora(model)
         lean = train_cfg.speed.mode == "lean"
         if "compile_layers" in plan or lean:
-            from tunelab.kernels.regions import checkpoint_layers
+            from tunelab.kernels.regions import checkpoint_layers, wrap_layers
 
             wrapped = 1
-            checkpoint_layers(model, every=1 if lean else len(_layers(model)) + 1, wrap_all=True)
+            # fast mode: pass-through wrappers only (every=len+1 used to leave layer 0 checkpointed: a second
+            # compiled variant of the layer and a recompute nobody asked for)
+            if lean:
+                checkpoint_layers(model, every=1)
+            else:
+                wrap_layers(model)
         if "flex_attention" in plan and hasattr(base, "set_attn_implementation"):
             from tunelab.kernels.varlen import register_hf_attention
 
