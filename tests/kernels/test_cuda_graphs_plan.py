@@ -42,6 +42,17 @@ def test_switch_accepts_auto_true_false_and_auto_is_off_everywhere():
         TrainCfg(speed={"cuda_graphs": "sometimes"})
 
 
+def test_cli_override_sets_the_switch_and_a_bad_value_names_the_key(tmp_path):
+    from tunelab.config.loader import load_config
+
+    path = tmp_path / "sft.yaml"
+    path.write_text("model: {name: tiny-llama}\ndata: {train: train.json}\n")
+    assert load_config(path, ["train.speed.cuda_graphs=true"]).train.speed.cuda_graphs is True
+    assert load_config(path).train.speed.cuda_graphs == "auto"
+    with pytest.raises(ValueError, match="train.speed.cuda_graphs"):
+        load_config(path, ["train.speed.cuda_graphs=maybe"])
+
+
 def test_plan_turns_graphs_on_only_when_asked_on_cuda_with_packed_compiled_layers():
     model = lora_model()
     on = plan_speed(model, graphs(), CUDA, packed=True, optimizer="adamw")
