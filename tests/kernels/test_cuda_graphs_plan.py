@@ -71,7 +71,9 @@ def test_plan_turns_graphs_on_only_when_asked_on_cuda_with_packed_compiled_layer
     ({}, False, "cuda", "needs packed rows of one shape (rows are not packed (data.packing))"),
     ({"speed": {"flex_attention": False}}, True, "cuda",
      "needs packed rows of one shape (train.speed.flex_attention=false)"),
-    ({"speed": {"mode": "lean"}}, True, "cuda", "lean mode: graphs keep a memory pool of their own"),
+    ({"speed": {"mode": "lean"}}, True, "cuda", "lean mode: a memory mode, and graphs hold a memory pool of their own"),
+    ({"gradient_checkpointing": True}, True, "cuda",
+     "train.gradient_checkpointing: a memory mode, and graphs hold a memory pool of their own"),
     ({"speed": {"compile_layers": False}}, True, "cuda", "needs compile_layers (train.speed.compile_layers=false)"),
     ({"grad_accum": 2}, True, "cuda", "train.grad_accum > 1: accumulated .grad would live in graph memory"),
 ])

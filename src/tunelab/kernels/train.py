@@ -201,7 +201,9 @@ def _graphs_blocker(plan: SpeedPlan, train_cfg, dev: str) -> str | None:
     if dev != "cuda":
         return f"needs CUDA (device {dev})"
     if speed.mode == "lean":
-        return "lean mode: graphs keep a memory pool of their own"
+        return "lean mode: a memory mode, and graphs hold a memory pool of their own"
+    if getattr(train_cfg, "gradient_checkpointing", False):
+        return "train.gradient_checkpointing: a memory mode, and graphs hold a memory pool of their own"
     if "compile_layers" not in plan:
         return f"needs compile_layers ({plan.off.get('compile_layers')})"
     if "flex_attention" not in plan:
