@@ -56,8 +56,8 @@ class SpeedCfg(Section):
         "auto", description="Capture the compiled decoder layers as CUDA graphs (torch.compile mode "
         "reduce-overhead, cudagraph trees) and replay them each step. Needs CUDA, compile_layers and packed rows "
         "padded to one shape (flex_attention); not with lean mode or gradient checkpointing, a 4-bit base, "
-        "train.grad_accum > 1 or DDP/FSDP. auto = off: capture adds to every cold start for ~2% per step (tunelab bench); true = on "
-        "where it can run.")
+        "train.grad_accum > 1 or DDP/FSDP. auto = off: capture adds to every cold start for ~2% per step "
+        "(tunelab bench); true = on where it can run.")
 
     def wants(self, name: str, device_type: str) -> bool:
         """Whether switch `name` asks to be on for a device of `device_type` (before model checks).
