@@ -63,7 +63,7 @@ def packed_batch() -> dict:
 
 def test_replays_draw_new_dropout_masks_and_generation_after_is_unchanged():
     from torch._inductor.cudagraph_trees import (
-        get_manager,  # only to check that graphs were captured
+        get_manager,  # only to check that graphs were captured, and dropped after
     )
 
     torch.manual_seed(0)
@@ -86,6 +86,7 @@ def test_replays_draw_new_dropout_masks_and_generation_after_is_unchanged():
             model.zero_grad(set_to_none=True)
         assert get_manager(torch.cuda.current_device(), create_if_none_exists=False) is not None
     assert len(set(losses)) == len(losses), losses  # a replay that reused its masks would repeat a loss
+    assert get_manager(torch.cuda.current_device(), create_if_none_exists=False) is None  # graphs dropped
     assert not any(isinstance(m, CheckpointedLayer) for m in model.modules())
     model.eval()
     after = model.generate(input_ids=prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
