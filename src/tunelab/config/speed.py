@@ -3,8 +3,8 @@
 Every switch defaults to `auto`: on where it applies and is exact (loss equal to the plain path within
 the tested tolerance), off elsewhere. On CUDA that is every fast path (fused LoRA, compiled decoder
 layers, chunked loss, flex_attention document masks for packed rows, batches prepared ahead on pinned
-memory, metrics read back every `log_every` steps; CUDA graphs only when asked for, see `cuda_graphs`); on a CPU only the chunked loss and the prefetch,
-so CPU runs behave as before. `true` asks for a path wherever it can run (fused LoRA and the chunked
+memory, metrics read back every `log_every` steps); on a CPU only the chunked loss and the prefetch,
+so CPU runs behave as before. The exception is `cuda_graphs`, whose `auto` is off everywhere (AUTO_OFF). `true` asks for a path wherever it can run (fused LoRA and the chunked
 loss are plain torch and run on a CPU too); `false` turns it off. The run prints one `speed:` line
 saying which paths are on and why any is off (`tunelab.kernels.train.plan_speed`).
 """

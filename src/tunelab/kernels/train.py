@@ -264,8 +264,7 @@ def speed_context(model: nn.Module, train_cfg, device: torch.device, packed: boo
             from tunelab.kernels.regions import checkpoint_layers, wrap_layers
 
             wrapped = 1
-            # fast mode: pass-through wrappers only (every=len+1 used to leave layer 0 checkpointed: a second
-            # compiled variant of the layer and a recompute nobody asked for)
+            # fast mode: pass-through wrappers only, none checkpointed, so one compiled variant serves every layer
             if lean:
                 checkpoint_layers(model, every=1)
             else:
