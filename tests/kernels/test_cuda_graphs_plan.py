@@ -163,3 +163,24 @@ def test_cpu_run_asking_for_graphs_falls_back_with_its_reason_and_trains_identic
     a = [(m["step"], m.get("loss"), m.get("eval_loss")) for m in asked.metrics()]
     b = [(m["step"], m.get("loss"), m.get("eval_loss")) for m in plain.metrics()]
     assert a == b and any(v is not None for _, _, v in a)   # same losses, evaluation included, bit for bit
+
+
+def test_every_training_and_evaluation_batch_of_the_flex_path_has_one_shape(tmp_path, addition_file, monkeypatch):
+    """What a captured graph needs from the data: packed rows padded to batch_size x data.max_length, for
+    training steps (an epoch's short last batch included) and evaluation batches alike (flex path on a CPU)."""
+    from tunelab.stages import sft
+
+    seen = []
+
+    def recording(model, batch, *args, **kw):
+        seen.append((tuple(batch["input_ids"].shape), torch.is_grad_enabled()))
+        return loss_fn(model, batch, *args, **kw)
+
+    loss_fn = sft.sft_loss
+    monkeypatch.setattr(sft, "sft_loss", recording)
+    cfg = run_cfg(addition_file, tmp_path / "run", False)
+    cfg["train"].update(max_steps=4, batch_size=5, speed={"flex_attention": True})  # 5: short batches come up
+    tunelab.train(cfg, progress=False)
+    shapes = {shape for shape, _ in seen}
+    assert shapes == {(5, 64)}, seen
+    assert {grad for _, grad in seen} == {True, False}  # training and evaluation batches both seen
