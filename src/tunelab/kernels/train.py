@@ -305,6 +305,9 @@ def mark_steps(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
     (`torch.compiler.cudagraph_mark_step_begin`). One decoder forward is one iteration here: a training
     step (one micro-batch: cuda_graphs needs grad_accum 1) or an evaluation batch, whose no_grad forward
     replays its own graphs. The hook sits on the uncompiled parent of the layers, so it runs eagerly.
+    It assumes one decoder forward per backward, as in SFT (the only stage using speed_context): a recipe
+    running the decoder twice before one backward (chosen and rejected apart, a KL batch) would start a new
+    iteration while the first forward's saved activations still wait for their backward.
     """
     layers = _layers(model)
     owner = next(m for m in model.modules() if any(child is layers for child in m.children()))
