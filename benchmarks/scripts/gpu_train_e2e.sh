@@ -17,6 +17,15 @@ case $PHASE in
     timeout 480 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab,trl,trl-gc,tunelab-lean --timeout 200
     TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 75 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_speed_gpu.py -x 2>&1 | tail -15 | tee $OUT/gpu_tests.txt
     ;;
+  g)  # CUDA graphs in tunelab train: the GPU tests (the correctness gate), then graphs and default once each
+    TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 200 python3 -m pytest -q -p no:cacheprovider \
+      tests/kernels/test_cuda_graphs_gpu.py tests/kernels/test_speed_gpu.py 2>&1 | tail -25 | tee $OUT/gpu_tests.txt
+    timeout 320 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab-graphs,tunelab --timeout 150
+    ;;
+  G)  # CUDA graphs against the default, each cold and again warm (inductor cache), in one call
+    timeout 560 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 \
+      --runs tunelab,tunelab-graphs,tunelab-warm,tunelab-graphs-warm --timeout 135
+    ;;
   w)  # 1.5B whole 200-step runs: tunelab on a fresh machine (cold compile), again (inductor cache warm), TRL
     timeout 540 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs tunelab,tunelab-warm,trl --timeout 200
     ;;

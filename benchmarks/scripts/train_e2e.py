@@ -10,6 +10,8 @@ data, LoRA r16 (alpha 32, dropout 0.05, all linears), `--bs` packed rows of `--s
 imports, tokenizing and packing, loading, training, saving), `steady_tok_s` (real tokens per second after
 step 1), `first_step_s`, `peak_gib` (torch.cuda.max_memory_allocated of the process: load included).
 HF+PEFT rows come from ../shared/bench/peer_lora.py (per step, random full rows; no wall time).
+Run names: `tunelab` (default), `tunelab-lean` (train.speed.mode lean), `tunelab-graphs` (the default config plus
+`train.speed.cuda_graphs=true` on the command line); a `-warm` suffix runs the same again (inductor cache warm).
 """
 from __future__ import annotations
 
@@ -105,10 +107,10 @@ def tunelab_row(name: str, a, model: Path, work: Path) -> dict:
         env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
     if "nopool" in parts:  # the compiler's workers start with the first compilation (torch's own timing)
         env["TUNELAB_COMPILE_WARMUP"] = "0"
-    cmd = [sys.executable, "-c", CLI_WITH_COMPILE_TIMES, "train", str(path)] if a.compile_times else \
-        [sys.executable, "-m", "tunelab", "train", str(path)]
-    wall, rc = run(cmd, work / f"{name}.log", a.timeout, env=env)
-    row = {"rc": rc, "wall_s": round(wall, 1)}
+    overrides = ["train.speed.cuda_graphs=true"] if "graphs" in parts else []  # same config file, one switch more
+    cmd = [sys.executable, "-c", CLI_WITH_COMPILE_TIMES] if a.compile_times else [sys.executable, "-m", "tunelab"]
+    wall, rc = run([*cmd, "train", str(path), *overrides], work / f"{name}.log", a.timeout, env=env)
+    row = {"rc": rc, "wall_s": round(wall, 1), "overrides": overrides}
     if rc == 0:
         s = json.loads((out / "summary.json").read_text())
         mem = [m.get("mem_gib", 0) for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]

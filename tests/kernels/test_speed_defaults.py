@@ -97,6 +97,9 @@ def test_wrappers_keep_state_dict_keys_and_load_through_them():
         torch.testing.assert_close(v, changed[k], msg=k)
 
 
+AUTO_GRAPHS = "auto: off, cold-start cost; set true to capture"
+
+
 def test_plan_line_names_each_path_and_why_it_is_off():
     model = lora_model(0.05)
     cpu = plan_speed(model, TrainCfg(), torch.device("cpu"), packed=False, optimizer="adamw")
@@ -105,17 +108,19 @@ def test_plan_line_names_each_path_and_why_it_is_off():
     assert cpu.off["flex_attention"] == "auto: cpu (on for CUDA)" and cpu.off["fused_adamw"] == "cpu"
     cuda = plan_speed(model, TrainCfg(), torch.device("cuda"), packed=True, optimizer="adamw")
     assert cuda.on == ["chunked_ce", "fused_lora", "compile_layers", "flex_attention", "prefetch", "fused_adamw"]
-    assert cuda.line().startswith("speed: chunked_ce, fused_lora, compile_layers") and "off" not in cuda.line()
+    assert cuda.line().startswith("speed: chunked_ce, fused_lora, compile_layers")
+    assert cuda.off == {"cuda_graphs": AUTO_GRAPHS}  # CUDA graphs only when asked for (tests/kernels/test_cuda_graphs_*)
     unpacked = plan_speed(model, TrainCfg(speed={"fused_lora": False}), torch.device("cuda"), packed=False)
     assert unpacked.off == {"fused_lora": "train.speed.fused_lora=false",
-                            "flex_attention": "rows are not packed (data.packing)"}
+                            "flex_attention": "rows are not packed (data.packing)", "cuda_graphs": AUTO_GRAPHS}
     plain = plan_speed(model, TrainCfg(speed={"mode": "plain"}), torch.device("cuda"), optimizer="adamw")
     assert plain.on == ["fused_adamw"] and set(plain.off.values()) == {"train.speed.mode=plain"}
     lean = plan_speed(model, TrainCfg(speed={"mode": "lean"}), torch.device("cuda"))
     assert "lean (checkpoint every layer)" in lean.on
     full = plan_speed(load_model("tiny-llama"), TrainCfg(), torch.device("cuda"), optimizer="adamw_8bit")
     assert full.off == {"fused_lora": "no plain LoRA linears (4-bit bases keep PEFT's modules)", "flex_attention":
-                        "rows are not packed (data.packing)", "fused_adamw": "optimizer adamw_8bit"}
+                        "rows are not packed (data.packing)", "cuda_graphs": AUTO_GRAPHS,
+                        "fused_adamw": "optimizer adamw_8bit"}
 
 
 def test_lean_mode_wraps_every_layer_for_training_and_unwraps_after():

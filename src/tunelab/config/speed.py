@@ -4,7 +4,7 @@ Every switch defaults to `auto`: on where it applies and is exact (loss equal to
 the tested tolerance), off elsewhere. On CUDA that is every fast path (fused LoRA, compiled decoder
 layers, chunked loss, flex_attention document masks for packed rows, batches prepared ahead on pinned
 memory, metrics read back every `log_every` steps); on a CPU only the chunked loss and the prefetch,
-so CPU runs behave as before. `true` asks for a path wherever it can run (fused LoRA and the chunked
+so CPU runs behave as before. The exception is `cuda_graphs`, whose `auto` is off everywhere (AUTO_OFF). `true` asks for a path wherever it can run (fused LoRA and the chunked
 loss are plain torch and run on a CPU too); `false` turns it off. The run prints one `speed:` line
 saying which paths are on and why any is off (`tunelab.kernels.train.plan_speed`).
 """
@@ -18,6 +18,9 @@ from pydantic import Field
 from tunelab.config.base import Section
 
 Switch = bool | Literal["auto"]
+
+# switches whose `auto` is off everywhere, with the reason the `speed:` line gives
+AUTO_OFF = {"cuda_graphs": "auto: off, cold-start cost; set true to capture"}
 
 
 class SpeedCfg(Section):
@@ -49,15 +52,22 @@ class SpeedCfg(Section):
         "auto", description="Collate the next batch in a background thread into pinned memory and copy it with "
         "non_blocking transfers; loss, grad norm and token counts stay on the device and are read back every "
         "train.log_every steps. auto = on for CUDA (a CPU run reads them every step, as before).")
+    cuda_graphs: Switch = Field(
+        "auto", description="Capture the compiled decoder layers as CUDA graphs (torch.compile mode "
+        "reduce-overhead, cudagraph trees) and replay them each step. Needs CUDA, compile_layers and packed rows "
+        "padded to one shape (flex_attention); not with lean mode or gradient checkpointing, a 4-bit base, "
+        "train.grad_accum > 1 or DDP/FSDP. auto = off: capture adds to every cold start for ~2% per step "
+        "(tunelab bench); true = on where it can run.")
 
     def wants(self, name: str, device_type: str) -> bool:
         """Whether switch `name` asks to be on for a device of `device_type` (before model checks).
 
-        mode plain: nothing; `false`: off; `true`: on; `auto`: on for CUDA (chunked_ce: everywhere).
+        mode plain: nothing; `false`: off; `true`: on; `auto`: on for CUDA (chunked_ce: everywhere; cuda_graphs:
+        nowhere, see AUTO_OFF).
         """
         if self.mode == "plain":
             return False
         value = getattr(self, name)
         if value == "auto":
-            return device_type == "cuda" or name == "chunked_ce"
+            return name not in AUTO_OFF and (device_type == "cuda" or name == "chunked_ce")
         return bool(value)

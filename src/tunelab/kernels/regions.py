@@ -78,6 +78,19 @@ def checkpoint_layers(model: nn.Module, every: int = 1, wrap_all: bool = False) 
     return count
 
 
+def wrap_layers(model: nn.Module) -> int:
+    """Wrap every decoder layer in an inactive (pass-through) `CheckpointedLayer`; returns how many.
+
+    Compiling the wrappers instead of the layers leaves the model's own layers uncompiled once
+    `uncheckpoint_layers` puts them back. All wrappers alike, so one compiled graph serves every layer.
+    """
+    layers = decoder_layers(model)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, CheckpointedLayer):
+            layers[i] = CheckpointedLayer(layer, active=False)
+    return len(layers)
+
+
 def uncheckpoint_layers(model: nn.Module) -> int:
     """Undo `checkpoint_layers` (puts the original layer modules back)."""
     layers = decoder_layers(model)

@@ -6,11 +6,13 @@ held at once. It returns None when the model or method needs the full forward (p
 tuning add virtual tokens; DDP/FSDP wrappers must see the forward call; some models scale or
 soft-cap their logits), and the caller then uses the plain path. `plan_speed` decides each fast path
 of `train.speed` (and why any is off); `speed_context` applies them for the length of training and
-undoes them before the final weights are saved.
+undoes them before the final weights are saved (CUDA graphs of the compiled layers included,
+when asked for).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tunelab.config.speed import SpeedCfg
+from tunelab.config.speed import AUTO_OFF, SpeedCfg
 from tunelab.kernels.linear_ce import IGNORE_INDEX, linear_cross_entropy, shift_labels
 
 # config attributes that change logits after lm_head; any of them set -> plain path
@@ -166,6 +168,11 @@ def plan_speed(model: nn.Module, train_cfg, device: torch.device, packed: bool =
            else None if _has_layers(model) else "no decoder-layer list found")
     decide("flex_attention", None if packed else "rows are not packed (data.packing)")
     decide("prefetch")
+    reason = _graphs_blocker(plan, train_cfg, dev)
+    if reason:
+        plan.off["cuda_graphs"] = reason
+    else:
+        plan.on.append("cuda_graphs")
     if speed.mode == "lean":
         plan.on.append("lean (checkpoint every layer)")
     if optimizer is not None:
@@ -174,6 +181,38 @@ def plan_speed(model: nn.Module, train_cfg, device: torch.device, packed: bool =
         else:
             plan.off["fused_adamw"] = f"optimizer {optimizer}" if optimizer != "adamw" else f"{dev}"
     return plan
+
+
+def _graphs_blocker(plan: SpeedPlan, train_cfg, dev: str) -> str | None:
+    """Why `train.speed.cuda_graphs` stays off for this run, or None when the layers can be captured.
+
+    A CUDA graph replays one recorded shape and keeps its outputs in a memory pool of its own, so it needs
+    compiled layers seeing one shape every step (packed rows padded to data.max_length, which the flex path
+    does), gradients that are not accumulated across micro-batches (a second backward would add into a
+    `.grad` living in graph memory that the next replay overwrites) and no collective inside the region.
+    """
+    speed: SpeedCfg = train_cfg.speed
+    if speed.mode == "plain":
+        return "train.speed.mode=plain"
+    if speed.cuda_graphs is False:
+        return "train.speed.cuda_graphs=false"
+    if speed.cuda_graphs == "auto":
+        return AUTO_OFF["cuda_graphs"]
+    if dev != "cuda":
+        return f"needs CUDA (device {dev})"
+    if speed.mode == "lean":
+        return "lean mode: a memory mode, and graphs hold a memory pool of their own"
+    if getattr(train_cfg, "gradient_checkpointing", False):
+        return "train.gradient_checkpointing: a memory mode, and graphs hold a memory pool of their own"
+    if "compile_layers" not in plan:
+        return f"needs compile_layers ({plan.off.get('compile_layers')})"
+    if "flex_attention" not in plan:
+        return f"needs packed rows of one shape ({plan.off.get('flex_attention')})"
+    if getattr(train_cfg, "grad_accum", 1) > 1:
+        return "train.grad_accum > 1: accumulated .grad would live in graph memory"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "DDP/FSDP (torchrun): one process only"
+    return None
 
 
 def _is_lora_linear(module: nn.Module) -> bool:
@@ -205,12 +244,15 @@ def speed_context(model: nn.Module, train_cfg, device: torch.device, packed: boo
     `tunelab_varlen` (flex_attention document masks on CUDA). Every wrapper keeps the state-dict keys
     of the module it wraps, so checkpoints saved mid-run (save_every, early stopping) and resumed ones
     have PEFT's names. On exit the original modules and attention implementation come back, uncompiled.
+    With `cuda_graphs` the layers compile in mode "reduce-overhead" (cudagraph trees), every decoder forward
+    marks a new graph iteration (`mark_steps`), and on exit `torch.compiler.reset()` drops the captured graphs
+    and their memory pool, so generation after training runs the plain layers and never replays a graph.
     """
     plan = plan_speed(model, train_cfg, device, packed, optimizer)
     if say:
         print(plan.line(), file=sys.stderr)
     fused = wrapped = 0
-    old_attn = None
+    old_attn = graphs_hook = None
     base = _unwrap_peft(model)[0] or model
     try:
         if "fused_lora" in plan:
@@ -219,10 +261,14 @@ def speed_context(model: nn.Module, train_cfg, device: torch.device, packed: boo
             fused = fuse_lora(model)
         lean = train_cfg.speed.mode == "lean"
         if "compile_layers" in plan or lean:
-            from tunelab.kernels.regions import checkpoint_layers
+            from tunelab.kernels.regions import checkpoint_layers, wrap_layers
 
             wrapped = 1
-            checkpoint_layers(model, every=1 if lean else len(_layers(model)) + 1, wrap_all=True)
+            # fast mode: pass-through wrappers only, none checkpointed, so one compiled variant serves every layer
+            if lean:
+                checkpoint_layers(model, every=1)
+            else:
+                wrap_layers(model)
         if "flex_attention" in plan and hasattr(base, "set_attn_implementation"):
             from tunelab.kernels.varlen import register_hf_attention
 
@@ -231,9 +277,13 @@ def speed_context(model: nn.Module, train_cfg, device: torch.device, packed: boo
         if "compile_layers" in plan:
             from tunelab.kernels.regions import compile_layers
 
-            compile_layers(model)
+            compile_layers(model, **({"mode": "reduce-overhead"} if "cuda_graphs" in plan else {}))
+        if "cuda_graphs" in plan:
+            graphs_hook = mark_steps(model)
         yield plan
     finally:
+        if graphs_hook is not None:
+            graphs_hook.remove()
         if old_attn is not None:
             base.set_attn_implementation(old_attn)
         if wrapped:
@@ -244,6 +294,24 @@ def speed_context(model: nn.Module, train_cfg, device: torch.device, packed: boo
             from tunelab.kernels.lora import unfuse_lora
 
             unfuse_lora(model)
+        if graphs_hook is not None:  # the captured graphs and their memory pool go; nothing can replay them
+            torch.compiler.reset()
+
+
+def mark_steps(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Start a new CUDA-graph iteration at every forward of the module holding the decoder layers; returns the hook.
+
+    cudagraph trees reuse the memory of a previous iteration's outputs only once told a new one began
+    (`torch.compiler.cudagraph_mark_step_begin`). One decoder forward is one iteration here: a training
+    step (one micro-batch: cuda_graphs needs grad_accum 1) or an evaluation batch, whose no_grad forward
+    replays its own graphs. The hook sits on the uncompiled parent of the layers, so it runs eagerly.
+    It assumes one decoder forward per backward, as in SFT (the only stage using speed_context): a recipe
+    running the decoder twice before one backward (chosen and rejected apart, a KL batch) would start a new
+    iteration while the first forward's saved activations still wait for their backward.
+    """
+    layers = _layers(model)
+    owner = next(m for m in model.modules() if any(child is layers for child in m.children()))
+    return owner.register_forward_pre_hook(lambda module, args: torch.compiler.cudagraph_mark_step_begin())
 
 
 def _layers(model: nn.Module):
