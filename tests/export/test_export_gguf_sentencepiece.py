@@ -177,6 +177,20 @@ def test_scores_reproduce_the_tokenizer_under_llama_cpp_merging(case, exported):
                                                             f["tokenizer.ggml.scores"])]
         assert got == tok(text, add_special_tokens=False)["input_ids"], (text, tok.tokenize(text))
 
+@pytest.mark.parametrize("case", ["llama-spm-model", "gemma2-spm-model"])
+def test_file_tokenizes_as_sentencepiece_itself_under_llama_cpp_merging(case, exported, spm_files):
+    """Against the SentencePiece library (the tokenizer.model's own encoder), text starting with a space included."""
+    import sentencepiece as spm
+
+    _, _, path = exported[case]
+    f = fields(path)
+    prefix = f["tokenizer.ggml.add_space_prefix"]
+    sp = spm.SentencePieceProcessor(model_file=str(spm_files["prefix" if prefix else "no-prefix"]))
+    for text in TEXTS:
+        marked_text = "\u2581" * prefix + text.replace(" ", "\u2581")
+        assert llama_cpp_spm(marked_text, f["tokenizer.ggml.tokens"], f["tokenizer.ggml.scores"]) == sp.encode(text)
+
+
 def test_tokenizer_model_of_another_vocabulary_is_ignored(tokenizers, spm_files):
     """A tokenizer.model whose pieces are not the tokenizer's says nothing about it: scores come from tokenizer.json."""
     tok = tokenizers["llama-spm-model"]
