@@ -191,14 +191,19 @@ def test_file_tokenizes_as_sentencepiece_itself_under_llama_cpp_merging(case, ex
         assert llama_cpp_spm(marked_text, f["tokenizer.ggml.tokens"], f["tokenizer.ggml.scores"]) == sp.encode(text)
 
 
-def test_tokenizer_model_of_another_vocabulary_is_ignored(tokenizers, spm_files):
-    """A tokenizer.model whose pieces are not the tokenizer's says nothing about it: scores come from tokenizer.json."""
+def test_tokenizer_model_of_another_vocabulary_is_ignored(tokenizers, spm_files, tmp_path):
+    """A tokenizer.model whose pieces are not the tokenizer's, or that does not parse, says nothing about it:
+    the scores then come from tokenizer.json."""
     tok = tokenizers["llama-spm-model"]
+    want = tokenizer_vocab(tokenizers["mistral-spm-json"], VOCAB)
     assert tokenizer_vocab(tok, VOCAB).source == "tokenizer.model"
-    tok.vocab_file = str(spm_files["no-prefix"])
-    tok.init_kwargs["vocab_file"] = str(spm_files["no-prefix"])
+    broken = tmp_path / "tokenizer.model"
+    broken.write_bytes(b"not a sentencepiece model")
     try:
-        assert tokenizer_vocab(tok, VOCAB).source == "tokenizer.json"
+        for other in (spm_files["no-prefix"], broken):
+            tok.vocab_file = tok.init_kwargs["vocab_file"] = str(other)
+            got = tokenizer_vocab(tok, VOCAB)
+            assert got.source == "tokenizer.json" and got.scores == want.scores
     finally:
         tok.vocab_file = tok.init_kwargs["vocab_file"] = str(spm_files["prefix"])
 

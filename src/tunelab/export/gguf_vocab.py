@@ -204,11 +204,14 @@ def _proto_pieces(path: Path, by_id: dict[int, str]) -> dict[int, tuple[float, i
     """id -> (score, type) from a SentencePiece model, or None when its pieces are not the tokenizer's tokens.
 
     A tokenizer.model that disagrees with tokenizer.json (another checkpoint's file, a vocabulary
-    changed after training) says nothing about this tokenizer, so it is not used.
+    changed after training) or does not parse says nothing about this tokenizer, so it is not used.
     """
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=str(path))
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError):
+        return None
     if any(by_id.get(i) != sp.id_to_piece(i) for i in range(sp.get_piece_size())):
         return None
     out = {}
@@ -226,8 +229,9 @@ def sentencepiece_vocab(tokenizer: Any, tj: dict, vocab_size: int, pre: str | No
     types (unknown, control, unused, byte `<0xXX>`, normal); the tokenizer's added tokens get
     score -1000 and are UNKNOWN (the unk token), CONTROL when special, USER_DEFINED (with `▁`
     written as a space, since llama.cpp matches them in the raw text) when not; unused ids up to
-    vocab_size are `[PAD<id>]` UNUSED. Scores come from the matching `tokenizer.model` if there is one, else from the
-    merge ranks (`merge_rank_scores`); tokens no merge makes score below every merge.
+    vocab_size are `[PAD<id>]` UNUSED. Scores come from the matching `tokenizer.model` if there
+    is one, else from the merge ranks (`merge_rank_scores`); tokens no merge makes score below
+    every merge.
     """
     by_id = _tokens_by_id(tokenizer, vocab_size)
     proto_file = sentencepiece_model_file(tokenizer)
