@@ -93,3 +93,38 @@ def test_a_registry_entry_trains_through_the_config(registry: Path, tmp_path: Pa
                          "train": {"max_steps": 1, "batch_size": 4, "report": False}}, progress=False)
     assert run.summary["steps"] == 1 and run.summary["data"]["train_samples"] == 8
     assert run.config.data.train == f"{registry}#identity"  # the run records the registry entry it read
+
+
+def _data(**data):
+    from tunelab.config.loader import build_config
+
+    return build_config({"model": {"name": "tiny-llama"}, "data": data}).data
+
+
+def test_data_registry_key_names_entries_as_the_hash_spelling_does(registry: Path) -> None:
+    """`data.registry` + entry names is `data.train: registry#name`: the same records, the same stored config."""
+    reg = str(registry)
+    data = _data(registry=reg, train="alpaca_en_demo", eval="identity")
+    assert (data.train, data.eval) == (f"{reg}#alpaca_en_demo", f"{reg}#identity")
+    assert load_conversations(data.train)[0] == load_conversations(f"{reg}#alpaca_en_demo")[0]
+    again = _data(**data.model_dump())  # a run's stored config validates to itself
+    assert (again.train, again.eval) == (data.train, data.eval)
+    mixed = _data(registry=reg, train=["alpaca_en_demo", {"path": "identity", "weight": 0.5, "eval": "alpaca_zh_demo"}])
+    assert [(s.path, s.task, s.eval) for s in mixed.sources()] == [
+        (f"{reg}#alpaca_en_demo", "alpaca_en_demo", None),
+        (f"{reg}#identity", "identity", f"{reg}#alpaca_zh_demo")]  # each entry is its own task
+
+
+def test_data_registry_errors_name_the_key(registry: Path) -> None:
+    from tunelab.config.loader import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.registry: 'data/alpaca.jsonl' is not a dataset registry file; give "
+                                          r"the path of a LLaMA-Factory dataset_info.json"):
+        _data(registry="data/alpaca.jsonl", train="identity")
+    with pytest.raises(ConfigError, match=r"data.train\[1\].path: 'other.json#identity' is not an entry name; with "
+                                          r"data.registry set .*, name an entry of it .e.g. 'identity'."):
+        _data(registry=str(registry), train=["alpaca_en_demo", "other.json#identity"])
+    with pytest.raises(ConfigError, match="data.eval: '' is not an entry name"):
+        _data(registry=str(registry), train="identity", eval="")
+    with pytest.raises(DataError, match="no dataset 'identiy'; did you mean identity"):  # names are checked on read
+        load_conversations(_data(registry=str(registry), train="identiy").train)

@@ -13,6 +13,7 @@ from tunelab.config.refs import DataPath
 
 RecordFormat = Literal["auto", "alpaca", "sharegpt", "messages", "vision"]
 TASK_NAME = re.compile(r"^[\w.-]+$")
+SEPARATOR = "#"  # registry.json#entry, as tunelab.data.registry reads it (config may not import data)
 """Task names appear in metric keys (`eval_loss/<task>`) and file names: letters, digits, `_`, `.`, `-`."""
 
 
@@ -52,6 +53,10 @@ class DataCfg(Section):
         ..., min_length=1, description="Training data: one file (JSON array, JSONL, CSV, TSV, Parquet or a datasets.save_to_disk "
         "folder), or a list of {path, weight, format} sources mixed by weight (e.g. 80% task / 20% general replay).")
     eval: DataPath | None = Field(None, description="Validation file; if null, val_size of train is held out.")
+    registry: DataPath | None = Field(
+        None, description="A LLaMA-Factory dataset registry (dataset_info.json). With it, data.train and data.eval "
+        "(and a list's path / eval) name its entries: registry: data/dataset_info.json with train: alpaca_en_demo "
+        "is data.train: data/dataset_info.json#alpaca_en_demo.")
     format: RecordFormat = Field(
         "auto", description="Record format; auto detects it from the first record and says what it found."
     )
@@ -79,6 +84,22 @@ class DataCfg(Section):
     val_records: int = Field(0, ge=0, description="With streaming and no data.eval: hold out the first N records "
                              "of data.train for validation (val_size is not used when streaming).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _registry_entries(cls, data):
+        """With data.registry, turn each entry name into `registry#name`, the one spelling the readers take."""
+        if not isinstance(data, dict) or not _is_registry_file(data.get("registry")):
+            return data  # no registry, or one _registry_is_json refuses once the fields are checked
+        registry = data["registry"]
+        out = dict(data)
+        if isinstance(out.get("train"), str):
+            out["train"] = _entry(registry, "data.train", out["train"])
+        elif isinstance(out.get("train"), list):
+            out["train"] = [_source_entry(registry, i, item) for i, item in enumerate(out["train"])]
+        if isinstance(out.get("eval"), str):
+            out["eval"] = _entry(registry, "data.eval", out["eval"])
+        return out
+
     @field_validator("train", mode="before")
     @classmethod
     def _one_error_per_source(cls, value):
@@ -100,6 +121,14 @@ class DataCfg(Section):
                 raise ValueError(problems) from None
         _check_task_names(out)
         return out
+
+    @model_validator(mode="after")
+    def _registry_is_json(self):
+        if self.registry is not None and not _is_registry_file(self.registry):
+            raise ValueError(f"data.registry: {self.registry!r} is not a dataset registry file; give the path of a "
+                             "LLaMA-Factory dataset_info.json (ending in .json, no #name) and name its entries "
+                             "in data.train / data.eval")
+        return self
 
     @model_validator(mode="after")
     def _one_validation_per_task(self):
@@ -135,6 +164,37 @@ class DataCfg(Section):
     def train_label(self) -> str:
         """A short name of the training data for messages."""
         return self.train if isinstance(self.train, str) else " + ".join(s.path for s in self.train)
+
+
+def _is_registry_file(value) -> bool:
+    return isinstance(value, str) and value.endswith(".json") and SEPARATOR not in value
+
+
+def _entry(registry: str, key: str, name: str) -> str:
+    """`registry#name` for an entry name under data.registry; a value already spelt so (a stored config) is kept."""
+    head, sep, entry = name.rpartition(SEPARATOR)
+    if sep and head == registry and entry:
+        return name
+    if sep or not name.strip():
+        raise ValueError(f"{key}: {name!r} is not an entry name; with data.registry set ({registry}), name an entry "
+                         f"of it{f' (e.g. {entry!r})' if entry else ''}, or drop data.registry and give a file")
+    return f"{registry}{SEPARATOR}{name}"
+
+
+def _source_entry(registry: str, i: int, item):
+    """A data.train[i] source under data.registry: its path and eval are entry names; the task defaults to the name."""
+    if isinstance(item, str):
+        item = {"path": item}
+    if not isinstance(item, dict):
+        return item
+    item = dict(item)
+    if isinstance(item.get("path"), str):
+        if item.get("task") is None and SEPARATOR not in item["path"]:
+            item["task"] = item["path"]
+        item["path"] = _entry(registry, f"data.train[{i}].path", item["path"])
+    if isinstance(item.get("eval"), str):
+        item["eval"] = _entry(registry, f"data.train[{i}].eval", item["eval"])
+    return item
 
 
 def _check_task_names(sources: list[DataSource]) -> None:

@@ -17,11 +17,12 @@ write, come from `tunelab.export.kquants`. What this module adds is the part of 
 - 1-D tensors (norms, biases) stay F32 and rows that a block quantizer cannot split fall back
   (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, then F16), as llama.cpp does;
 - a tied `lm_head` is left out (no `output.weight`), which readers take to mean "tied".
+
+The tokenizer (byte-level BPE or SentencePiece style) is written by `tunelab.export.gguf_vocab`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,16 @@ import gguf
 import numpy as np
 
 from tunelab.export.base import ExportError, atomic_file, require_arch
+from tunelab.export.gguf_vocab import (
+    GgufVocab,
+    add_vocab,
+    pre_tokenizer_name,
+    tokenizer_vocab,
+)
 from tunelab.export.kquants import K_QUANTIZERS, quantize_k
+
+__all__ = ["GGUF_ARCHS", "GGUF_QUANTS", "GgufArch", "GgufVocab", "QuantMix", "add_vocab", "convert_tensors",
+           "export_gguf", "pre_tokenizer_name", "quant_mix", "tensor_type", "tokenizer_vocab"]
 
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
@@ -154,14 +164,6 @@ GGUF_QUANTS: dict[str, QuantMix] = {
     "q3_k_s": QuantMix(Q.Q3_K, FT.MOSTLY_Q3_K_S, "q3_k_s"),
     "q2_k": QuantMix(Q.Q2_K, FT.MOSTLY_Q2_K, "q2_k"),
 }
-
-# The Split regex of a tokenizer.json pre-tokenizer -> llama.cpp's `tokenizer.ggml.pre` name.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-SPLIT_PRE_NAMES: dict[str, str] = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}
-
 
 def export_gguf(model: Any, tokenizer: Any, chat_template: str | None, out_path: str | Path, *,
                 quant: str = "f16", name: str | None = None, pre: str | None = None) -> Path:
@@ -342,95 +344,3 @@ def convert_tensors(model: Any, spec: GgufArch, quant: str | QuantMix | gguf.GGM
             data = data + spec.norm_shift
         ttype = tensor_type(gguf_name, data, mix, n_layers=cfg.num_hidden_layers, tied=tied, n_gqa=n_head // n_kv)
         yield gguf_name, quantize(data, ttype), ttype
-
-
-@dataclass
-class GgufVocab:
-    """The tokenizer as GGUF metadata: tokens by id, their llama.cpp types, merges, special ids and flags."""
-
-    tokens: list[str]
-    token_types: list[int]
-    merges: list[str]
-    pre: str
-    special_ids: dict[str, int]
-    add_bos: bool
-    add_eos: bool
-
-
-def tokenizer_vocab(tokenizer: Any, vocab_size: int, pre: str | None = None) -> GgufVocab:
-    """Read a byte-level BPE tokenizer (GPT-2 style: SmolLM2, Llama 3, Qwen2) into GGUF vocabulary metadata.
-
-    Ids the tokenizer does not use up to the model's vocab_size become `[PAD<id>]` UNUSED
-    tokens, as llama.cpp's converter writes them, so the token list matches the embedding rows.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise ExportError(f"GGUF export needs a fast (tokenizers) tokenizer; got {type(tokenizer).__name__}")
-    tj = json.loads(backend.to_str())
-    model_t, decoder = tj.get("model", {}), tj.get("decoder") or {}
-    if model_t.get("type") != "BPE" or model_t.get("byte_fallback") or decoder.get("type") != "ByteLevel":
-        raise ExportError("GGUF export supports byte-level BPE tokenizers (GPT-2 style: SmolLM2, Llama 3, Qwen2); "
-                          f"this one is {model_t.get('type')} with a {decoder.get('type')} decoder. "
-                          "Export --format safetensors and convert with llama.cpp's convert_hf_to_gguf.py")
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    if max(by_id) >= vocab_size:
-        raise ExportError(f"the tokenizer has token id {max(by_id)} but the model's vocab_size is {vocab_size}; "
-                          "resize the embeddings (model.resize_token_embeddings(len(tokenizer))) before exporting")
-    added = {i: t.special for i, t in tokenizer.added_tokens_decoder.items()}
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        else:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.NORMAL if i not in added else
-                         gguf.TokenType.CONTROL if added[i] else gguf.TokenType.USER_DEFINED)
-    probe = tokenizer("a")["input_ids"]
-    special = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "unk", "pad")}
-    return GgufVocab(
-        tokens=tokens, token_types=[int(t) for t in types], merges=_merges(model_t.get("merges") or []),
-        pre=pre or pre_tokenizer_name(tj.get("pre_tokenizer")),
-        special_ids={k: int(v) for k, v in special.items() if v is not None},
-        add_bos=special["bos"] is not None and probe[:1] == [special["bos"]],
-        add_eos=special["eos"] is not None and probe[-1:] == [special["eos"]],
-    )
-
-
-def _merges(merges: list) -> list[str]:
-    """Merges as llama.cpp's "a b" strings; a space inside a part is written as U+0120+... (as gguf.SpecialVocab does)."""
-    if merges and not isinstance(merges[0], str):
-        return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
-                for pair in merges]
-    return list(merges)
-
-
-def pre_tokenizer_name(pre_tok: dict | None) -> str:
-    """llama.cpp's name (tokenizer.ggml.pre) for a tokenizer.json pre-tokenizer, or ExportError if unknown."""
-    steps = (pre_tok or {}).get("pretokenizers", [pre_tok] if pre_tok else [])
-    kinds = [s.get("type") for s in steps]
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt-2"  # llama.cpp spells the GPT-2 regex "gpt-2" (an unknown name stops its loader)
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
-        return "smollm"
-    if kinds == ["Split", "ByteLevel"]:
-        name = SPLIT_PRE_NAMES.get(steps[0].get("pattern", {}).get("Regex", ""))
-        if name:
-            return name
-    raise ExportError(f"unknown pre-tokenizer {json.dumps(pre_tok)[:300]}; llama.cpp needs its name "
-                      f"(tokenizer.ggml.pre). Pass pre=<name> (e.g. gpt-2, smollm, llama-bpe, qwen2) if you know it")
-
-
-def add_vocab(writer: gguf.GGUFWriter, vocab: GgufVocab, chat_template: str | None) -> None:
-    """Write the tokenizer metadata (tokenizer.ggml.*) and the chat template (tokenizer.chat_template)."""
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(vocab.pre)
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
-    for kind, token_id in vocab.special_ids.items():
-        getattr(writer, f"add_{kind}_token_id")(token_id)
-    writer.add_add_bos_token(vocab.add_bos)
-    writer.add_add_eos_token(vocab.add_eos)
-    if chat_template is not None:
-        writer.add_chat_template(chat_template)
