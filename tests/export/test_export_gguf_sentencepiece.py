@@ -10,7 +10,10 @@ which must give the tokenizer's ids.
 from __future__ import annotations
 
 import json
+import os
+import re
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from gguf import TokenType as TT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.export.conftest import family_model
+from tests.export.llama_cpp import TOOL_ENV, compare, run_tool
 from tests.export.spm_tokenizers import (
     CHAT_TOKENS,
     bpe_tokenizer,
@@ -219,3 +223,32 @@ def test_unsupported_tokenizer_kind_names_the_supported_ones(tmp_path):
                                           r".*llama: SentencePiece-style BPE with byte_fallback"):
         export(family_model("llama", vocab=VOCAB), tok, None, "gguf", tmp_path / "u.gguf")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not os.environ.get(TOOL_ENV), reason=f"{TOOL_ENV} not set (llama.cpp's own reading of the file)")
+@pytest.mark.parametrize("case", CASES)
+def test_llama_cpp_itself_tokenizes_and_computes_like_the_source(case, exported):
+    """The file read by llama.cpp (tests/export/llama_cpp.py): its tokenizer gives the source tokenizer's ids and its
+    forward pass the source model's logits. Text starting with a space is left out: Hugging Face's Metaspace adds no
+    second `▁` there, SentencePiece and llama.cpp do (docs/export.md)."""
+    model, tok, path = exported[case]
+    ids = torch.randint(3, VOCAB, (12,), generator=torch.Generator().manual_seed(0)).tolist()
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].numpy()
+    logits, _ = run_tool(Path(os.environ[TOOL_ENV]), path, "", ids)
+    max_abs, rel = compare(reference, logits)
+    assert max_abs <= 3e-3 and rel <= 2e-3, (case, max_abs, rel)
+    for text in [t for t in TEXTS if not t.startswith(" ")]:
+        _, tokens = run_tool(Path(os.environ[TOOL_ENV]), path, text, ids[:1])
+        assert tokens == tok(text, add_special_tokens=False)["input_ids"], (case, text)
+    # After a special token llama.cpp starts a new SentencePiece "sentence" (space prefix again, as SentencePiece
+    # itself does); Hugging Face's Metaspace (prepend_scheme "first") does not. So a chat prompt is each piece
+    # between special tokens tokenized on its own.
+    _, tokens = run_tool(Path(os.environ[TOOL_ENV]), path, CHAT, ids[:1])
+    want = []
+    for piece in re.split(r"(<\|im_start\|>|<\|im_end\|>)", CHAT):
+        if piece in CHAT_TOKENS:
+            want.append(tok.convert_tokens_to_ids(piece))
+        elif piece:
+            want += tok(piece, add_special_tokens=False)["input_ids"]
+    assert tokens == want, case
