@@ -93,7 +93,13 @@ def test_text_format_refuses_a_record_with_images(tmp_path):
         parse_records(records(tmp_path, [one("<image>x", ["img/0.png"])]), "messages")
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3"])
+IMAGE_TOKENS = {"tiny-llava": ("<image>", 16), "tiny-idefics3": ("<image>", 4),
+                # Qwen: the 25x20 image is resized to 84x56 px (multiples of 28, at least 56x56), 6x4 patches
+                # of 14 px, merged 2x2 -> 6 tokens
+                "tiny-qwen2-vl": ("<|image_pad|>", 6), "tiny-qwen2.5-vl": ("<|image_pad|>", 6)}
+
+
+@pytest.mark.parametrize("name", list(IMAGE_TOKENS))
 def test_label_masks_train_only_the_answer(tmp_path, name):
     """Decoded labels are exactly the answer and its end marker; image tokens and the prompt carry no loss."""
     from tunelab.data.vision import tokenize_vision
@@ -113,11 +119,18 @@ def test_label_masks_train_only_the_answer(tmp_path, name):
     expected = tok("green<|im_end|>\n", add_special_tokens=False)["input_ids"] + \
         tok("yes<|im_end|>\n", add_special_tokens=False)["input_ids"]
     assert trained == expected
-    image_id = tok.convert_tokens_to_ids("<image>")
-    n_image = sample.input_ids.count(image_id)
-    assert n_image == (16 if name == "tiny-llava" else 4)  # expanded by the processor
+    assert tok.decode(trained) == "green<|im_end|>\nyes<|im_end|>\n"
+    token, count = IMAGE_TOKENS[name]
+    image_id = tok.convert_tokens_to_ids(token)
+    assert sample.input_ids.count(image_id) == count  # expanded by the processor
     assert all(lab == IGNORE_INDEX for t, lab in zip(sample.input_ids, sample.labels) if t == image_id)
-    assert sample.pixels["pixel_values"].shape[-2:] == (32, 32)
+    if name.startswith("tiny-qwen"):  # flattened patches (n_patches, 3 channels x 2 frames x 14 x 14) + their grid
+        assert sample.pixels["image_grid_thw"].tolist() == [[1, 4, 6]]
+        assert sample.pixels["pixel_values"].shape == (24, 3 * 2 * 14 * 14)
+        marks = sample.per_token["mm_token_type_ids"]  # 1 exactly on the image tokens: M-RoPE positions
+        assert marks == [int(t == image_id) for t in sample.input_ids]
+    else:
+        assert sample.pixels["pixel_values"].shape[-2:] == (32, 32)
 
 
 def test_prompt_longer_than_max_length_is_named(tmp_path):
