@@ -1,7 +1,8 @@
 """Qwen2-VL and Qwen2.5-VL end to end, with or without torchvision: batches of images of different sizes give
 each sample's own logits (flattened patches concatenated, M-RoPE positions from mm_token_type_ids), a LoRA run
 reloads to an independent PEFT load's logits, merged == unmerged, the merged export loads in transformers,
-chat with an image equals a direct generate, and a hub-layout folder loads without its video processor."""
+chat with an image equals a direct generate, eval batches mixed image sizes like one at a time, and a hub-layout
+folder loads without its video processor."""
 
 from __future__ import annotations
 
@@ -180,6 +181,41 @@ def test_chat_with_an_image_equals_a_direct_generate(qwen, shapes):
     answer = run.chat("What colour?", images=[str(red)], max_new_tokens=6, repetition_penalty=1.0)
     assert answer and answer == direct(red)
     assert direct(green) != answer  # the image steers generation, not only the first forward pass
+
+
+def test_eval_loss_over_batches_of_mixed_image_sizes_equals_sample_by_sample(qwen, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.data.pipeline import load_conversations
+    from tunelab.data.vision import tokenize_vision
+
+    _, _, run = qwen
+    rows = []
+    for i, size in enumerate([(60, 60), (100, 50), (25, 20), (84, 112)]):  # 4, 8, 6 and 12 image tokens
+        Image.new("RGB", size, (40 * i, 200 - 40 * i, 90)).save(tmp_path / f"{i}.png")
+        rows.append({"messages": [{"role": "user", "content": "<image>What colour?"},
+                                  {"role": "assistant", "content": ["red", "green", "blue", "red"][i]}],
+                     "images": [f"{i}.png"]})
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    res = CliRunner().invoke(app, ["eval", str(run.path), "--data", str(data), "--max-new-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(sorted((run.path / "eval").glob("mixed-*.json"))[-1].read_text())["metrics"]
+    model, _, template = run.load_model(device="cpu")
+    proc = run.load_processor()
+    total = count = 0
+    with torch.no_grad():
+        for c in load_conversations(str(data), "auto")[0]:  # one at a time, straight from the processor's tensors
+            s = tokenize_vision(proc, template, c, 1024)
+            logits = model(input_ids=torch.tensor([s.input_ids]),
+                           mm_token_type_ids=torch.tensor([s.per_token["mm_token_type_ids"]]), **s.pixels).logits
+            labels = torch.tensor(s.labels[1:])
+            keep = labels != -100
+            total += float(torch.nn.functional.cross_entropy(logits[0, :-1][keep], labels[keep], reduction="sum"))
+            count += int(keep.sum())
+    assert metrics["n"] == 4 and metrics["loss"] == pytest.approx(total / count, rel=1e-4)
 
 
 def test_a_hub_layout_folder_loads_without_a_video_processor_or_warnings(tmp_path):
