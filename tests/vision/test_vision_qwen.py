@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 import warnings
 
@@ -248,6 +249,8 @@ def test_a_hub_layout_folder_loads_without_a_video_processor_or_warnings(tmp_pat
     assert [r.getMessage() for r in logged] == [] and [str(w.message) for w in caught] == []
     assert type(proc).__name__ == "Qwen2VLProcessor"
     assert has_torchvision() or not hasattr(proc, "video_processor")
+    again = pickle.loads(pickle.dumps(proc))  # as multiprocessing would send it
+    assert type(again) is type(proc) and again.image_processor.to_dict() == proc.image_processor.to_dict()
     conv = conversation(tmp_path, (100, 50), (0, 200, 0), "green")
     base = load_processor(src)
     a, b = model_inputs(proc, proc.chat_template, [conv]), model_inputs(base, base.chat_template, [conv])

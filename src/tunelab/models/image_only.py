@@ -106,6 +106,17 @@ def image_only(cls: type) -> type:
                                        "__module__": __name__, "__qualname__": cls.__name__})
 
 
+def __getattr__(name: str) -> type:
+    """`tunelab.models.image_only.Qwen2VLProcessor` is `image_only(transformers.Qwen2VLProcessor)`, so pickle
+    (multiprocessing, dataset fingerprints) finds the subclass by its module and name in any process."""
+    import transformers
+
+    cls = getattr(transformers, name, None) if name.endswith("Processor") else None
+    if not isinstance(cls, type) or "video_processor" not in inspect.signature(cls.__init__).parameters:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return image_only(cls)
+
+
 def load_image_only(cls: type, folder: str | Path, trust_remote_code: bool = False):
     """`image_only(cls)` loaded from a local folder with transformers' own loading (image processor, tokenizer,
     chat template); the folder's video processor settings are kept for saving."""
