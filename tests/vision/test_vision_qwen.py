@@ -130,7 +130,11 @@ def test_reload_gives_the_logits_of_an_independent_peft_load(qwen, shapes):
 
 
 def test_merged_equals_unmerged_and_the_export_loads_in_transformers(qwen, shapes, tmp_path):
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageTextToText,
+        AutoTokenizer,
+    )
 
     from tunelab.models.vision import load_processor
 
@@ -203,7 +207,7 @@ def test_eval_loss_over_batches_of_mixed_image_sizes_equals_sample_by_sample(qwe
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     res = CliRunner().invoke(app, ["eval", str(run.path), "--data", str(data), "--max-new-tokens", "2"])
     assert res.exit_code == 0, res.output
-    metrics = json.loads(sorted((run.path / "eval").glob("mixed-*.json"))[-1].read_text())["metrics"]
+    metrics = json.loads(max((run.path / "eval").glob("mixed-*.json")).read_text())["metrics"]
     model, _, template = run.load_model(device="cpu")
     proc = run.load_processor()
     total = count = 0
