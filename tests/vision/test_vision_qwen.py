@@ -223,11 +223,28 @@ def test_eval_loss_over_batches_of_mixed_image_sizes_equals_sample_by_sample(qwe
     assert metrics["n"] == 4 and metrics["loss"] == pytest.approx(total / count, rel=1e-4)
 
 
+def quiet_load(folder):
+    """load_processor(folder), asserting that transformers logged no warning and Python raised none."""
+    from tunelab.models.vision import load_processor
+
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = logged.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            proc = load_processor(folder)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert [r.getMessage() for r in logged] == [] and [str(w.message) for w in caught] == []
+    return proc
+
+
 def test_a_hub_layout_folder_loads_without_a_video_processor_or_warnings(tmp_path):
     """The hub's Qwen2-VL folders keep the image settings in preprocessor_config.json and the template in
     chat_template.json; without torchvision they load image-only, quietly, and process like the original."""
     from tunelab.models.tiny_vlm import tiny_vlm_dir
-    from tunelab.models.vision import load_processor
 
     src = tiny_vlm_dir("tiny-qwen2-vl")
     hub = tmp_path / "hub"
@@ -240,23 +257,12 @@ def test_a_hub_layout_folder_loads_without_a_video_processor_or_warnings(tmp_pat
     (hub / "chat_template.json").write_text(json.dumps({"chat_template": (hub / "chat_template.jinja").read_text()}))
     (hub / "processor_config.json").unlink()
     (hub / "chat_template.jinja").unlink()
-    logged: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = logged.append
-    logging.getLogger("transformers").addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            proc = load_processor(hub)
-    finally:
-        logging.getLogger("transformers").removeHandler(handler)
-    assert [r.getMessage() for r in logged] == [] and [str(w.message) for w in caught] == []
+    proc, base = quiet_load(hub), quiet_load(src)
     assert type(proc).__name__ == "Qwen2VLProcessor"
     assert has_torchvision() or not hasattr(proc, "video_processor")
     again = pickle.loads(pickle.dumps(proc))  # as multiprocessing would send it
     assert type(again) is type(proc) and again.image_processor.to_dict() == proc.image_processor.to_dict()
     conv = conversation(tmp_path, (100, 50), (0, 200, 0), "green")
-    base = load_processor(src)
     a, b = model_inputs(proc, proc.chat_template, [conv]), model_inputs(base, base.chat_template, [conv])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
