@@ -76,9 +76,12 @@ def needs_image_only(folder: str | Path) -> type | None:
     import transformers
 
     cls = getattr(transformers, name, None)
-    if not isinstance(cls, type) or "video_processor" not in inspect.signature(cls.__init__).parameters:
-        return None
-    return cls
+    return cls if _takes_video(cls) else None
+
+
+def _takes_video(cls) -> bool:
+    """Whether `cls` is a processor class whose constructor takes a video processor."""
+    return isinstance(cls, type) and "video_processor" in inspect.signature(cls.__init__).parameters
 
 
 @functools.cache
@@ -101,7 +104,7 @@ def image_only(cls: type) -> type:
         out["video_processor"] = self.video_processor_config or dict(out["image_processor"])
         return out
 
-    doc = f"{cls.__name__} for images and text only (no video processor: torchvision is not installed)."
+    doc = f"{cls.__name__} for images and text only (built without a video processor)."
     return type(cls.__name__, (cls,), {"__init__": __init__, "to_dict": to_dict, "__doc__": doc,
                                        "__module__": __name__, "__qualname__": cls.__name__})
 
@@ -112,7 +115,7 @@ def __getattr__(name: str) -> type:
     import transformers
 
     cls = getattr(transformers, name, None) if name.endswith("Processor") else None
-    if not isinstance(cls, type) or "video_processor" not in inspect.signature(cls.__init__).parameters:
+    if not _takes_video(cls):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return image_only(cls)
 
