@@ -145,6 +145,29 @@ def test_prompt_longer_than_max_length_is_named(tmp_path):
         tokenize_vision(proc, proc.chat_template, convs[0], 10)
 
 
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
+def test_a_cut_through_a_later_image_is_named_and_a_cut_after_it_truncates(tmp_path, name):
+    from tunelab.data.vision import tokenize_vision
+    from tunelab.models.tiny_vlm import tiny_vlm_dir
+    from tunelab.models.vision import load_processor
+
+    proc = load_processor(tiny_vlm_dir(name))
+    write_shapes(tmp_path, n=2)
+    row = {"messages": [{"role": "user", "content": "<image>What colour?"}, {"role": "assistant", "content": "red"},
+                        {"role": "user", "content": "<image>And this one?"},
+                        {"role": "assistant", "content": "green, like grass in spring"}],
+           "images": ["img/0.png", "img/1.png"]}
+    (conv,), _ = parse_records(records(tmp_path, [row]))
+    full = tokenize_vision(proc, proc.chat_template, conv, 1024)
+    last_image = max(k for k, t in enumerate(full.input_ids) if t == proc.image_token_id)
+    with pytest.raises(DataError, match=r"d\.jsonl:1: \d+ tokens, and cutting at data\.max_length=\d+ would cut off an "
+                                        r"image of a later turn"):
+        tokenize_vision(proc, proc.chat_template, conv, last_image)  # the cut keeps all but that image's last token
+    cut = tokenize_vision(proc, proc.chat_template, conv, len(full.input_ids) - 2)  # only the answer's end goes
+    assert cut.truncated and cut.input_ids == full.input_ids[:-2]
+    assert all(len(v) == len(cut.input_ids) for v in cut.per_token.values())
+
+
 def test_inspect_counts_images_and_marks_the_example(tmp_path):
     from tunelab.data.inspect import inspect_data
     from tunelab.models.tiny_vlm import tiny_vlm_dir

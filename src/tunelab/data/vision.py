@@ -61,7 +61,8 @@ def tokenize_vision(processor, template: str, conv: Conversation, max_length: in
     """Process one conversation with its images; labels only on assistant tokens (end-of-turn marker included).
 
     A sample longer than `max_length` keeps its prompt (images cannot be cut) and loses the end of its
-    answer; a prompt alone longer than max_length is a DataError naming the record.
+    answer; a prompt alone longer than max_length, or a cut that would fall on or before an image of a later
+    turn (the model needs every image's tokens with its pixels), is a DataError naming the record.
     """
     where = conv.meta.get("where", "a record")
     images = [img.open() for img in conv.images]
@@ -85,6 +86,11 @@ def tokenize_vision(processor, template: str, conv: Conversation, max_length: in
         if first >= max_length:
             raise DataError(f"{where}: the prompt with its image(s) is {first} tokens, more than data.max_length="
                             f"{max_length}; raise data.max_length or use smaller/fewer images")
+        image_id = getattr(processor, "image_token_id", None)
+        if image_id is not None and image_id in ids[max_length:]:
+            raise DataError(f"{where}: {len(ids)} tokens, and cutting at data.max_length={max_length} would cut off "
+                            "an image of a later turn; raise data.max_length, use smaller images or split the "
+                            "conversation")
         ids, labels, truncated = ids[:max_length], labels[:max_length], True
         per_token = {k: v[:max_length] for k, v in per_token.items()}
     return VisionSample(ids, labels, truncated, pixels=pixels, n_images=len(images), per_token=per_token)
