@@ -1,8 +1,8 @@
 """Qwen2-VL and Qwen2.5-VL end to end, with or without torchvision: batches of images of different sizes give
 each sample's own logits (flattened patches concatenated, M-RoPE positions from mm_token_type_ids), a LoRA run
 reloads to an independent PEFT load's logits, merged == unmerged, the merged export loads in transformers,
-chat with an image equals a direct generate, eval batches mixed image sizes like one at a time, and a hub-layout
-folder loads without its video processor."""
+chat with an image equals a direct generate and serve's answer, eval batches mixed image sizes like one at a
+time, and a hub-layout folder loads without its video processor."""
 
 from __future__ import annotations
 
@@ -186,6 +186,27 @@ def test_chat_with_an_image_equals_a_direct_generate(qwen, shapes):
     answer = run.chat("What colour?", images=[str(red)], max_new_tokens=6, repetition_penalty=1.0)
     assert answer and answer == direct(red)
     assert direct(green) != answer  # the image steers generation, not only the first forward pass
+
+
+def test_serve_answers_a_base64_image_like_chat(qwen, shapes):
+    import base64
+
+    import openai
+
+    from tests.infer.helpers import ServerThread
+    from tunelab.cli.serve import spec_from_run
+    from tunelab.infer.server import ServeLimits, create_app
+
+    _, _, run = qwen
+    image = shapes.parent / "img" / "0.png"
+    url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
+    expected = run.chat("What colour?", images=[str(image)], max_new_tokens=6, repetition_penalty=1.0)
+    with ServerThread(create_app([spec_from_run(run.path)], limits=ServeLimits(max_tokens=8))) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        resp = client.chat.completions.create(model=run.path.name, max_tokens=6, temperature=0, messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "What colour?"}]}])
+    assert expected and resp.choices[0].message.content == expected
 
 
 def test_eval_loss_over_batches_of_mixed_image_sizes_equals_sample_by_sample(qwen, tmp_path):
