@@ -97,7 +97,9 @@ class Run:
 
     def load_processor(self):
         """A vision run's processor (image settings + tokenizer), as it trained with."""
-        return self.folder.load_processor()
+        from tunelab.models.vision import load_processor
+
+        return load_processor(self.folder.tokenizer_dir)
 
     def load_model(self, device: str = "auto", merged: bool = False):
         """(model, tokenizer, chat_template) as trained; `merged` folds adapters into the weights."""

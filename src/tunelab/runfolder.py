@@ -323,15 +323,6 @@ class RunFolder:
         """Whether the run trained a vision-language model (its tokenizer/ holds a processor)."""
         return any((self.tokenizer_dir / n).is_file() for n in ("processor_config.json", "preprocessor_config.json"))
 
-    def load_processor(self):
-        """The processor a vision run trained with (image processor + tokenizer, pad = eos when it has none)."""
-        from transformers import AutoProcessor
-
-        proc = AutoProcessor.from_pretrained(str(self.tokenizer_dir), local_files_only=True)
-        if proc.tokenizer.pad_token is None:
-            proc.tokenizer.pad_token = proc.tokenizer.eos_token
-        return proc
-
     def load_tokenizer(self):
         """The tokenizer the run trained with (pad = eos when it has no pad token)."""
         from transformers import AutoTokenizer

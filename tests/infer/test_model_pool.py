@@ -97,6 +97,23 @@ def test_batcher_groups_simultaneous_requests_by_adapter(live, reference, tiny_t
                                        chat_ids(tiny_tokenizer, chat_template, prompt), 4)[0]
 
 
+def test_run_names_with_dots_serve_their_own_adapter(adapters, reference):
+    """PEFT refuses '.' in adapter names; a run folder such as sft-v1.2 still serves (and beside sft-v1_2)."""
+    import torch
+
+    from tunelab.infer.model_pool import ModelPool, ModelSpec
+
+    pool = ModelPool([ModelSpec("sft-v1.2", "tiny-llama", str(adapters["a"])),
+                      ModelSpec("sft-v1_2", "tiny-llama", str(adapters["b"]))])
+    ids = torch.tensor([[1, 20, 300, 4000]])
+    for name, ref in (("sft-v1.2", "a"), ("sft-v1_2", "b")):
+        served = pool.get(name)
+        with torch.no_grad(), served.activate():
+            got = served.module(input_ids=ids).logits
+        with torch.no_grad():
+            torch.testing.assert_close(got, reference(ref)(input_ids=ids).logits)
+
+
 def test_bad_specs_are_refused_with_the_fix(tmp_path):
     from tunelab.infer.model_pool import ModelPool, ModelSpec, SpecError
 

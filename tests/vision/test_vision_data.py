@@ -93,7 +93,13 @@ def test_text_format_refuses_a_record_with_images(tmp_path):
         parse_records(records(tmp_path, [one("<image>x", ["img/0.png"])]), "messages")
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3"])
+IMAGE_TOKENS = {"tiny-llava": ("<image>", 16), "tiny-idefics3": ("<image>", 4),
+                # Qwen: the 25x20 image is resized to 84x56 px (multiples of 28, at least 56x56), 6x4 patches
+                # of 14 px, merged 2x2 -> 6 tokens
+                "tiny-qwen2-vl": ("<|image_pad|>", 6), "tiny-qwen2.5-vl": ("<|image_pad|>", 6)}
+
+
+@pytest.mark.parametrize("name", list(IMAGE_TOKENS))
 def test_label_masks_train_only_the_answer(tmp_path, name):
     """Decoded labels are exactly the answer and its end marker; image tokens and the prompt carry no loss."""
     from tunelab.data.vision import tokenize_vision
@@ -113,11 +119,18 @@ def test_label_masks_train_only_the_answer(tmp_path, name):
     expected = tok("green<|im_end|>\n", add_special_tokens=False)["input_ids"] + \
         tok("yes<|im_end|>\n", add_special_tokens=False)["input_ids"]
     assert trained == expected
-    image_id = tok.convert_tokens_to_ids("<image>")
-    n_image = sample.input_ids.count(image_id)
-    assert n_image == (16 if name == "tiny-llava" else 4)  # expanded by the processor
+    assert tok.decode(trained) == "green<|im_end|>\nyes<|im_end|>\n"
+    token, count = IMAGE_TOKENS[name]
+    image_id = tok.convert_tokens_to_ids(token)
+    assert sample.input_ids.count(image_id) == count  # expanded by the processor
     assert all(lab == IGNORE_INDEX for t, lab in zip(sample.input_ids, sample.labels) if t == image_id)
-    assert sample.pixels["pixel_values"].shape[-2:] == (32, 32)
+    if name.startswith("tiny-qwen"):  # flattened patches (n_patches, 3 channels x 2 frames x 14 x 14) + their grid
+        assert sample.pixels["image_grid_thw"].tolist() == [[1, 4, 6]]
+        assert sample.pixels["pixel_values"].shape == (24, 3 * 2 * 14 * 14)
+        marks = sample.per_token["mm_token_type_ids"]  # 1 exactly on the image tokens: M-RoPE positions
+        assert marks == [int(t == image_id) for t in sample.input_ids]
+    else:
+        assert sample.pixels["pixel_values"].shape[-2:] == (32, 32)
 
 
 def test_prompt_longer_than_max_length_is_named(tmp_path):
@@ -130,6 +143,29 @@ def test_prompt_longer_than_max_length_is_named(tmp_path):
     with pytest.raises(DataError, match=r"shapes\.jsonl:1: the prompt with its image\(s\) is \d+ tokens, more than "
                                          r"data\.max_length=10"):
         tokenize_vision(proc, proc.chat_template, convs[0], 10)
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
+def test_a_cut_through_a_later_image_is_named_and_a_cut_after_it_truncates(tmp_path, name):
+    from tunelab.data.vision import tokenize_vision
+    from tunelab.models.tiny_vlm import tiny_vlm_dir
+    from tunelab.models.vision import load_processor
+
+    proc = load_processor(tiny_vlm_dir(name))
+    write_shapes(tmp_path, n=2)
+    row = {"messages": [{"role": "user", "content": "<image>What colour?"}, {"role": "assistant", "content": "red"},
+                        {"role": "user", "content": "<image>And this one?"},
+                        {"role": "assistant", "content": "green, like grass in spring"}],
+           "images": ["img/0.png", "img/1.png"]}
+    (conv,), _ = parse_records(records(tmp_path, [row]))
+    full = tokenize_vision(proc, proc.chat_template, conv, 1024)
+    last_image = max(k for k, t in enumerate(full.input_ids) if t == proc.image_token_id)
+    with pytest.raises(DataError, match=r"d\.jsonl:1: \d+ tokens, and cutting at data\.max_length=\d+ would cut off an "
+                                        r"image of a later turn"):
+        tokenize_vision(proc, proc.chat_template, conv, last_image)  # the cut keeps all but that image's last token
+    cut = tokenize_vision(proc, proc.chat_template, conv, len(full.input_ids) - 2)  # only the answer's end goes
+    assert cut.truncated and cut.input_ids == full.input_ids[:-2]
+    assert all(len(v) == len(cut.input_ids) for v in cut.per_token.values())
 
 
 def test_inspect_counts_images_and_marks_the_example(tmp_path):

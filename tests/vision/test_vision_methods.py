@@ -1,5 +1,6 @@
-"""What trains of a VLM, by module family: LoRA/QLoRA on the language model, vision tower and projector frozen
-unless switched on; full fine-tuning of tiny Idefics3 (SmolVLM family) end to end with reload."""
+"""What trains of a VLM (LLaVA, Idefics3, Qwen2-VL, Qwen2.5-VL), by module family: LoRA/QLoRA on the language
+model, vision tower and projector frozen unless switched on; full fine-tuning end to end with reload for every
+family (the saved layout differs from the live model's for LLaVA and Qwen)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def trainable_parts(model) -> dict[str, bool]:
     return out
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3"])
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
 @pytest.mark.parametrize("cfg, expected", [
     (LoraCfg(r=4), {"vision": False, "projector": False, "language": True}),
     (LoraCfg(r=4, train_projector=True), {"vision": False, "projector": True, "language": True}),
@@ -60,57 +61,33 @@ def test_qlora_quantizes_only_the_language_model_and_trains_the_projector_in_ful
     assert trainable_parts(model) == {"vision": False, "projector": True, "language": True}
 
 
-def test_full_finetune_of_tiny_idefics3_trains_and_reloads(shapes, tmp_path):
-    from safetensors.torch import load_file
+@pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_full_finetune_trains_language_and_projector_and_reloads(name, shapes, tmp_path):
+    """The run's model/ is in the checkpoint's original layout (LLaVA's and Qwen's differ from the live
+    model's names); the reloaded run differs from the base exactly in the parts that trained, and gives the
+    logits transformers' own loading of that folder gives."""
+    from transformers import AutoModelForImageTextToText
 
     from tunelab.api import train
     from tunelab.data.formats import parse_records
     from tunelab.data.io import read_records
     from tunelab.data.vision import collate_vision, tokenize_vision
-    from tunelab.models.tiny_vlm import tiny_vlm_dir
 
-    run = train({"model": {"name": "tiny-idefics3"}, "data": {"train": str(shapes), "max_length": 96},
+    run = train({"model": {"name": name}, "data": {"train": str(shapes), "max_length": 96},
                  "method": {"name": "full", "train_projector": True},
                  "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "report": False},
                  "output_dir": str(tmp_path / "r")}, progress=False)
     losses = [m["loss"] for m in run.metrics() if "loss" in m]
     assert losses[-1] < losses[0]
-    base = load_file(str(tiny_vlm_dir("tiny-idefics3") / "model.safetensors"))
-    saved = load_file(str(run.path / "model" / "model.safetensors"))
-    changed = {k.split(".")[1] if k.startswith("model.") else k.split(".")[0]
-               for k in saved if not torch.equal(saved[k], base.get(k, saved[k] * 0 + 1))}
-    assert "vision_model" not in changed and {"connector", "text_model"} <= changed
     model, _, template = run.load_model(device="cpu")
+    base = dict(load_model(name).named_parameters())
+    family = family_of(model)
+    changed = {part_of(n, family) for n, p in model.named_parameters() if not torch.equal(p, base[n])}
+    assert changed == {"projector", "language"}  # the vision tower stayed as it was
     proc = run.load_processor()
     convs, _ = parse_records(read_records(shapes))
     batch = collate_vision([tokenize_vision(proc, template, convs[0], 96)], proc.tokenizer.pad_token_id)
     batch.pop("labels")
-    from transformers import AutoModelForImageTextToText
-
     ref = AutoModelForImageTextToText.from_pretrained(str(run.path / "model")).eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, ref(**batch).logits)
-
-
-def test_tiny_qwen2_vl_masks_and_trains(shapes, tmp_path):
-    """Qwen2-VL's processor needs torchvision (transformers builds its video processor with it)."""
-    pytest.importorskip("torchvision")
-    from tunelab.api import train
-    from tunelab.data.formats import parse_records
-    from tunelab.data.io import read_records
-    from tunelab.data.templates import IGNORE_INDEX
-    from tunelab.data.vision import tokenize_vision
-    from tunelab.models.tiny_vlm import tiny_vlm_dir
-    from tunelab.models.vision import load_processor
-
-    proc = load_processor(tiny_vlm_dir("tiny-qwen2-vl"))
-    convs, _ = parse_records(read_records(shapes))
-    s = tokenize_vision(proc, proc.chat_template, convs[1], 256)
-    trained = [t for t, lab in zip(s.input_ids, s.labels) if lab != IGNORE_INDEX]
-    assert trained == proc.tokenizer(convs[1].messages[-1]["content"] + "<|im_end|>\n",
-                                     add_special_tokens=False)["input_ids"]
-    assert "image_grid_thw" in s.pixels
-    run = train({"model": {"name": "tiny-qwen2-vl"}, "data": {"train": str(shapes), "max_length": 128},
-                 "method": {"name": "lora", "r": 4}, "train": {"max_steps": 2, "batch_size": 2, "report": False},
-                 "output_dir": str(tmp_path / "q")}, progress=False)
-    assert (run.path / "adapter" / "adapter_config.json").is_file()

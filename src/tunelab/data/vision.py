@@ -23,14 +23,21 @@ from tunelab.data.templates import IGNORE_INDEX, Tokenized, TemplateError
 
 PIXEL_KEYS = ("pixel_values", "pixel_attention_mask", "image_grid_thw", "image_sizes")
 """Processor outputs that belong to the images (carried with each sample and batched by `collate_vision`)."""
+TOKEN_KEYS = ("mm_token_type_ids",)
+"""Processor outputs with one value per token, 0 on text (Qwen2-VL's image/video marks, from which the model
+builds its M-RoPE positions): cut with the ids and padded with 0 by `collate_vision`."""
+MODEL_KEYS = ("input_ids", "attention_mask", *TOKEN_KEYS, *PIXEL_KEYS)
+"""Everything of a processor's output that goes to the model."""
 
 
 @dataclass
 class VisionSample(Tokenized):
-    """A tokenized sample with its image tensors (`pixels`: PIXEL_KEYS present for this sample, batch dim 1)."""
+    """A tokenized sample with its image tensors (`pixels`: PIXEL_KEYS present for this sample, batch dim 1)
+    and the per-token processor outputs its family has (`per_token`: TOKEN_KEYS, one value per input id)."""
 
     pixels: dict[str, torch.Tensor] = field(default_factory=dict)
     n_images: int = 0
+    per_token: dict[str, list[int]] = field(default_factory=dict)
 
 
 def processor_messages(messages: list[dict]) -> list[dict]:
@@ -54,7 +61,8 @@ def tokenize_vision(processor, template: str, conv: Conversation, max_length: in
     """Process one conversation with its images; labels only on assistant tokens (end-of-turn marker included).
 
     A sample longer than `max_length` keeps its prompt (images cannot be cut) and loses the end of its
-    answer; a prompt alone longer than max_length is a DataError naming the record.
+    answer; a prompt alone longer than max_length, or a cut that would fall on or before an image of a later
+    turn (the model needs every image's tokens with its pixels), is a DataError naming the record.
     """
     where = conv.meta.get("where", "a record")
     images = [img.open() for img in conv.images]
@@ -71,14 +79,21 @@ def tokenize_vision(processor, template: str, conv: Conversation, max_length: in
     if not any(x != IGNORE_INDEX for x in labels):
         raise DataError(f"{where}: no trainable tokens after rendering (empty answer?)")
     pixels = {k: v for k, v in full.items() if k in PIXEL_KEYS}
+    per_token = {k: v[0].tolist() for k, v in full.items() if k in TOKEN_KEYS}
     truncated = False
     if len(ids) > max_length:
         first = next(k for k, x in enumerate(labels) if x != IGNORE_INDEX)
         if first >= max_length:
             raise DataError(f"{where}: the prompt with its image(s) is {first} tokens, more than data.max_length="
                             f"{max_length}; raise data.max_length or use smaller/fewer images")
+        image_id = getattr(processor, "image_token_id", None)
+        if image_id is not None and image_id in ids[max_length:]:
+            raise DataError(f"{where}: {len(ids)} tokens, and cutting at data.max_length={max_length} would cut off "
+                            "an image of a later turn; raise data.max_length, use smaller images or split the "
+                            "conversation")
         ids, labels, truncated = ids[:max_length], labels[:max_length], True
-    return VisionSample(ids, labels, truncated, pixels=pixels, n_images=len(images))
+        per_token = {k: v[:max_length] for k, v in per_token.items()}
+    return VisionSample(ids, labels, truncated, pixels=pixels, n_images=len(images), per_token=per_token)
 
 
 def _prefix_len(processor, template: str, msgs: list[dict], images: list, full_ids: list[int], where: str,
@@ -159,14 +174,23 @@ def prepare_vision_data(cfg, processor, template: str, seed: int, run_dir: str |
 
 
 def collate_vision(samples: list[VisionSample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad ids/labels/mask to (B, T) and batch the image tensors of the samples that have images.
+    """Right-pad ids/labels/mask (and TOKEN_KEYS, with 0) to (B, T) and batch the image tensors of the samples
+    that have images.
 
     pixel_values of LLaVA-style models (n_images, C, H, W) and Qwen2-VL's patches (n_patches, D) are
-    concatenated; Idefics3's (1, n_images, C, H, W) are padded with all-zero images (which the model skips)
-    to the batch's largest image count.
+    concatenated in sample order, as are Qwen2-VL's image_grid_thw (n_images, 3) that say which patches
+    belong to which image; Idefics3's (1, n_images, C, H, W) are padded with all-zero images (which the
+    model skips) to the batch's largest image count.
     """
     ids, labels, mask = pad_rows(samples, pad_id)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    for key in TOKEN_KEYS:
+        if any(key in s.per_token for s in samples):
+            rows = torch.zeros_like(ids)  # (B, T); 0 = text, which padding and text-only samples are
+            for i, s in enumerate(samples):
+                values = s.per_token.get(key, [])
+                rows[i, :len(values)] = torch.tensor(values, dtype=torch.long)
+            batch[key] = rows
     with_images = [s for s in samples if s.pixels]
     for key in PIXEL_KEYS:
         parts = [s.pixels[key] for s in with_images if key in s.pixels]

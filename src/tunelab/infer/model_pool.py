@@ -132,13 +132,14 @@ class ModelPool:
         tokenizers: dict[str, Any] = {}
         for base_name, group in by_base.items():
             module = load_model(base_name, dtype=dtype, device=device).eval()
-            module = _attach_adapters(module, [s for s in group if s.adapter_dir])
+            names = peft_adapter_names([s for s in group if s.adapter_dir])
+            module = _attach_adapters(module, [s for s in group if s.adapter_dir], names)
             lock = threading.Lock()  # one generate at a time per shared module (adapter switching is global)
             for spec in group:
                 key = spec.tokenizer_dir or base_name
                 if key not in tokenizers:
                     tokenizers[key] = _load_tokenizer(spec, load_tokenizer)
-                adapter = spec.name if spec.adapter_dir else None
+                adapter = names.get(spec.name)
                 self.models[spec.name] = ServedModel(spec, module, tokenizers[key], adapter, lock)
 
     def get(self, name: str) -> ServedModel:
@@ -183,16 +184,27 @@ def _check_specs(specs: Sequence[ModelSpec]) -> None:
                             "tokenizer_dir must be a saved tokenizer folder (the run's tokenizer/)")
 
 
-def _attach_adapters(module, specs: list[ModelSpec]):
-    """Wrap `module` in one PeftModel holding every adapter of `specs` (named by spec name)."""
+def peft_adapter_names(specs: list[ModelSpec]) -> dict[str, str]:
+    """Served model name -> its PEFT adapter name: the name with '.' made '_' (PEFT keeps adapters in torch
+    ModuleDicts, which refuse '.', and run folders such as `sft-v1.2` hold one), numbered when that collides."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name = spec.name.replace(".", "_")
+        out[spec.name] = name if name not in out.values() else f"{name}_{len(out)}"
+    return out
+
+
+def _attach_adapters(module, specs: list[ModelSpec], names: dict[str, str]):
+    """Wrap `module` in one PeftModel holding every adapter of `specs` (named by `names`)."""
     if not specs:
         return module
     from peft import PeftModel
 
     first, rest = specs[0], specs[1:]
-    peft_model = PeftModel.from_pretrained(module, first.adapter_dir, adapter_name=first.name, is_trainable=False)
+    peft_model = PeftModel.from_pretrained(module, first.adapter_dir, adapter_name=names[first.name],
+                                           is_trainable=False)
     for spec in rest:
-        peft_model.load_adapter(spec.adapter_dir, adapter_name=spec.name, is_trainable=False)
+        peft_model.load_adapter(spec.adapter_dir, adapter_name=names[spec.name], is_trainable=False)
     return peft_model.eval()
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from tunelab.data.images import DATA_URL, IMAGE_TOKEN, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, REMOTE
-from tunelab.data.vision import PIXEL_KEYS, process, render_vision
+from tunelab.data.vision import MODEL_KEYS, process, render_vision
 from tunelab.infer.generate import Answer, _gen_kwargs, generation_stop_ids
 
 
@@ -34,7 +34,7 @@ def prompt_inputs(processor, template: str, messages: list[dict], images: list) 
 
 
 def _to_device(inputs: dict, device) -> dict:
-    return {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask", *PIXEL_KEYS)}
+    return {k: v.to(device) for k, v in inputs.items() if k in MODEL_KEYS}
 
 
 @torch.no_grad()

@@ -8,9 +8,11 @@ into the tunelab cache, so `tiny-llava` names the same model in every process (a
 
 - `tiny-llava`: LlavaForConditionalGeneration (CLIP vision tower 32x32 px, patch 8 -> 16 image tokens);
 - `tiny-idefics3`: Idefics3ForConditionalGeneration, the SmolVLM family (pixel-shuffle connector, 4 tokens);
-- `tiny-qwen2-vl`: Qwen2VLForConditionalGeneration (dynamic resolution). Its processor needs torchvision
-  (transformers builds Qwen2-VL's video processor with it), so building it without torchvision raises
-  ImportError saying so.
+- `tiny-qwen2-vl`: Qwen2VLForConditionalGeneration (dynamic resolution: 4 to 16 image tokens by image size,
+  M-RoPE positions);
+- `tiny-qwen2.5-vl`: Qwen2_5_VLForConditionalGeneration (the same with a windowed vision tower).
+The two Qwen processors use transformers' PIL image processor and no video processor, so they build and
+load with or without torchvision (tunelab.models.image_only).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-TINY_VLMS = ("tiny-llava", "tiny-idefics3", "tiny-qwen2-vl")
-BUILD_VERSION = "1"  # bump when a builder changes, so cached folders are rebuilt
+TINY_VLMS = ("tiny-llava", "tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl")
+BUILD_VERSION = "2"  # bump when a builder changes, so cached folders are rebuilt
 
 IMAGE_PART = "{{ IMAGE }}"
 CONTENT_PARTS_TEMPLATE = (
@@ -88,34 +90,59 @@ def build_idefics3():
     return model, proc
 
 
-def build_qwen2_vl():
-    """(model, processor) of a tiny Qwen2-VL (needs torchvision for transformers' Qwen2-VL processor)."""
-    import importlib.util
+QWEN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_IMAGE_TEXT = "<|vision_start|><|image_pad|><|vision_end|>"
 
-    if importlib.util.find_spec("torchvision") is None:
-        raise ImportError("tiny-qwen2-vl needs torchvision: transformers builds the Qwen2-VL processor with it "
-                          "(pip install torchvision matching your torch)")
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
 
-    tok = _tokenizer(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
+def _qwen_parts(vision: dict, processor_cls: type):
+    """(config kwargs, processor) shared by tiny Qwen2-VL and Qwen2.5-VL.
+
+    The image processor is the PIL one (no torchvision needed): images are resized to multiples of 28 px
+    between 56x56 and 112x112 (4 to 16 image tokens), cut into 14 px patches with 2 frames each and merged
+    2x2 into one token. The processor is built without a video processor (tunelab.models.image_only).
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from tunelab.models.image_only import image_only
+
+    tok = _tokenizer(QWEN_TOKENS)
     ids = tok.convert_tokens_to_ids
-    text = dict(model_type="qwen2_vl_text", **_text_config(len(tok)),
-                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
-    cfg = Qwen2VLConfig(text_config=text, vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2,
-                                                             patch_size=14, spatial_merge_size=2,
-                                                             temporal_patch_size=2, in_channels=3),
-                        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-                        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-                        tie_word_embeddings=True)
-    model = Qwen2VLForConditionalGeneration(cfg)
-    images = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
-                                   temporal_patch_size=2)
-    proc = Qwen2VLProcessor(image_processor=images, tokenizer=tok,
-                            chat_template=chatml_vision_template("<|vision_start|><|image_pad|><|vision_end|>"))
-    return model, proc
+    text = dict(**_text_config(len(tok)), rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                          "mrope_section": [2, 3, 3]})
+    cfg = dict(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+               video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+               vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=True)
+    images = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,
+                                      temporal_patch_size=2)
+    proc = image_only(processor_cls)(image_processor=images, tokenizer=tok,
+                                     chat_template=chatml_vision_template(QWEN_IMAGE_TEXT))
+    return cfg, proc
 
 
-BUILDERS = {"tiny-llava": build_llava, "tiny-idefics3": build_idefics3, "tiny-qwen2-vl": build_qwen2_vl}
+def build_qwen2_vl():
+    """(model, processor) of a tiny Qwen2-VL: ViT of 2 blocks (width 32), patch merger, M-RoPE text model."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    cfg, proc = _qwen_parts(vision, Qwen2VLProcessor)
+    return Qwen2VLForConditionalGeneration(Qwen2VLConfig(**cfg)), proc
+
+
+def build_qwen2_5_vl():
+    """(model, processor) of a tiny Qwen2.5-VL: windowed ViT of 2 blocks (the second with full attention),
+    RMSNorm and gated MLP, patch merger, M-RoPE text model."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                  fullatt_block_indexes=[1], window_size=56, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, in_channels=3)
+    cfg, proc = _qwen_parts(vision, Qwen2_5_VLProcessor)
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**cfg)), proc
+
+
+BUILDERS = {"tiny-llava": build_llava, "tiny-idefics3": build_idefics3, "tiny-qwen2-vl": build_qwen2_vl,
+            "tiny-qwen2.5-vl": build_qwen2_5_vl}
 
 
 def build_tiny_vlm(name: str, out_dir: str | Path) -> Path:
@@ -142,6 +169,6 @@ def tiny_vlm_dir(name: str) -> Path:
     try:
         with atomic_dir(target) as tmp:
             build_tiny_vlm(name, tmp)
-    except ImportError as e:  # tiny-qwen2-vl without torchvision: a clear message, not a traceback
+    except ImportError as e:  # a transformers without the family: a clear message, not a traceback
         raise ModelNotFound(f"model {name}: {e}") from None
     return target

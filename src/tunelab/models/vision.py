@@ -92,11 +92,21 @@ def load_vision_model(folder: str | Path, dtype: torch.dtype, trust_remote_code:
 
 
 def load_processor(folder: str | Path, trust_remote_code: bool = False):
-    """The processor (image processor + tokenizer + chat template) saved in a model or run folder."""
+    """The processor (image processor + tokenizer + chat template) saved in a model or run folder.
+
+    A family whose processor also takes a video processor (Qwen2-VL, Qwen2.5-VL) loads without it where
+    torchvision is missing (tunelab.models.image_only): tunelab feeds images and text only.
+    """
     from transformers import AutoProcessor
 
+    from tunelab.models.image_only import load_image_only, needs_image_only
+
     try:
-        proc = AutoProcessor.from_pretrained(str(folder), trust_remote_code=trust_remote_code, local_files_only=True)
+        if (cls := needs_image_only(folder)) is not None:
+            proc = load_image_only(cls, folder, trust_remote_code)
+        else:
+            proc = AutoProcessor.from_pretrained(str(folder), trust_remote_code=trust_remote_code,
+                                                 local_files_only=True)
     except (OSError, ValueError, AttributeError, ImportError) as e:
         raise VisionModelError(f"{folder}: cannot load its processor ({e}); a vision model folder needs "
                                "processor_config.json / preprocessor_config.json and the tokenizer files "

@@ -115,6 +115,7 @@ def chat_stream(cache: ModelCache, settings: Settings, run: str, target: str, me
                           "[{type: text, text}, {type: image_url, image_url: {url: data:image/...;base64,...}}])}")
     if any(isinstance(m["content"], list) for m in messages):  # an image in the playground: a vision run only
         from tunelab.infer.vision import ImageInputError, split_openai_content, stream_chat_vision
+        from tunelab.models.vision import load_processor
         from tunelab.runfolder import RunFolder
 
         folder = RunFolder(run_path(settings, run))
@@ -125,7 +126,7 @@ def chat_stream(cache: ModelCache, settings: Settings, run: str, target: str, me
         except ImageInputError as e:
             raise StudioError(str(e)) from None
         model, _, template = cache.get(settings, run, target)
-        yield from stream_chat_vision(model, folder.load_processor(), template, messages, images, max_new_tokens,
+        yield from stream_chat_vision(model, load_processor(folder.tokenizer_dir), template, messages, images, max_new_tokens,
                                       temperature, repetition_penalty=1.0)
         return
     model, tok, template = cache.get(settings, run, target)
