@@ -85,6 +85,19 @@ def test_entries_that_cannot_be_read_say_why(registry: Path, tmp_path: Path) -> 
         load_conversations(f"{tmp_path / 'dataset_info.json'}#alpaca_en_demo")
 
 
+@pytest.mark.parametrize("file_name", ["../secret.json", "/etc/passwd", "sub/../../secret.json", "link.json"])
+def test_a_file_name_outside_the_registrys_folder_is_refused(file_name: str, tmp_path: Path) -> None:
+    """A registry may only name files in its own folder: a registry the studio accepted from its library cannot
+    make training read (and inspection show) a file from anywhere else."""
+    (tmp_path / "secret.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "link.json").symlink_to(tmp_path / "secret.json")
+    (folder / "dataset_info.json").write_text(json.dumps({"x": {"file_name": file_name}}))
+    with pytest.raises(DataError, match=f"file_name '{file_name}' leads outside the registry's folder"):
+        load_conversations(f"{folder / 'dataset_info.json'}#x")
+
+
 def test_a_registry_entry_trains_through_the_config(registry: Path, tmp_path: Path) -> None:
     run = tunelab.train({"model": {"name": "tiny-llama"}, "output_dir": str(tmp_path / "r"),
                          "data": {"train": f"{registry}#identity", "max_samples": 8, "max_length": 48,

@@ -67,6 +67,9 @@ def registry_entry(ref: str | Path) -> tuple[Path, dict]:
         raise DataError(f"{where}: multimodal columns ({', '.join(media)}) are not supported; train on the text "
                         "columns only by removing them from the entry")
     data_file = registry.parent / entry["file_name"]
+    if not data_file.resolve().is_relative_to(registry.parent.resolve()):  # the registry vouches for its folder only
+        raise DataError(f"{where}: file_name {entry['file_name']!r} leads outside the registry's folder "
+                        f"({registry.parent}); put the data file in that folder (or below it) and name it from there")
     if not data_file.exists():
         raise DataError(f"{where}: file_name {entry['file_name']!r} not found (looked for {data_file}; it is "
                         "relative to the registry's folder)")
