@@ -26,6 +26,7 @@ from rich.table import Table
 
 from tunelab.demo.shapes import (
     COLOURS,
+    GRID,
     QUESTIONS,
     SHAPES,
     ShapeImage,
@@ -42,8 +43,8 @@ class VisionDemoSize:
 
     train_images: int = 640
     heldout_images: int = 30
-    see_images: int = 2000
-    see_steps: int = 600
+    see_images: int = 6000
+    see_steps: int = 1000
     epochs: int = 1
     batch_size: int = 8
     lr: float = 1.0e-3
@@ -64,45 +65,112 @@ def demo_config(out_dir: Path, model_dir: Path, data_file: Path, size: VisionDem
     }
 
 
-def see_shapes(model_dir: Path, items: list[ShapeImage], image_root: Path, steps: int, seed: int) -> dict:
-    """Pretrain the composed model's vision tower on the images' labels; save it back into model_dir.
+def label_targets(items: list[ShapeImage]) -> dict[str, torch.Tensor]:
+    """The labels the encoder pretrains on: class indices for colour, shape, count and each box
+    coordinate on the answer grid, and the box itself in 0..1 (N,) / (N, 4)."""
+    box = torch.tensor([it.box for it in items], dtype=torch.float32) / 100
+    return {"colour": torch.tensor([list(COLOURS).index(it.colour) for it in items]),
+            "shape": torch.tensor([SHAPES.index(it.shape) for it in items]),
+            "count": torch.tensor([it.count - 1 for it in items]),
+            "grid": (box * GRID).round().long(), "box": box}
 
-    Throwaway heads read the encoder's patch features: a pooled MLP for colour and shape, a linear map of
-    all patches for the box. Only the encoder is kept. Returns the last batch's accuracies.
-    """
+
+HEAD_SIZES = {"colour": len(COLOURS), "shape": len(SHAPES), "count": 3}
+
+
+class LabelHeads(torch.nn.Module):
+    """Throwaway heads that read every image token: colour, shape and count classes, each box coordinate
+    as a grid class, and the box regressed. Applied per token (not to a pooled vector), so each token the
+    language model later sees carries what the image shows and where."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.sizes = {**HEAD_SIZES, "grid": 4 * (GRID + 1), "box": 4}
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(hidden, 256), torch.nn.GELU(),
+                                       torch.nn.Linear(256, sum(self.sizes.values())))
+
+    def forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """feats (B, P, H) -> per head (B, P, classes); "grid" (B, P, 4, GRID+1); "box" (B, P, 4)."""
+        out = dict(zip(self.sizes, self.mlp(feats).split(list(self.sizes.values()), dim=-1)))
+        out["grid"] = out["grid"].unflatten(-1, (4, GRID + 1))
+        return out
+
+
+def label_loss(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of every class head and smooth L1 of the box, averaged over the tokens."""
+    F = torch.nn.functional
+    p = out["box"].shape[1]
+    loss = sum(F.cross_entropy(out[k].flatten(0, 1), y[k].repeat_interleave(p)) for k in HEAD_SIZES)
+    loss = loss + F.cross_entropy(out["grid"].flatten(0, 2), y["grid"].repeat_interleave(p, 0).flatten())
+    return loss + 10 * F.smooth_l1_loss(out["box"], y["box"][:, None].expand_as(out["box"]))
+
+
+def label_scores(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+    """What the heads read from the token-averaged logits: class accuracies, the share of boxes at IoU >= 0.5."""
+    scores = {k: (out[k].mean(1).argmax(-1) == y[k]).float().mean().item() for k in HEAD_SIZES}
+    pred = out["box"].mean(1)  # (B, 4) in 0..1
+    w = (torch.minimum(pred[:, 2], y["box"][:, 2]) - torch.maximum(pred[:, 0], y["box"][:, 0])).clamp(min=0)
+    h = (torch.minimum(pred[:, 3], y["box"][:, 3]) - torch.maximum(pred[:, 1], y["box"][:, 1])).clamp(min=0)
+    area = lambda b: (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)  # noqa: E731
+    iou = w * h / (area(pred) + area(y["box"]) - w * h)
+    scores["box_iou@0.5"] = (iou >= 0.5).float().mean().item()
+    return scores
+
+
+def pixels_of(processor, items: list[ShapeImage], image_root: Path) -> torch.Tensor:
+    """The items' images as the model's processor prepares them (N, 3, H, W)."""
     from PIL import Image
 
-    from tunelab.models.vision import load_processor, load_vision_model
+    return processor.image_processor([Image.open(image_root / it.file).convert("RGB") for it in items],
+                                     return_tensors="pt")["pixel_values"]
 
+
+def pretrain_tower(tower: torch.nn.Module, pixels: torch.Tensor, y: dict[str, torch.Tensor], steps: int,
+                   seed: int, held: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None) -> dict:
+    """Train a vision tower with LabelHeads on labelled pixels; the heads are thrown away afterwards.
+
+    Returns the last batch's scores and, with `held` (pixels, labels), the scores on those images.
+    """
     torch.manual_seed(seed)
-    model = load_vision_model(model_dir, torch.float32)
-    proc = load_processor(model_dir)
-    tower = model.model.vision_tower
-    pixels = proc.image_processor([Image.open(image_root / it.file).convert("RGB") for it in items],
-                                  return_tensors="pt")["pixel_values"]  # (N, 3, H, W)
-    colour = torch.tensor([list(COLOURS).index(it.colour) for it in items])
-    shape = torch.tensor([SHAPES.index(it.shape) for it in items])
-    box = torch.tensor([it.box for it in items], dtype=torch.float32) / 100
-    hidden, n_patch = tower.config.hidden_size, (tower.config.image_size // tower.config.patch_size) ** 2
-    pooled = torch.nn.Sequential(torch.nn.Linear(hidden, 256), torch.nn.GELU(), torch.nn.Linear(256, 10))
-    boxes = torch.nn.Linear(hidden * n_patch, 4)
-    opt = torch.optim.AdamW([*tower.parameters(), *pooled.parameters(), *boxes.parameters()], lr=1e-3)
-    F = torch.nn.functional
+    heads = LabelHeads(tower.config.hidden_size)
+    opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
     tower.train()
     for _ in range(steps):
-        idx = torch.randint(0, len(items), (64,), generator=gen)
-        feats = tower(pixels[idx]).last_hidden_state  # (64, n_patch, hidden)
-        logits = pooled(feats.mean(1))
-        pred_box = boxes(feats.flatten(1))
-        loss = (F.cross_entropy(logits[:, :6], colour[idx]) + F.cross_entropy(logits[:, 6:], shape[idx])
-                + 10 * F.smooth_l1_loss(pred_box, box[idx]))
+        idx = torch.randint(0, len(pixels), (64,), generator=gen)
+        batch = {k: v[idx] for k, v in y.items()}
+        out = heads(tower(pixels[idx]).last_hidden_state)  # (64, P, H) -> heads
+        loss = label_loss(out, batch)
         loss.backward()
         opt.step()
+        sched.step()
         opt.zero_grad()
+    result = {"train": label_scores(out, batch), "loss": loss.item()}
+    if held is not None:
+        tower.eval()
+        with torch.no_grad():
+            result["heldout"] = label_scores(heads(tower(held[0]).last_hidden_state), held[1])
+    return result
+
+
+def see_shapes(model_dir: Path, items: list[ShapeImage], image_root: Path, steps: int, seed: int,
+               heldout: list[ShapeImage] | None = None) -> dict:
+    """Pretrain the composed model's vision tower on the images' labels; save it back into model_dir.
+
+    The part a pretrained CLIP/SigLIP plays in LLaVA: the language model then learns to read features
+    that already separate colours, shapes, counts and places. Only the encoder is kept. Returns the
+    heads' scores on the last batch and on the held-out images (which never train the encoder).
+    """
+    from tunelab.models.vision import load_processor, load_vision_model
+
+    model = load_vision_model(model_dir, torch.float32)
+    proc = load_processor(model_dir)
+    held = (pixels_of(proc, heldout, image_root), label_targets(heldout)) if heldout else None
+    result = pretrain_tower(model.model.vision_tower, pixels_of(proc, items, image_root), label_targets(items),
+                            steps, seed, held)
     model.save_pretrained(model_dir, safe_serialization=True)
-    return {"colour_acc": (logits[:, :6].argmax(1) == colour[idx]).float().mean().item(),
-            "shape_acc": (logits[:, 6:].argmax(1) == shape[idx]).float().mean().item(), "loss": loss.item()}
+    return result
 
 
 def ask_heldout(model, processor, template: str, truth: list[ShapeImage], image_root: Path,
@@ -123,9 +191,9 @@ def ask_heldout(model, processor, template: str, truth: list[ShapeImage], image_
 
 
 def summarize(asked: dict) -> dict[str, float]:
-    """Colour and shape accuracy, the share of boxes with IoU >= 0.5 and the mean IoU."""
+    """Colour, shape and count accuracy, the share of boxes with IoU >= 0.5 and the mean IoU."""
     n = len(asked["colour"]["scores"])
-    return {"colour": sum(asked["colour"]["scores"]) / n, "shape": sum(asked["shape"]["scores"]) / n,
+    return {**{k: sum(asked[k]["scores"]) / n for k in ("colour", "shape", "count")},
             "box_iou@0.5": sum(s >= 0.5 for s in asked["box"]["scores"]) / n,
             "box_iou": sum(asked["box"]["scores"]) / n}
 
@@ -162,10 +230,12 @@ def run_vision_demo(out_dir: str | Path = "runs/demo-vision", size: VisionDemoSi
     lm_name = "SmolLM2-135M-Instruct" if language_model is None else str(language_model)
     console.print(f"composed {model_dir}: {lm_name} + a {size.vision.layers}-layer SigLIP encoder "
                   f"({size.vision.image_tokens} image tokens) and projector from scratch")
-    seen = see_shapes(model_dir, see_items, out_dir / "data", size.see_steps, seed)
+    seen = see_shapes(model_dir, see_items, out_dir / "data", size.see_steps, seed, heldout=truth)
     t_see = time.time()
-    console.print(f"vision encoder pretrained on {size.see_images} labelled images, {size.see_steps} steps "
-                  f"(last batch: colour {seen['colour_acc']:.0%}, shape {seen['shape_acc']:.0%})")
+    held = seen["heldout"]
+    console.print(f"vision encoder pretrained on {size.see_images} labelled images, {size.see_steps} steps; "
+                  f"its throwaway heads on the held-out images: colour {held['colour']:.0%}, shape "
+                  f"{held['shape']:.0%}, count {held['count']:.0%}, box IoU >= 0.5 {held['box_iou@0.5']:.0%}")
 
     base = load_vision_model(model_dir, torch.float32)
     proc = load_processor(model_dir)
@@ -188,6 +258,7 @@ def run_vision_demo(out_dir: str | Path = "runs/demo-vision", size: VisionDemoSi
         table.add_column(col)
     table.add_row("colour: accuracy", f"{1 / len(COLOURS):.0%}", f"{b['colour']:.0%}", f"{a['colour']:.0%}")
     table.add_row("shape: accuracy", f"{1 / len(SHAPES):.0%}", f"{b['shape']:.0%}", f"{a['shape']:.0%}")
+    table.add_row("how many: accuracy", f"{1 / 3:.0%}", f"{b['count']:.0%}", f"{a['count']:.0%}")
     table.add_row("box: IoU >= 0.5", "-", f"{b['box_iou@0.5']:.0%}", f"{a['box_iou@0.5']:.0%}")
     table.add_row("box: mean IoU", "-", f"{b['box_iou']:.2f}", f"{a['box_iou']:.2f}")
     console.print(table)
