@@ -111,4 +111,4 @@ def test_vision_demo_learns_and_the_run_reloads(tmp_path, tiny_lm_dir):
     saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())
     assert {k: v["answers"] for k, v in again.items()} == saved["answers"]["after"]  # reloaded == as trained
     assert set(result["after"]) == {"colour", "shape", "count", "box_iou@0.5", "box_iou"}
-    assert set(result["see"]["heldout"]) == {"colour", "shape", "count", "box_iou@0.5"}
+    assert set(result["see"]["heldout"]) == {"colour", "shape", "count", "box_iou@0.5", "read_back"}

@@ -97,7 +97,8 @@ def _place(rng: random.Random, count: int, side: float, size: int) -> list[tuple
     raise RuntimeError(f"cannot place {count} shapes of {side:.0f} px in {size} px")  # the SIDES table is wrong
 
 
-def draw_shape(rng: random.Random, size: int = IMAGE_SIZE) -> tuple[Image.Image, str, str, int, tuple[int, int, int, int]]:
+def draw_shape(rng: random.Random,
+               size: int = IMAGE_SIZE) -> tuple[Image.Image, str, str, int, tuple[int, int, int, int]]:
     """One image: one to three shapes of one random kind, colour and size, at random places on a plain
     grey-ish background. Returns the image, colour, shape, count and the box around all shapes (0..100)."""
     colour = rng.choice(list(COLOURS))
