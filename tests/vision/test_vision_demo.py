@@ -78,6 +78,30 @@ def test_a_correct_box_answer_scores_as_correct():
         box_iou(["[0, 0, 50, 50]"], ["[0, 0, 50, 50]"])["box_iou"] / 100)
 
 
+def test_image_tokens_are_aligned_to_the_answers_as_tokenized():
+    """Each image token's alignment target is a token of the answers, in fixed slots: colour, shape
+    (padded to the longest shape name), count, then the grid box exactly as the answer writes it."""
+    from tunelab.demo.vision import align_loss, caption_ids, read_back
+    from tunelab.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    items = [ShapeImage("a.png", "purple", "triangle", 3, (10, 2, 96, 88)),
+             ShapeImage("b.png", "red", "square", 1, (0, 0, 50, 50))]
+    ids = caption_ids(items, tok, 16)
+    assert ids.shape == (2, 16)
+    assert tok.decode(ids[0]) == "purpletriangle3[1, 0, 9, 8]" == "".join(it.answer(k) for it in items[:1]
+                                                                       for k in ("colour", "shape", "count", "box"))
+    assert tok.decode(ids[1]) == "redsquare 1[0, 0, 4, 4]"  # one-token shape padded with a space
+    assert caption_ids(items, tok, 20)[:, 16:].eq(-1).all() and caption_ids(items, tok, 8).shape == (2, 8)
+
+    emb = torch.randn(tok.vocab_size + 8, 32)
+    exact = emb[ids]  # (2, 16, 32): tokens that are their targets' embeddings
+    assert align_loss(exact, ids, emb).item() == 0.0 and read_back(exact, ids, emb) == 1.0
+    moved = exact.clone()
+    moved[1, 5] = emb[ids[1, 6]]  # one token of the second image lands on another word
+    assert read_back(moved, ids, emb) == 0.5 and align_loss(moved, ids, emb).item() > 0
+
+
 def test_vision_demo_learns_and_the_run_reloads(tmp_path, tiny_lm_dir):
     from tunelab.demo.vision import VisionDemoSize, ask_heldout, run_vision_demo
     from tunelab.run import Run

@@ -180,8 +180,8 @@ def pretrain_tower(tower: torch.nn.Module, pixels: torch.Tensor, y: dict[str, to
     With a projector, the language model's (frozen) embedding matrix and caption ids (train, held-out),
     the projector trains too, so that each image token lands on its caption token's embedding (LLaVA's
     first stage, feature alignment, done against the embedding table instead of through the language
-    model, which a CPU cannot afford). Returns the last batch's scores and, with `held` (pixels,
-    labels), the scores on those images, plus the share of them whose tokens read back as the caption.
+    model, which a CPU cannot afford). Returns the last batch's loss and, with `held` (pixels, labels),
+    the heads' scores on those images, plus the share of them whose tokens read back as their caption.
     """
     torch.manual_seed(seed)
     heads = LabelHeads(tower.config.hidden_size)
