@@ -46,9 +46,60 @@ def test_generated_records_match_their_images(tmp_path):
 
         assert COLOURS[item.colour] in inside
         assert item.box[2] - item.box[0] > 20 and item.box[3] - item.box[1] > 20
-        assert score_answer("box", format_box(item.box), item) == pytest.approx(1.0)
         assert score_answer("colour", f"It is {item.colour}.", item) == 1.0
         assert score_answer("shape", "circle or square", item) == 0.0  # naming two shapes is not an answer
+        assert score_answer("count", f"There are {item.count}.", item) == 1.0
+        assert score_answer("count", "1 or 2 or 3", item) == 0.0
+        assert score_answer("box", "no box", item) == 0.0
+
+
+def test_a_correct_box_answer_scores_as_correct():
+    """The reference answer is written on the coarse grid; read back in the image's scale it must still
+    count as a hit (IoU >= 0.5) for every image the generator draws, and the IoU is the eval metric's."""
+    import random
+
+    from tunelab.demo.shapes import GRID, draw_shape
+    from tunelab.eval.metrics import box_iou
+
+    rng = random.Random(0)
+    counts = set()
+    for _ in range(500):
+        _, colour, shape, count, box = draw_shape(rng)
+        item = ShapeImage("x.png", colour, shape, count, box)
+        counts.add(count)
+        written = format_box(box)
+        assert all(0 <= int(v) <= GRID for v in written.strip("[]").split(", "))
+        assert score_answer("box", written, item) >= 0.6
+    assert counts == {1, 2, 3}
+    # a grid box is read in the image's scale: [0, 0, 9, 9] is the whole image, IoU = the box's area share
+    item = ShapeImage("x.png", "red", "square", 1, (0, 0, 50, 50))
+    assert score_answer("box", "[0, 0, 9, 9]", item) == pytest.approx(0.25)
+    assert score_answer("box", "[0, 0, 4.5, 4.5]", item) == pytest.approx(
+        box_iou(["[0, 0, 50, 50]"], ["[0, 0, 50, 50]"])["box_iou"] / 100)
+
+
+def test_image_tokens_are_aligned_to_the_answers_as_tokenized():
+    """Each image token's alignment target is a token of the answers, in fixed slots: colour, shape
+    (padded to the longest shape name), count, then the grid box exactly as the answer writes it."""
+    from tunelab.demo.vision import align_loss, caption_ids, read_back
+    from tunelab.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    items = [ShapeImage("a.png", "purple", "triangle", 3, (10, 2, 96, 88)),
+             ShapeImage("b.png", "red", "square", 1, (0, 0, 50, 50))]
+    ids = caption_ids(items, tok, 16)
+    assert ids.shape == (2, 16)
+    assert tok.decode(ids[0]) == "purpletriangle3[1, 0, 9, 8]" == "".join(it.answer(k) for it in items[:1]
+                                                                       for k in ("colour", "shape", "count", "box"))
+    assert tok.decode(ids[1]) == "redsquare 1[0, 0, 4, 4]"  # one-token shape padded with a space
+    assert caption_ids(items, tok, 20)[:, 16:].eq(-1).all() and caption_ids(items, tok, 8).shape == (2, 8)
+
+    emb = torch.randn(tok.vocab_size + 8, 32)
+    exact = emb[ids]  # (2, 16, 32): tokens that are their targets' embeddings
+    assert align_loss(exact, ids, emb).item() == 0.0 and read_back(exact, ids, emb) == 1.0
+    moved = exact.clone()
+    moved[1, 5] = emb[ids[1, 6]]  # one token of the second image lands on another word
+    assert read_back(moved, ids, emb) == 0.5 and align_loss(moved, ids, emb).item() > 0
 
 
 def test_vision_demo_learns_and_the_run_reloads(tmp_path, tiny_lm_dir):
@@ -83,4 +134,5 @@ def test_vision_demo_learns_and_the_run_reloads(tmp_path, tiny_lm_dir):
     again = ask_heldout(model, run.load_processor(), template, truth, tmp_path / "demo" / "data")
     saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())
     assert {k: v["answers"] for k, v in again.items()} == saved["answers"]["after"]  # reloaded == as trained
-    assert set(result["after"]) == {"colour", "shape", "box_iou@0.5", "box_iou"}
+    assert set(result["after"]) == {"colour", "shape", "count", "box_iou@0.5", "box_iou"}
+    assert set(result["see"]["heldout"]) == {"colour", "shape", "count", "box_iou@0.5", "read_back"}

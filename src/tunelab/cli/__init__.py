@@ -298,14 +298,14 @@ def demo(
     "smollm2-135m",
     name: Annotated[str, typer.Option(help="The new name the model learns.")] = "Kestrel",
     vision: Annotated[bool, typer.Option("--vision", help="Instead: build a small LLaVA from SmolLM2 and a vision "
-                                         "encoder from scratch, teach it to name and locate generated shapes.")]
+                                         "encoder from scratch, teach it to name, count and locate generated shapes.")]
     = False,
     seed: Annotated[int, typer.Option(help="--vision: seed of the images and the run.")] = 0,
 ) -> None:
     """Teach the bundled SmolLM2 a new identity with LoRA on CPU, and print the before/after score.
 
     With --vision: compose a vision-language model from SmolLM2-135M, train it on generated images of
-    coloured shapes (colour, shape, bounding box) and print held-out accuracy before and after.
+    coloured shapes (colour, shape, how many, bounding box) and print held-out accuracy before and after.
     Example: tunelab demo --vision --out-dir runs/demo-vision
     """
     _quiet_library_warnings()
