@@ -49,7 +49,7 @@ def test_split_stratified_files(shared_data, tmp_path):
     sizes = {p: len(read_records(tmp_path / "s" / f"{p}.jsonl")) for p in ("train", "val", "test")}
     assert sizes == {"train": 240, "val": 48, "test": 32}
     assert "stratified by 'label'" in res.output
-    res = _invoke("split", shared_data / "fudan_news_train.jsonl", "--out-dir", tmp_path / "n", "--val", 0.3,
+    res = _invoke("split", shared_data / "fudan_news_train.jsonl", "--out", tmp_path / "n", "--val", 0.3,
                   "--stratify", "none")
     assert res.exit_code == 0 and "outside the usual 0.15-0.2" in res.output
     assert not (tmp_path / "n" / "test.jsonl").exists()

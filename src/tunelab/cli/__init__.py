@@ -293,7 +293,8 @@ def _tag(run_dir: Path, data: Path, out: Path, batch_size: int, limit: int | Non
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option(help="Where the data, run and result go.")] = Path("runs/demo"),
+    out_dir: Annotated[Path, typer.Option("--out", "--out-dir", "-o",
+                                          help="Where the data, run and result go (--out-dir is the same).")] = Path("runs/demo"),
     model: Annotated[str, typer.Option(help="Base model (default: the bundled SmolLM2-135M-Instruct).")] =
     "smollm2-135m",
     name: Annotated[str, typer.Option(help="The new name the model learns.")] = "Kestrel",
@@ -306,7 +307,7 @@ def demo(
 
     With --vision: compose a vision-language model from SmolLM2-135M, train it on generated images of
     coloured shapes (colour, shape, how many, bounding box) and print held-out accuracy before and after.
-    Example: tunelab demo --vision --out-dir runs/demo-vision
+    Example: tunelab demo --vision --out runs/demo-vision
     """
     _quiet_library_warnings()
     check_option("--seed", seed, 0, MAX_SEED)

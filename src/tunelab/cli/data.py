@@ -126,7 +126,7 @@ def dedup_cmd(
 @app.command("split")
 def split_cmd(
     input: InputArg,
-    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", "-o", help="Folder for train/val/test files. "
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "--out-dir", "-o", help="Folder for train/val/test files (--out-dir is the same). "
                                                     "Default: <input stem>_split beside the input.")] = None,
     val: Annotated[float, typer.Option(help="Validation fraction (0.15-0.2 is the usual advice).")] = 0.15,
     test: Annotated[float, typer.Option(help="Test fraction (0: no test file).")] = 0.0,
