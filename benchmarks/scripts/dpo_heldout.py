@@ -118,7 +118,7 @@ def score(run_dir: Path, data: Path, max_length: int | None, batch_size: int, ch
     tuned_c, tuned_r = pair_logps(model, samples, tok.pad_token_id, batch_size)
     counts = collate_pairs(samples, tok.pad_token_id)["labels"].ne(IGNORE_INDEX).sum(-1).clamp(min=1).float()
     n_c, n_r = counts[:len(samples)], counts[len(samples):]  # answer tokens scored, chosen and rejected
-    share = lambda a, b: round(float((a > b).float().mean()), 4)  # noqa: E731
+    share = lambda a, b: round(float((a > b).float().mean()), 4)
     result = {"run": str(run_dir), "checkpoint": None if checkpoint is None else str(checkpoint), "data": str(data), "pairs": len(samples), "max_length": max_length,
               "pairs_cut": sum(s.chosen.truncated or s.rejected.truncated for s in samples),
               "prefers_chosen_base": share(base_c, base_r), "prefers_chosen_tuned": share(tuned_c, tuned_r),

@@ -45,7 +45,7 @@ def test_split_keeps_each_prompt_on_one_side(split_and_run) -> None:
     _, split, _ = split_and_run
     train = json.loads((split / "train.json").read_text())
     held = json.loads((split / "heldout.json").read_text())
-    key = lambda rec: json.dumps(rec["conversations"], sort_keys=True)  # noqa: E731
+    key = lambda rec: json.dumps(rec["conversations"], sort_keys=True)
     assert len(train) + len(held) == 12 and held
     assert {key(r) for r in train}.isdisjoint({key(r) for r in held})
 
@@ -64,7 +64,7 @@ def test_cached_base_gives_the_same_scores_and_a_stale_cache_is_recomputed(split
     assert plain == {**first, "checkpoint": plain["checkpoint"]}
     assert step1 == step1_plain
     # the base log-probs in the cache are the base model's: tiny-llama loaded alone scores the same pairs alike
-    model, tok, tpl = ev.load_tuned(ev.Run(run), None)
+    _, tok, tpl = ev.load_tuned(ev.Run(run), None)
     samples = ev.pair_samples(ev.load_preference(str(held)), tok, tpl, MAX_LEN)
     base_c, base_r = ev.pair_logps(load_model("tiny-llama").eval(), samples, tok.pad_token_id, 2)
     assert torch.allclose(torch.tensor(saved["chosen"]), base_c, atol=1e-4)
