@@ -84,7 +84,27 @@ def load_tuned(run: Run, checkpoint: Path | None):
     return PeftModel.from_pretrained(base, str(checkpoint / "weights")), run.load_tokenizer(), run.chat_template
 
 
-def score(run_dir: Path, data: Path, max_length: int | None, batch_size: int, checkpoint: Path | None = None) -> dict:
+def base_logps(model, samples: list, pad_id: int, batch_size: int, key: dict,
+               cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The base model's (adapters off) summed log-probs of each pair, read from ``cache`` when it holds them.
+
+    The base model is the same for every checkpoint and every run of one base, so scoring a curve of
+    checkpoints computes it once. ``key`` (base model, data file, max_length, pairs) must match the cache's,
+    else the log-probs are computed again and the cache rewritten.
+    """
+    if cache is not None and cache.is_file():
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return torch.tensor(saved["chosen"]), torch.tensor(saved["rejected"])
+    with model.disable_adapter():  # the base model: the reference DPO trained against
+        chosen, rejected = pair_logps(model, samples, pad_id, batch_size)
+    if cache is not None:
+        atomic_write_json(cache, {"key": key, "chosen": chosen.tolist(), "rejected": rejected.tolist()})
+    return chosen, rejected
+
+
+def score(run_dir: Path, data: Path, max_length: int | None, batch_size: int, checkpoint: Path | None = None,
+          base_cache: Path | None = None) -> dict:
     """Held-out preference of the base model and of the tuned run (module doc); saved next to the run."""
     torch.manual_seed(0)
     run = Run(run_dir)
@@ -92,13 +112,15 @@ def score(run_dir: Path, data: Path, max_length: int | None, batch_size: int, ch
     model.eval()
     max_length = max_length or run.config.data.max_length
     samples = pair_samples(load_preference(str(data)), tok, tpl, max_length)
-    with model.disable_adapter():  # the base model: the reference DPO trained against
-        base_c, base_r = pair_logps(model, samples, tok.pad_token_id, batch_size)
+    key = {"base_model": run.base_model_name, "data": str(data.resolve()), "max_length": max_length,
+           "pairs": len(samples)}
+    base_c, base_r = base_logps(model, samples, tok.pad_token_id, batch_size, key, base_cache)
     tuned_c, tuned_r = pair_logps(model, samples, tok.pad_token_id, batch_size)
     counts = collate_pairs(samples, tok.pad_token_id)["labels"].ne(IGNORE_INDEX).sum(-1).clamp(min=1).float()
     n_c, n_r = counts[:len(samples)], counts[len(samples):]  # answer tokens scored, chosen and rejected
-    share = lambda a, b: round(float((a > b).float().mean()), 4)  # noqa: E731
+    share = lambda a, b: round(float((a > b).float().mean()), 4)
     result = {"run": str(run_dir), "checkpoint": None if checkpoint is None else str(checkpoint), "data": str(data), "pairs": len(samples), "max_length": max_length,
+              "pairs_cut": sum(s.chosen.truncated or s.rejected.truncated for s in samples),
               "prefers_chosen_base": share(base_c, base_r), "prefers_chosen_tuned": share(tuned_c, tuned_r),
               "implicit_reward_accuracy": share(tuned_c - base_c, tuned_r - base_r),
               "prefers_chosen_per_token_base": share(base_c / n_c, base_r / n_r),
@@ -126,11 +148,13 @@ def main() -> None:
     sc.add_argument("--max-length", type=int, default=None)
     sc.add_argument("--batch-size", type=int, default=4)
     sc.add_argument("--checkpoint", type=Path, default=None, help="score this step checkpoint of the run instead")
+    sc.add_argument("--base-cache", type=Path, default=None,
+                    help="JSON file keeping the base model's log-probs between calls (same base, data and length)")
     args = ap.parse_args()
     if args.cmd == "split":
         split(args.path, args.out, args.heldout, args.seed)
     else:
-        score(args.run, args.data, args.max_length, args.batch_size, args.checkpoint)
+        score(args.run, args.data, args.max_length, args.batch_size, args.checkpoint, args.base_cache)
 
 
 if __name__ == "__main__":
