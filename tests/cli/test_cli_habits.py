@@ -75,3 +75,19 @@ def test_out_and_output_are_one_option(tmp_path: Path) -> None:
     for cmd in (["export"], ["generate"], ["data", "clean"], ["data", "extract-dialogue"], ["data", "augment"]):
         out = runner.invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"}).output
         assert "--out" in out and "--output" in out, cmd
+
+
+def test_an_interrupted_run_names_the_resume_override_once(monkeypatch, tmp_path: Path) -> None:
+    import tunelab
+    from tunelab.engine.loop import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted(tmp_path / "checkpoints" / "step-000021")
+
+    monkeypatch.setattr(tunelab, "train", interrupted)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {name: tiny-llama}\n")
+    res = runner.invoke(app, ["train", str(cfg), "train.max_steps=30", "train.resume=auto"])
+    assert res.exit_code == 130
+    hint = res.output.split("continue with:")[1].split()
+    assert hint == ["tunelab", "train", str(cfg), "train.max_steps=30", "train.resume=auto"]

@@ -64,8 +64,9 @@ def train(
     try:
         run = tunelab.train(config, overrides or [], progress=not quiet and is_main_rank())
     except TrainingInterrupted as e:
+        again = [o for o in overrides or [] if not o.replace(" ", "").startswith("train.resume=")]
         err.print(f"[yellow]interrupted[/]: checkpoint saved at {e.checkpoint}\n"
-                  f"continue with: tunelab train {config} {' '.join(overrides or [])} train.resume=auto")
+                  f"continue with: {' '.join(['tunelab train', str(config), *again, 'train.resume=auto'])}")
         raise typer.Exit(130)
     except TrainingDiverged as e:
         _fail(ranked(e), 1)
