@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220)}
 
@@ -54,3 +55,22 @@ def llava_run(shapes, tmp_path_factory):
                   "method": {"name": "lora", "r": 4, "dropout": 0.0, "train_projector": True},
                   "train": {"max_steps": 6, "batch_size": 4, "lr": 5e-3, "report": False},
                   "output_dir": str(out)}, progress=False)
+
+
+def reload_against_peft(run, base_dir: Path, make_inputs):
+    """A vision LoRA run reloaded by tunelab beside an independent PEFT load of its adapter and the plain base:
+    (model, processor, template, inputs, logits of each). `make_inputs(processor, template)` builds the batch."""
+    from types import SimpleNamespace
+
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    model, _, template = run.load_model(device="cpu")
+    proc = run.load_processor()
+    inputs = make_inputs(proc, template)
+    ref = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(str(base_dir)),
+                                    str(run.path / "adapter")).eval()
+    base = AutoModelForImageTextToText.from_pretrained(str(base_dir)).eval()
+    with torch.no_grad():
+        got, want, plain = model(**inputs).logits, ref(**inputs).logits, base(**inputs).logits
+    return SimpleNamespace(model=model, proc=proc, template=template, inputs=inputs, got=got, want=want, plain=plain)

@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 
+from tests.vision.conftest import reload_against_peft
 from tunelab.data.formats import Conversation
 from tunelab.data.images import resolve_image
 from tunelab.models.image_only import has_torchvision
@@ -110,18 +111,10 @@ def test_training_changes_language_adapters_and_the_merger_only(qwen):
 
 
 def test_reload_gives_the_logits_of_an_independent_peft_load(qwen, shapes):
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText
-
     _, base_dir, run = qwen
-    model, _, template = run.load_model(device="cpu")
-    proc = run.load_processor()
-    inputs = shape_inputs(proc, template, shapes)
-    ref = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(str(base_dir)),
-                                    str(run.path / "adapter")).eval()
-    base = AutoModelForImageTextToText.from_pretrained(str(base_dir)).eval()
+    r = reload_against_peft(run, base_dir, lambda proc, template: shape_inputs(proc, template, shapes))
+    model, proc, template, got, want, plain = r.model, r.proc, r.template, r.got, r.want, r.plain
     with torch.no_grad():
-        got, want, plain = model(**inputs).logits, ref(**inputs).logits, base(**inputs).logits
         other = model(**shape_inputs(proc, template, shapes, i=0)).logits  # a red image instead of a green one
     assert torch.equal(got, want)
     assert not torch.allclose(got, plain, atol=1e-4)  # training changed the answer to an image prompt

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.vision.conftest import reload_against_peft
 from tunelab.data.formats import parse_records
 from tunelab.data.io import read_records
 
@@ -38,17 +39,8 @@ def test_training_changes_adapters_and_projector_only(llava_run, llava_dir):
 
 
 def test_reload_gives_the_logits_of_an_independent_peft_load(llava_run, llava_dir, shapes):
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText
-
-    model, _, template = llava_run.load_model(device="cpu")
-    proc = llava_run.load_processor()
-    inputs = sample_inputs(proc, template, shapes)
-    ref = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(str(llava_dir)),
-                                    str(llava_run.path / "adapter")).eval()
-    base = AutoModelForImageTextToText.from_pretrained(str(llava_dir)).eval()
-    with torch.no_grad():
-        got, want, plain = model(**inputs).logits, ref(**inputs).logits, base(**inputs).logits
+    r = reload_against_peft(llava_run, llava_dir, lambda proc, template: sample_inputs(proc, template, shapes))
+    model, proc, inputs, got, want, plain = r.model, r.proc, r.inputs, r.got, r.want, r.plain
     assert torch.equal(got, want)
     assert not torch.allclose(got, plain, atol=1e-4)  # training changed the answer to an image prompt
     no_image = {k: v for k, v in inputs.items() if k != "pixel_values"}
