@@ -69,3 +69,11 @@ def reference(adapters):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="package")
+def embeddings():
+    """tiny-llama's input embedding table: the vectors the drift profiles (prompts and outputs) are built on."""
+    from tunelab.models import load_model
+
+    return load_model("tiny-llama").get_input_embeddings().weight

@@ -35,13 +35,6 @@ def chinese(shared_data):
 
 
 @pytest.fixture(scope="module")
-def embeddings():
-    from tunelab.models import load_model
-
-    return load_model("tiny-llama").get_input_embeddings().weight
-
-
-@pytest.fixture(scope="module")
 def profile(english, tiny_tokenizer, embeddings):
     return build_profile(english[:600], tiny_tokenizer, embeddings)
 

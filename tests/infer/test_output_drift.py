@@ -29,13 +29,6 @@ def answers(shared_data):
 
 
 @pytest.fixture(scope="module")
-def embeddings():
-    from tunelab.models import load_model
-
-    return load_model("tiny-llama").get_input_embeddings().weight
-
-
-@pytest.fixture(scope="module")
 def profile(answers, tiny_tokenizer, embeddings):
     return build_output_profile(answers[:400], tiny_tokenizer, embeddings)
 
