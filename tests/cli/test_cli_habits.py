@@ -91,3 +91,13 @@ def test_an_interrupted_run_names_the_resume_override_once(monkeypatch, tmp_path
     assert res.exit_code == 130
     hint = res.output.split("continue with:")[1].split()
     assert hint == ["tunelab", "train", str(cfg), "train.max_steps=30", "train.resume=auto"]
+
+
+def test_done_line_leaves_out_a_loss_rate_the_stage_does_not_count():
+    from tunelab.cli import rate_text
+
+    sft = {"steady_tokens_per_s": 1234.4, "loss_tokens_per_s": 610.0, "first_step_s": 2.25, "tokens_per_s": 900.0}
+    assert rate_text(sft) == "1,234 tok/s after step 1 (real tokens; 610 loss tok/s over training), first step 2.2 s"
+    dpo = sft | {"loss_tokens_per_s": 0}  # preference stages score whole answers: no loss tokens counted
+    assert rate_text(dpo) == "1,234 tok/s after step 1 (real tokens), first step 2.2 s"
+    assert rate_text({"steady_tokens_per_s": None, "tokens_per_s": 50.0}) == "50 tok/s"  # a one-step run

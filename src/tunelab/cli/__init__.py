@@ -80,11 +80,22 @@ def train(
         return
     s = run.summary
     eval_part = f", eval loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else ""
-    rate = (f"{s['steady_tokens_per_s']:,.0f} tok/s after step 1 (real tokens; {s['loss_tokens_per_s']:,.0f} "
-            f"loss tok/s over training), first step {s['first_step_s']:.1f} s"
-            if s.get("steady_tokens_per_s") else f"{s['tokens_per_s']:,.0f} tok/s")
-    err.print(f"[green]done[/]: {s['steps']} steps, train loss {s['train_loss']:.4f}{eval_part}, {rate} -> {run.path}")
+    err.print(f"[green]done[/]: {s['steps']} steps, train loss {s['train_loss']:.4f}{eval_part}, {rate_text(s)} "
+              f"-> {run.path}")
     typer.echo(str(run.path))
+
+
+def rate_text(summary: dict) -> str:
+    """The throughput part of the closing ``done:`` line, from a run's summary.
+
+    Stages that score whole answers (DPO, GRPO...) count no loss tokens, so their line leaves that rate out
+    rather than print "0 loss tok/s".
+    """
+    s = summary
+    if not s.get("steady_tokens_per_s"):
+        return f"{s['tokens_per_s']:,.0f} tok/s"
+    loss_rate = f"; {s['loss_tokens_per_s']:,.0f} loss tok/s over training" if s.get("loss_tokens_per_s") else ""
+    return f"{s['steady_tokens_per_s']:,.0f} tok/s after step 1 (real tokens{loss_rate}), first step {s['first_step_s']:.1f} s"
 
 
 @config_app.command("show")
