@@ -122,17 +122,30 @@ START_WITH_NUMBER = re.compile(r"^\s*\d")  # reported: the answer starts with a 
 JUST_NUMBER = re.compile(r"^\s*\d+\s*\.?\s*$")  # reported: the whole answer is a number
 
 
-def grpo_prompts(seed: int = 0, n_train: int = 48, n_held: int = 12) -> tuple[list[dict], list[dict]]:
-    """(train, held_out) Alpaca records "What is a + b? Answer with just the number." (distinct sums a + b)."""
+def grpo_prompts(seed: int = 0, n_train: int = 240, held_sums: int = 15, per_sum: int = 4
+                 ) -> tuple[list[dict], list[dict]]:
+    """(train, held_out) Alpaca records "What is a + b? Answer with just the number.", a and b in 2-39.
+
+    The sums are split first: ``held_sums`` of them (drawn from 10-70, where each has at least ``per_sum``
+    pairs) are held-out answers, with ``per_sum`` prompts each; training prompts are drawn from the pairs of
+    the other sums. So no held-out answer is ever a training answer (nothing to memorise), while the held-out
+    set is large enough (60 prompts by default) that a gain is not one or two answers.
+    """
     rng = random.Random(seed)
+    held = set(rng.sample(range(10, 71), held_sums))
     pairs = [(a, b) for a in range(2, 40) for b in range(2, 40)]
     rng.shuffle(pairs)
-    rows, seen = [], set()
+    row = lambda a, b: {"instruction": GRPO_INSTRUCTION.format(a=a, b=b), "output": str(a + b)}
+    taken: dict[int, int] = {}
+    train, held_rows = [], []
     for a, b in pairs:
-        if a + b not in seen:  # a held-out prompt never shares its answer with a training prompt
-            seen.add(a + b)
-            rows.append({"instruction": GRPO_INSTRUCTION.format(a=a, b=b), "output": str(a + b)})
-    return rows[:n_train], rows[n_train:n_train + n_held]
+        if a + b not in held:
+            if len(train) < n_train:
+                train.append(row(a, b))
+        elif taken.get(a + b, 0) < per_sum:
+            taken[a + b] = taken.get(a + b, 0) + 1
+            held_rows.append(row(a, b))
+    return train, held_rows
 
 
 def grpo_rewards() -> tuple[dict, list[float]]:
@@ -169,8 +182,8 @@ def sampled_answers(model, tokenizer, template: str, rows: list[dict], samples: 
     return answers, [r["output"] for r in rows for _ in range(samples)]
 
 
-def run_grpo(out: Path, model_name: str = "smollm2-135m", steps: int = 20, batch_size: int = 4,
-             max_new_tokens: int = 16, lr: float = 3e-4, samples: int = 8, eval_every: int = 5,
+def run_grpo(out: Path, model_name: str = "smollm2-135m", steps: int = 60, batch_size: int = 4,
+             max_new_tokens: int = 16, lr: float = 3e-4, samples: int = 4, eval_every: int = 10,
              seed: int = 0) -> dict:
     """Train examples/grpo_addition.yaml and report held-out answers before and after (see module doc).
 

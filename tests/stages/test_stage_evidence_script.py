@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,10 @@ def test_synthetic_tasks_keep_held_out_disjoint():
     assert {p["prompt"] for p in train}.isdisjoint({p["prompt"] for p in held})
     assert all(p["chosen"] == "Sure! " + p["rejected"] for p in train + held)
     g_train, g_held = ev.grpo_prompts()
-    assert len(g_train) == 48 and len(g_held) == 12
+    assert len(g_train) == 240 and len(g_held) == 60
     assert {r["output"] for r in g_train}.isdisjoint({r["output"] for r in g_held})  # no shared answers either
+    assert sorted(Counter(r["output"] for r in g_held).values()) == [4] * 15  # 15 held-out sums, 4 prompts each
+    assert len({r["instruction"] for r in g_train + g_held}) == 300  # no prompt twice
     for row in g_train + g_held:
         asked = re.match(r"What is (\d+) \+ (\d+)\? Answer with just the number\.$", row["instruction"])
         a, b = map(int, asked.groups())
@@ -87,7 +90,7 @@ def test_grpo_experiment_runs_and_its_before_numbers_are_the_base_model(tmp_path
     result = ev.run_grpo(tmp_path, model_name="tiny-llama", steps=2, batch_size=2, max_new_tokens=4, samples=2,
                          eval_every=1)
     assert json.loads((tmp_path / "grpo_result.json").read_text()) == result
-    assert result["train_prompts"] == 48 and result["heldout_prompts"] == 12 and len(result["examples"]) == 12
+    assert result["train_prompts"] == 240 and result["heldout_prompts"] == 60 and len(result["examples"]) == 60
     model, tok = load_model("tiny-llama"), load_tokenizer("tiny-llama")
     _, held = ev.grpo_prompts()
     answers, refs = ev.sampled_answers(model, tok, tok.chat_template, held, 2, 4, seed=0)  # same seed: same samples
