@@ -16,7 +16,7 @@ from tunelab.data.stage_formats import load_text
 from tunelab.eval.metrics import classification_metrics
 from tunelab.models import load_model, load_tokenizer
 from tunelab.run import Run
-from tunelab.training.classes import label_answers
+from tunelab.training.classes import EvalLogits, label_answers, predict
 from tunelab.training.heads import load_scorer
 from tunelab.stages.pretrain import chunk_documents
 
@@ -100,6 +100,46 @@ def test_classify_head_learns_saves_and_reports_sklearn_metrics(tmp_path: Path) 
     with torch.no_grad():
         probs = scorer(enc["input_ids"], enc["attention_mask"]).softmax(-1)[0]
     assert probs.tolist() == pytest.approx([preds[0]["probs"]["neg"], preds[0]["probs"]["pos"]], abs=1e-5)
+
+
+def test_classify_reports_the_loops_final_evaluation_without_scoring_validation_again(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    import tunelab.stages.classify as classify_stage
+
+    calls = []
+    monkeypatch.setattr(classify_stage, "predict", lambda *a, **k: calls.append(a) or predict(*a, **k))
+    train = [("great lovely day", "pos"), ("happy bright sun", "pos"), ("sad grey rain", "neg"),
+             ("awful cold night", "neg")]
+    val = [("lovely happy sun", "pos"), ("sad cold storm", "neg"), ("good warm day", "pos"),
+           ("bitter angry word", "neg"), ("joy and fun", "pos")]
+    write_classes(tmp_path / "train.jsonl", train)
+    write_classes(tmp_path / "val.jsonl", val)
+    cfg = base_cfg("classify", tmp_path / "train.jsonl", tmp_path / "cls", max_steps=4, batch_size=4, lr=1e-2,
+                   eval_every=2)
+    cfg["data"]["eval"] = str(tmp_path / "val.jsonl")
+    run = tunelab.train(cfg, progress=False)
+    assert calls == []  # two evaluations (steps 2 and 4); the report reuses the last, made with the final weights
+    (report,) = sorted((run.path / "eval").glob("validation-*.json"))
+    preds = [json.loads(line) for line in report.with_suffix(".predictions.jsonl").read_text().splitlines()]
+    scorer = load_scorer(Run(run.path))  # an independent reload scores each text as the report says
+    tok = load_tokenizer("tiny-llama")
+    for (text, label), row in zip(val, preds):
+        enc = tok([text], return_tensors="pt")
+        with torch.no_grad():
+            probs = scorer(enc["input_ids"], enc["attention_mask"]).softmax(-1)[0]
+        assert row["reference"] == label
+        assert probs.tolist() == pytest.approx([row["probs"]["neg"], row["probs"]["pos"]], abs=1e-5)
+
+
+def test_eval_logits_keep_only_the_latest_whole_pass() -> None:
+    kept = EvalLogits(3)
+    assert kept.probs() is None
+    kept.add(torch.zeros(2, 2))
+    assert kept.probs() is None  # a pass is not complete until 3 rows
+    kept.add(torch.zeros(1, 2))
+    kept.add(torch.tensor([[0.0, 1.0], [2.0, 0.0]]))  # the next pass begins: the first is dropped
+    kept.add(torch.tensor([[1.0, 1.0]]))
+    assert kept.probs() == pytest.approx(torch.tensor([[0.0, 1.0], [2.0, 0.0], [1.0, 1.0]]).softmax(-1))
 
 
 def test_classify_label_tokens_on_fudan_news_scores_the_answer_pattern(shared_data: Path, tmp_path: Path) -> None:

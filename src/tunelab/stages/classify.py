@@ -28,6 +28,7 @@ from tunelab.data.stage_formats import load_classification
 from tunelab.engine.loop import Recipe, fit
 from tunelab.training.classes import (
     SCORERS,
+    EvalLogits,
     class_weights,
     classify_step,
     collate_classes,
@@ -78,7 +79,8 @@ def run(cfg, progress: bool = True):
         recount_parameters(setup)
     scorer = SCORERS[ccfg.mode]
     collate_fn = partial(collate_classes, pad_id=tok.pad_token_id)
-    step = partial(classify_step, scorer=scorer, weights=weights)
+    eval_logits = EvalLogits(len(val))
+    step = partial(classify_step, scorer=scorer, weights=weights, eval_logits=eval_logits)
     if cfg.domain is not None:  # unlabelled target text: DANN or MMD on the pooled features (training/domain.py)
         collate_fn, step = domain_adaptation(cfg, setup, collate_fn, weights, progress)
     say(progress, f"classify ({ccfg.mode}): {len(labels)} classes {labels}; {len(train)} train / {len(val)} "
@@ -89,8 +91,13 @@ def run(cfg, progress: bool = True):
                                                  cfg.data.max_length)), progress=progress)
     summary = dict(result.summary)
     if val:
-        say(progress, f"scoring {len(val)} validation examples")
-        probs = predict(setup.model, val, collate_fn, scorer, cfg.train.batch_size, setup.device)
+        # the loop's final evaluation scored the validation set with the weights the run keeps, unless early
+        # stopping went back to an earlier best step: then (or when no whole pass was seen) score it again
+        restored = cfg.train.early_stopping_patience and summary.get("best_step") != summary.get("steps")
+        probs = None if restored or cfg.domain is not None else eval_logits.probs()
+        if probs is None:
+            say(progress, f"scoring {len(val)} validation examples")
+            probs = predict(setup.model, val, collate_fn, scorer, cfg.train.batch_size, setup.device)
         settings = {"split": "validation", "mode": ccfg.mode, "labels": labels,
                     "class_weights": None if weights is None else weights.tolist()}
         metrics = write_eval(setup.run_dir, cfg.data.eval or cfg.data.train, val_ex, labels, probs, settings)
