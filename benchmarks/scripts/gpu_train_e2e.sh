@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device call of the train-e2e benchmark (docs/speed.md): bash benchmarks/scripts/gpu_train_e2e.sh PHASE TAG
-# Run from a folder holding src/, benchmarks/, tests/ and assets/ (tok/: the SmolLM2 tokenizer saved with
+# Run from a folder holding src/, benchmarks/, tests/, pyproject.toml (the test markers) and assets/ (tok/: the SmolLM2 tokenizer saved with
 # save_pretrained; data/: huanhuan.json, alpaca_en_demo.json; peer_lora.py from ../shared/bench), with the
 # wheels the image lacks in ../.whl (pydantic, pydantic-core, annotated-types, typing-inspection, trl, datasets,
 # dill, multiprocess, liger-kernel, bitsandbytes). Rows go to $OUT/e2e.jsonl, logs to $OUT.
@@ -44,6 +44,22 @@ case $PHASE in
     python3 -c "import torch.nn.attention.varlen as v; print('varlen_attn available')" || true
     timeout 560 $E2E --shape qwen2.5-1.5b --data $HH --steps 60 --fresh-cache --compile-times \
       --runs tunelab,tunelab-warm,tunelab-nopool,tunelab-noflex,tunelab-noce --timeout 110
+    ;;
+  k)  # the GPU tests (correctness gate, CUDA graphs included), then the 1.5B whole run on a fresh machine's
+      # empty compiler caches (compile-time table in its log), TRL, and tunelab again with those caches warm
+    TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 170 python3 -m pytest -q -p no:cacheprovider \
+      tests/kernels/test_cuda_graphs_gpu.py tests/kernels/test_speed_gpu.py 2>&1 | tail -25 | tee $OUT/gpu_tests.txt
+    timeout 400 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
+      --runs tunelab,trl,tunelab-warm --timeout 170
+    ;;
+  m)  # after k, in one call: bench fast vs HF+PEFT, TRL with Liger, the 7B steady rate
+    timeout 110 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
+      --peer-script assets/peer_lora.py 2>&1 | grep '^{' | tee $OUT/bench.jsonl
+    timeout 150 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs trl-liger --timeout 145
+    timeout 200 $E2E --shape qwen2.5-7b --data $HH --steps 20 --runs tunelab,trl --timeout 95
+    ;;
+  l)  # alpaca_en_demo: tunelab and TRL, 100 steps each (TRL takes ~75 s, so not in m: its time limit)
+    timeout 250 $E2E --shape qwen2.5-1.5b --data $AL --steps 100 --runs tunelab,trl --timeout 120
     ;;
   b)  # the other peers and shapes
     timeout 100 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
