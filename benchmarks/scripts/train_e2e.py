@@ -124,12 +124,12 @@ def tunelab_row(name: str, a, model: Path, work: Path) -> dict:
     return row
 
 
-MARKS = {"loaded": " on cuda", "data": "] data:", "step1": "] step 1/", "done": "] done:", "exit": "] exit "}
+MARKS = {"loading": "] loading ", "loaded": "trainable of ", "data": "] data:", "step1": "] step 1/", "done": "] done:", "exit": "] exit "}
 
 
 def timeline(log: Path) -> dict[str, float]:
-    """Seconds since launch at which the run's log first showed each phase (model loaded, data ready, the
-    first step logged, training done, process exit)."""
+    """Seconds since launch at which the run's log first showed each phase (imports done and the model loading,
+    model loaded, data ready, the first step logged, training done, process exit)."""
     found: dict[str, float] = {}
     for ln in log.read_text().splitlines():
         for key, mark in MARKS.items():

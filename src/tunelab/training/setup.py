@@ -122,6 +122,7 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     torch.manual_seed(cfg.train.seed)
     method = get_method(cfg.method.name)
     quantize = method.load_settings(cfg.method) if hasattr(method, "load_settings") else None  # QLoRA: 4-bit at load
+    say(progress and main, f"loading {cfg.model.name} on {device} ...")  # the seconds a large model takes
     model = load_model(cfg.model.name, cfg.model.dtype, device, cfg.model.trust_remote_code, quantize=quantize)
     method_cfg = method_cfg_for_vision(model, cfg.method) if processor is not None else cfg.method
     model = method.apply(model, method_cfg)
