@@ -253,6 +253,7 @@ def test_early_stopping_keeps_the_best_weights(samples, tmp_path):
                   eval_every=2, early_stopping_patience=2, lr=1e-2)
     assert res.stopped == "early_stopping"
     assert res.summary["best_step"] == 4 and res.step == 8
+    assert res.summary["restored_step"] == 4  # the run ends with step 4's weights, and says so
     assert res.summary["best_eval_loss"] == pytest.approx(0.5)
     best = lora_model()
     get_method("lora").load_state(best, tmp_path / "d" / "best")

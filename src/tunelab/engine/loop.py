@@ -458,9 +458,11 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
                 break
     bar.close()
     distributed.barrier()
+    restored_step = None  # the earlier step whose weights the run ends with (early stopping's best), if any
     if cfg.early_stopping_patience and RunFolder(run_dir).best_dir.is_dir() and pos["best_step"] != step:
         with unwrapped(model):
             method.load_state(model, RunFolder(run_dir).best_dir)
+        restored_step = pos["best_step"]
     elapsed = time.perf_counter() - t_start
     train_s = max(pos["train_s"], 1e-9)  # training time only: evaluation and checkpoint writing excluded
     steady_tokens, steady_s = (pos["tokens"] - pos["steady_from"][0], pos["train_s"] - pos["steady_from"][1]) \
@@ -468,6 +470,7 @@ def fit(setup: Setup, recipe: Recipe, progress: bool = True) -> FitResult:
     summary = {
         "steps": step, "epochs": _epochs(pos, micro_per_epoch), "train_loss": last_loss,
         "eval_loss": last_eval, "best_step": pos["best_step"], "best_eval_loss": pos["best_eval"],
+        "restored_step": restored_step,
         "tokens": pos["tokens"], "loss_tokens": pos["loss_tokens"],
         "tokens_per_s": pos["tokens"] / train_s, "loss_tokens_per_s": pos["loss_tokens"] / train_s,
         "steady_tokens_per_s": steady_tokens / steady_s if steady_s > 0 else None,

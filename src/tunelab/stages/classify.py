@@ -92,8 +92,8 @@ def run(cfg, progress: bool = True):
     summary = dict(result.summary)
     if val:
         # the loop's final evaluation scored the validation set with the weights the run keeps, unless early
-        # stopping went back to an earlier best step: then (or when no whole pass was seen) score it again
-        restored = cfg.train.early_stopping_patience and summary.get("best_step") != summary.get("steps")
+        # stopping put an earlier step's weights back: then (or when no whole pass was seen) score it again
+        restored = summary.get("restored_step") is not None
         probs = None if restored or cfg.domain is not None else eval_logits.probs()
         if probs is None:
             say(progress, f"scoring {len(val)} validation examples")
