@@ -10,6 +10,7 @@ from tunelab.kernels.lora import (
     FusedLoraLinear,
     fuse_lora,
     lora_linear,
+    linear_plus_lowrank,
     lora_linear_ops,
     unfuse_lora,
 )
@@ -50,6 +51,52 @@ def test_lora_linear_matches_reference_with_base_grads(fn):
     for g1, g2 in zip(torch.autograd.grad(got, (x, w, b, a, bb), gy), torch.autograd.grad(ref, (x, w, b, a, bb), gy)):
         torch.testing.assert_close(g1, g2)
     torch.autograd.gradcheck(lambda *t: fn(*t, 0.5), (x[:1, :2].detach().requires_grad_(), w, b, a, bb))
+
+
+def test_frozen_base_goes_through_one_operator_with_the_same_values_and_grads():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(20, 12, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
+    a = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    bb = torch.randn(20, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = x @ w.T + b + 0.5 * (x @ a.T) @ bb.T
+    got = lora_linear_ops(x, w, b, a, bb, 0.5)
+    torch.testing.assert_close(got, ref)
+    gy = torch.randn_like(ref)
+    for g1, g2 in zip(torch.autograd.grad(got, (x, a, bb), gy), torch.autograd.grad(ref, (x, a, bb), gy)):
+        torch.testing.assert_close(g1, g2)
+    # the operator's fake (shape) function, autograd formula and schema, as torch checks custom operators
+    xa = (x.detach().reshape(-1, 12) @ a.detach().T).requires_grad_()
+    torch.library.opcheck(linear_plus_lowrank, (x.detach().reshape(-1, 12).requires_grad_(), w, None, xa,
+                                                bb.detach().requires_grad_(), 0.5))
+    torch.autograd.gradcheck(lambda xx, aa, bbb: lora_linear_ops(xx, w, b, aa, bbb, 0.5), (x[:1, :2], a, bb))
+    graphs = []
+    torch.compile(lambda *t: lora_linear_ops(*t, 0.5), backend=lambda gm, _: graphs.append(gm) or gm)(x, w, b, a, bb)
+    assert "linear_plus_lowrank" in graphs[0].code   # the compiler sees the operator, not linear + addmm
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_frozen_base_operator_under_autocast_equals_plain_ops(compiled):
+    """An fp32 model trained in bf16 autocast (train.precision on an fp32 model): the operator sees what autocast
+    would give a linear, so output and gradients equal the plain ops' exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, requires_grad=True)
+    w, b = torch.randn(20, 12), torch.randn(20)
+    a, bb = torch.randn(4, 12, requires_grad=True), torch.randn(20, 4, requires_grad=True)
+
+    def plain(x, w, b, a, bb, s):
+        x2 = x.reshape(-1, 12)
+        return torch.addmm(torch.nn.functional.linear(x2, w, b), x2 @ a.t(), bb.t(), alpha=s).view(2, 3, 20)
+
+    results = []
+    for fn in (lora_linear_ops, plain):
+        fn = torch.compile(fn, backend="aot_eager") if compiled else fn
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn(x, w, b, a, bb, 0.5)
+        results.append((y, *torch.autograd.grad(y.float().sum(), (x, a, bb))))
+    for got, want in zip(*results):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_fused_model_matches_peft_outputs_and_grads():
