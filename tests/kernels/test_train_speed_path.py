@@ -175,3 +175,35 @@ def test_train_run_same_first_loss_with_speed_on_and_off(tmp_path, addition_file
     assert run_on.config.train.speed.ce_chunk == 16
     model, _, _ = run_on.load_model(device="cpu")  # the adapter saved with PEFT's own key names reloads
     assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_compiled_layers_share_one_graph_first_layer_included(monkeypatch):
+    """Frozen embeddings (LoRA) leave the first layer's input without grad; the speed path's hook makes it require
+    grad so the compiler traces the layer once for all layers, with the loss and gradients unchanged."""
+    from torch._dynamo.utils import counters
+
+    from tunelab.config import TrainCfg
+    from tunelab.kernels import regions
+
+    real_compile = regions.compile_layers
+    monkeypatch.setattr(regions, "compile_layers", lambda m, **kw: real_compile(m, backend="aot_eager", **kw))
+    model = make_model("lora")
+    batch = padded_batch()
+    ref_loss, _, ref_g = loss_and_grads(model, batch, SPEED)
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = TrainCfg(speed={"fused_lora": True, "compile_layers": True})
+    embed = model.get_input_embeddings()
+    with speed_context(model, cfg, torch.device("cpu"), say=False) as plan:
+        assert "compile_layers" in plan
+        loss, _, grads = loss_and_grads(model, batch, SPEED)
+        assert counters["stats"]["unique_graphs"] == 1          # 2 decoder layers, one graph
+        with torch.no_grad():
+            assert not embed(batch["input_ids"]).requires_grad  # evaluation: no gradient asked for
+    assert not embed(batch["input_ids"]).requires_grad          # the hook is gone after training
+    torch._dynamo.reset()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    fused = {n.replace(".inner.", ".").replace(".layer.", "."): g for n, g in grads.items()}
+    assert fused.keys() == ref_g.keys()
+    for name in ref_g:
+        torch.testing.assert_close(fused[name], ref_g[name], rtol=1e-4, atol=1e-6, msg=name)
