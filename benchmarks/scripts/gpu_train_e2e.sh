@@ -67,5 +67,37 @@ case $PHASE in
     timeout 150 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --runs trl-liger --timeout 145
     timeout 200 $E2E --shape qwen2.5-7b --data $HH --steps 30 --bs 2 --method qlora --runs tunelab --timeout 190
     ;;
+  P)  # where the bench step's time goes (torch.profiler tables, 1.5B and 7B), and a cold 1.5B run's timeline
+      # (the "loading" mark splits imports from loading the weights)
+    python3 -c "import time; t=time.time(); import torch; a=time.time(); torch.zeros(1, device='cuda'); b=time.time()
+import transformers, peft; from transformers import AutoModelForCausalLM; import tunelab.stages.sft; c=time.time()
+print(f'import torch {a-t:.1f}s, cuda init {b-a:.1f}s, transformers+peft+tunelab {c-b:.1f}s')"
+    timeout 120 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
+      --peer-script assets/peer_lora.py --profile-dir $OUT/prof 2>&1 | grep '^{' | tee $OUT/bench.jsonl
+    timeout 100 python3 -m tunelab bench --shape qwen2.5-7b --batch 4 --seq 2048 --method lora \
+      --profile-dir $OUT/prof 2>&1 | grep '^{' | tee -a $OUT/bench.jsonl
+    timeout 150 $E2E --shape qwen2.5-1.5b --data $HH --steps 60 --fresh-cache --compile-times --runs tunelab --timeout 140
+    ;;
+  Q)  # the correctness gate (GPU tests), bench fast vs HF+PEFT at 1.5B and the 7B bench step, and where a cold
+      # run's first seconds go: a short run with every import timestamped in its log (PYTHONPROFILEIMPORTTIME)
+    TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 170 python3 -m pytest -q -p no:cacheprovider \
+      tests/kernels/test_cuda_graphs_gpu.py tests/kernels/test_speed_gpu.py 2>&1 | tail -25 | tee $OUT/gpu_tests.txt
+    timeout 120 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
+      --peer-script assets/peer_lora.py --profile-dir $OUT/prof 2>&1 | grep '^{' | tee $OUT/bench.jsonl
+    timeout 100 python3 -m tunelab bench --shape qwen2.5-7b --batch 4 --seq 2048 --method lora \
+      --profile-dir $OUT/prof 2>&1 | grep '^{' | tee -a $OUT/bench.jsonl
+    PYTHONPROFILEIMPORTTIME=1 timeout 100 $E2E --shape qwen2.5-1.5b --data $HH --steps 10 --fresh-cache \
+      --runs tunelab-imports --timeout 90
+    ;;
+  R)  # right after Q on the same machine: the 1.5B whole 200-step run on empty compiler caches against TRL, and
+      # the 7B steady rate against TRL over 40 steps
+    timeout 330 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
+      --runs tunelab,trl --timeout 190
+    timeout 260 $E2E --shape qwen2.5-7b --data $HH --steps 40 --runs tunelab,trl --timeout 125
+    ;;
+  S)  # the 1.5B whole 200-step run on empty compiler caches, then TRL on the same data (R without its 7B rows)
+    timeout 300 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
+      --runs tunelab,trl --timeout 180
+    ;;
 esac
 (cd /tmp/e2e && tar czf $OUT/logs.tgz *.log); ls /tmp/e2e
