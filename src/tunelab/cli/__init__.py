@@ -76,6 +76,9 @@ def train(
         if not is_disk_full(e):
             raise
         _fail(ranked(DiskFullError(e.filename or config)))
+    from tunelab.utils.exit import mark_train_finished
+
+    mark_train_finished()
     if not is_main_rank():  # rank 0 reports for the whole run
         return
     s = run.summary
@@ -413,5 +416,13 @@ _mount_optional()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A `tunelab train` that finished leaves without the interpreter's teardown
+    (`tunelab.utils.exit`: seconds after the results are written); every other exit is Python's own."""
+    from tunelab.utils.exit import can_exit_fast, fast_exit, train_finished
+
+    try:
+        app()
+    except SystemExit as e:
+        if e.code in (0, None) and train_finished() and can_exit_fast():
+            fast_exit(0)
+        raise
