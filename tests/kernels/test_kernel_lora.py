@@ -36,35 +36,34 @@ def _peft_model(dropout=0.0, seed=0):
     return model
 
 
-@pytest.mark.parametrize("fn", [lora_linear, lora_linear_ops])
-def test_lora_linear_matches_reference_with_base_grads(fn):
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(20, 12, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(20, generator=g, dtype=torch.float64, requires_grad=True)
-    a = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
-    bb = torch.randn(20, 4, generator=g, dtype=torch.float64, requires_grad=True)
+def operands(seed: int, base_grads: bool) -> tuple[torch.Tensor, ...]:
+    """x (3, 5, 12), base weight (20, 12) and bias, LoRA A (4, 12) and B (20, 4), float64."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [((3, 5, 12), True), ((20, 12), base_grads), ((20,), base_grads), ((4, 12), True), ((20, 4), True)]
+    return tuple(torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=rg) for shape, rg in shapes)
+
+
+def check_against_reference(fn, x, w, b, a, bb) -> None:
+    """fn's output and the gradients of every input that requires grad equal the written-out formula's."""
     ref = x @ w.T + b + 0.5 * (x @ a.T) @ bb.T
     got = fn(x, w, b, a, bb, 0.5)
     torch.testing.assert_close(got, ref)
+    inputs = [t for t in (x, w, b, a, bb) if t.requires_grad]
     gy = torch.randn_like(ref)
-    for g1, g2 in zip(torch.autograd.grad(got, (x, w, b, a, bb), gy), torch.autograd.grad(ref, (x, w, b, a, bb), gy)):
+    for g1, g2 in zip(torch.autograd.grad(got, inputs, gy), torch.autograd.grad(ref, inputs, gy)):
         torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("fn", [lora_linear, lora_linear_ops])
+def test_lora_linear_matches_reference_with_base_grads(fn):
+    x, w, b, a, bb = operands(1, base_grads=True)
+    check_against_reference(fn, x, w, b, a, bb)
     torch.autograd.gradcheck(lambda *t: fn(*t, 0.5), (x[:1, :2].detach().requires_grad_(), w, b, a, bb))
 
 
 def test_frozen_base_goes_through_one_operator_with_the_same_values_and_grads():
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(3, 5, 12, generator=g, dtype=torch.float64, requires_grad=True)
-    w, b = torch.randn(20, 12, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
-    a = torch.randn(4, 12, generator=g, dtype=torch.float64, requires_grad=True)
-    bb = torch.randn(20, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    ref = x @ w.T + b + 0.5 * (x @ a.T) @ bb.T
-    got = lora_linear_ops(x, w, b, a, bb, 0.5)
-    torch.testing.assert_close(got, ref)
-    gy = torch.randn_like(ref)
-    for g1, g2 in zip(torch.autograd.grad(got, (x, a, bb), gy), torch.autograd.grad(ref, (x, a, bb), gy)):
-        torch.testing.assert_close(g1, g2)
+    x, w, b, a, bb = operands(2, base_grads=False)
+    check_against_reference(lora_linear_ops, x, w, b, a, bb)
     # the operator's fake (shape) function, autograd formula and schema, as torch checks custom operators
     xa = (x.detach().reshape(-1, 12) @ a.detach().T).requires_grad_()
     torch.library.opcheck(linear_plus_lowrank, (x.detach().reshape(-1, 12).requires_grad_(), w, None, xa,
