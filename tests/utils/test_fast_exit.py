@@ -6,10 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
-
-from tunelab.utils.exit import can_exit_fast
 
 
 # an object whose destructor runs only when the interpreter is torn down (a normal exit)
@@ -39,18 +35,19 @@ def test_fast_exit_runs_handlers_flushes_and_keeps_the_code():
 
 
 def test_another_live_thread_means_the_normal_exit():
-    assert can_exit_fast()
-    stop = threading.Event()
-    worker = threading.Thread(target=stop.wait)
-    worker.start()
-    try:
-        assert not can_exit_fast()   # a normal exit would wait for it; leaving now would cut it off
-    finally:
-        stop.set()
-        worker.join()
-    daemon = threading.Thread(target=time.sleep, args=(5,), daemon=True)
-    daemon.start()
-    assert can_exit_fast()           # daemon threads never hold a normal exit either
+    out = run_python(  # a fresh process: other tests may leave threads of their own in this one
+        "import threading, time\n"
+        "from tunelab.utils.exit import can_exit_fast\n"
+        "alone = can_exit_fast()\n"
+        "stop = threading.Event()\n"
+        "worker = threading.Thread(target=stop.wait)\n"
+        "worker.start()\n"
+        "with_worker = can_exit_fast()\n"      # a normal exit would wait for it; leaving now would cut it off
+        "stop.set(); worker.join()\n"
+        "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+        "with_daemon = can_exit_fast()\n"      # daemon threads never hold a normal exit either
+        "print(alone, with_worker, with_daemon)\n")
+    assert out.stdout.splitlines()[0] == "True False True", out.stderr
 
 
 def test_train_command_exits_fast_with_its_results_written(tmp_path, addition_file):
