@@ -143,10 +143,9 @@ def lora_linear_ops(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if weight.requires_grad or (bias is not None and bias.requires_grad):  # base weights train too: plain ops
         y = torch.addmm(F.linear(x2, weight, bias), xa, b.t(), alpha=scaling)
     else:
-        args = (x2, weight, bias, xa, b)
-        if torch.is_autocast_enabled(x.device.type):  # an operator of our own: cast as autocast casts a linear
-            dtype = torch.get_autocast_dtype(x.device.type)
-            args = tuple(t.to(dtype) if t is not None else None for t in args)
+        # xa came from a matmul, so it has the dtype autocast gives products (x's own without autocast); an
+        # operator of our own is not cast by autocast, so its operands are cast here as autocast casts a linear's
+        args = tuple(t.to(xa.dtype) if t is not None else None for t in (x2, weight, bias, xa, b))
         y = linear_plus_lowrank(*args, scaling)
     return y.view(*x.shape[:-1], weight.shape[0])
 
