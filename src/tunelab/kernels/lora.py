@@ -134,7 +134,8 @@ def lora_linear_ops(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     chooses what to save (e.g. keeps gate/up and recomputes the SwiGLU product instead of
     also storing it as down_proj's input), which a hand-written backward would hide. Dropout
     here is `F.dropout` (the compiler's own RNG: same distribution, other draws). A frozen base
-    (LoRA's case) goes through `linear_plus_lowrank`, whose backward needs no copy of `x`.
+    (LoRA's case) goes through `linear_plus_lowrank`, which adds the low-rank product into the base
+    output in place instead of copying it first.
     """
     x2 = x.reshape(-1, x.shape[-1])                                        # (N, in)
     xd = F.dropout(x2, dropout, training=True) if dropout > 0 else x2

@@ -1,8 +1,8 @@
 """Leaving the process after a finished training run without the interpreter's teardown.
 
 When Python exits normally it frees every module and object one by one and runs the C++ destructors of
-torch and the CUDA driver: 1.3 s after a tiny CPU training run here, about 3 s on a GPU machine, after the
-run's results are already on disk. `tunelab train` leaves through `fast_exit` instead: the exit handlers
+torch and the CUDA driver, after the run's results are already on disk: 1.3 s after a tiny CPU training run
+(and 3 s passed between the last line and the exit on the GPU machines of docs/speed.md). `tunelab train` leaves through `fast_exit` instead: the exit handlers
 still run (atexit: logging, trackers, the compiler's worker pool), stdout and stderr are flushed, and the
 process ends with the same exit code; what is skipped has no effect outside the process. Only the
 console-script entry point does this (`tunelab.cli.main`), never a caller that imports tunelab.
@@ -14,6 +14,7 @@ import atexit
 import os
 import sys
 import threading
+from typing import NoReturn
 
 _FINISHED = {"train": False}
 
@@ -35,7 +36,7 @@ def can_exit_fast() -> bool:
     return not others and hasattr(atexit, "_run_exitfuncs")
 
 
-def fast_exit(code: int = 0) -> None:
+def fast_exit(code: int = 0) -> NoReturn:
     """End the process with `code` after running the exit handlers and flushing stdout/stderr (see module doc)."""
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
