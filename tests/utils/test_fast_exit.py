@@ -15,9 +15,8 @@ TEARDOWN = ("class Teardown:\n"
             "keep = Teardown()\n")
 
 
-def run_python(code: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", TEARDOWN + code], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", TEARDOWN + code], capture_output=True, text=True, timeout=300)
 
 
 def test_fast_exit_runs_handlers_flushes_and_keeps_the_code():

@@ -140,13 +140,12 @@ def lora_linear_ops(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     x2 = x.reshape(-1, x.shape[-1])                                        # (N, in)
     xd = F.dropout(x2, dropout, training=True) if dropout > 0 else x2
     xa = xd @ lora_a.to(x.dtype).t()                                       # (N, r)
-    b = lora_b.to(x.dtype)
     if weight.requires_grad or (bias is not None and bias.requires_grad):  # base weights train too: plain ops
-        y = torch.addmm(F.linear(x2, weight, bias), xa, b.t(), alpha=scaling)
+        y = torch.addmm(F.linear(x2, weight, bias), xa, lora_b.to(x.dtype).t(), alpha=scaling)
     else:
         # xa came from a matmul, so it has the dtype autocast gives products (x's own without autocast); an
         # operator of our own is not cast by autocast, so its operands are cast here as autocast casts a linear's
-        args = tuple(t.to(xa.dtype) if t is not None else None for t in (x2, weight, bias, xa, b))
+        args = tuple(t.to(xa.dtype) if t is not None else None for t in (x2, weight, bias, xa, lora_b))
         y = linear_plus_lowrank(*args, scaling)
     return y.view(*x.shape[:-1], weight.shape[0])
 

@@ -2,10 +2,11 @@
 
 When Python exits normally it frees every module and object one by one and runs the C++ destructors of
 torch and the CUDA driver, after the run's results are already on disk: 1.3 s after a tiny CPU training run
-(and 3 s passed between the last line and the exit on the GPU machines of docs/speed.md). `tunelab train` leaves through `fast_exit` instead: the exit handlers
-still run (atexit: logging, trackers, the compiler's worker pool), stdout and stderr are flushed, and the
-process ends with the same exit code; what is skipped has no effect outside the process. Only the
-console-script entry point does this (`tunelab.cli.main`), never a caller that imports tunelab.
+(and 3 s passed between the last line and the exit on the GPU machines of docs/speed.md). `tunelab train`
+leaves through `fast_exit` instead: the exit handlers still run (atexit: logging, trackers, the compiler's
+worker pool), stdout and stderr are flushed, and the process ends with the same exit code; what is skipped has
+no effect outside the process. Only the console-script entry point does this (`tunelab.cli.main`), never a
+caller that imports tunelab.
 """
 
 from __future__ import annotations
