@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.kernels.linear_ce import (
+    CPU_CHUNK_ELEMS,
+    _ce_chunk,
+    _ce_target_rows,
     default_chunk_size,
     linear_cross_entropy,
     shift_labels,
@@ -82,12 +85,49 @@ def test_errors_name_the_problem():
         linear_cross_entropy(hidden, weight, labels[:-1])
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_both_chunk_maths_give_cross_entropys_loss_and_logit_gradient(smoothing):
+    """The general chunk math (every row, ignored ones masked: CUDA) and the host one (target rows
+    only, buffers reused) against autograd through F.cross_entropy on the same logits."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(23, 40, generator=g, dtype=torch.float64).requires_grad_()
+    labels = torch.randint(0, 40, (23,), generator=g)
+    labels[::4] = -100
+    ref = F.cross_entropy(logits, labels, ignore_index=-100, label_smoothing=smoothing, reduction="sum")
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    loss, grad = _ce_chunk(logits.detach(), labels, -100, smoothing)
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(grad, g_ref)
+    keep = labels != -100
+    loss, grad = _ce_target_rows(logits.detach()[keep].clone(), labels[keep], smoothing, torch.float64)
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(grad, g_ref[keep])
+
+
+def test_cpu_projects_only_target_rows():
+    """Prompt and padding rows carry no loss, so a CPU run never makes their logits: a non-finite
+    hidden state there changes nothing, and its gradient is zero."""
+    hidden, weight, _, labels = _inputs("cpu", bias=False)
+    ignored = labels == -100
+    poisoned = hidden.detach().clone()
+    poisoned[ignored] = float("nan")
+    poisoned.requires_grad_()
+    got = linear_cross_entropy(poisoned, weight, labels, chunk_size=8)
+    ref = F.cross_entropy(F.linear(hidden, weight), labels, ignore_index=-100, reduction="sum")
+    torch.testing.assert_close(got, ref)
+    (g,) = torch.autograd.grad(got, poisoned)
+    assert torch.count_nonzero(g[ignored]) == 0
+    (g_ref,) = torch.autograd.grad(ref, hidden)
+    torch.testing.assert_close(g[~ignored], g_ref[~ignored])
+
+
 def test_shift_labels_and_chunk_size():
     y = torch.tensor([[5, 6, 7], [1, -100, 2]])
     assert shift_labels(y).tolist() == [[6, 7, -100], [-100, 2, -100]]
     assert default_chunk_size(151936) == 1024  # 2**28 values / 152k vocab -> 1766 -> 1024
     assert default_chunk_size(1000) == 262144
     assert default_chunk_size(10**9) == 64
+    assert default_chunk_size(49152, CPU_CHUNK_ELEMS) == 512  # what a CPU run of SmolLM2 uses
 
 
 @pytest.mark.gpu
