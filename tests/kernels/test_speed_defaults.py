@@ -1,8 +1,9 @@
 """train.speed's defaults and switches: each fast path's plan line and fallback note, fused LoRA with dropout
 against PEFT, wrappers that keep state-dict keys (checkpoints, resume), the no-sync loop, packed rows.
 
-Tolerances: fp32 on CPU. Fused LoRA with a seeded dropout mask draws the same mask as PEFT's nn.Dropout
-(same shape, same generator calls), so outputs and gradients agree to summation order (rtol 1e-5).
+Tolerances: fp32 on CPU. Fused LoRA with dropout is compared with PEFT's modules drawing the same seeded mask
+(`dropout_mask`, in the same order), so outputs and gradients agree to summation order (rtol 1e-5); the mask
+itself is compared with nn.Dropout's in distribution (keep rate, scale, independence).
 """
 
 import json
@@ -39,10 +40,36 @@ def forward_backward(model, seed: int) -> tuple[torch.Tensor, dict]:
     return logits.detach(), grads
 
 
+class MaskDropout(torch.nn.Module):
+    """PEFT's `lora_dropout` drawing its mask as the fused node does (`dropout_mask`)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return x * dropout_mask(x, self.p) if self.training else x
+
+
+def peft_with_mask_dropout(model, p: float) -> list:
+    """Swap every LoRA layer's nn.Dropout for `MaskDropout`; returns the (dict, key, module) to put back."""
+    swapped = []
+    for m in model.modules():
+        for key, drop in getattr(m, "lora_dropout", {}).items():
+            if isinstance(drop, torch.nn.Dropout):
+                swapped.append((m.lora_dropout, key, drop))
+                m.lora_dropout[key] = MaskDropout(p)
+    return swapped
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_fused_lora_with_dropout_equals_peft_with_the_same_seed(dropout):
     model = lora_model(dropout)
+    swapped = peft_with_mask_dropout(model, dropout)   # PEFT's own forward, the fused node's mask draws
+    assert len(swapped) == (14 if dropout else 0)
     ref_out, ref_grads = forward_backward(model, seed=7)
+    for holder, key, drop in swapped:
+        holder[key] = drop
     assert fuse_lora(model) == 14
     out, grads = forward_backward(model, seed=7)
     unfuse_lora(model)
@@ -64,6 +91,30 @@ def test_fused_lora_dropout_off_in_eval_mode():
         a = model(input_ids=ids).logits
         b = model(input_ids=ids).logits
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_cpu_dropout_mask_is_nn_dropouts_in_distribution(p):
+    """The CPU mask (two 15-bit uniforms per generator draw) against nn.Dropout's: same drop rate within
+    binomial noise, same kept value up to p's rounding to 1/32768, mean 1, neighbours independent, and a
+    seed repeats it."""
+    n = 1 << 20
+    torch.manual_seed(0)
+    mask = dropout_mask(torch.ones(1024, n // 1024), p).flatten()
+    torch.manual_seed(0)
+    ref = torch.nn.functional.dropout(torch.ones(n), p, training=True)
+    sigma = (p * (1 - p) / n) ** 0.5
+    for m in (mask, ref):
+        assert abs(float((m == 0).double().mean()) - p) < 5 * sigma
+    kept, ref_kept = mask[mask > 0].unique(), ref[ref > 0].unique()
+    assert kept.numel() == 1 and float(kept) == pytest.approx(float(ref_kept), rel=1e-4)
+    assert abs(float(mask.double().mean()) - 1.0) < 5 * sigma / (1 - p)
+    dropped = (mask == 0).double()
+    both = float((dropped[0::2] * dropped[1::2]).mean())   # the two halves of one 31-bit draw
+    assert abs(both - p * p) < 5 * (p * p / (n // 2)) ** 0.5
+    torch.manual_seed(0)
+    assert torch.equal(dropout_mask(torch.ones(1024, n // 1024), p).flatten(), mask)
+    assert dropout_mask(torch.ones(4, 4, dtype=torch.bfloat16), p).dtype == torch.bfloat16
 
 
 def test_dropout_distribution_of_the_eager_and_compiled_formulations():
@@ -103,8 +154,8 @@ AUTO_GRAPHS = "auto: off, cold-start cost; set true to capture"
 def test_plan_line_names_each_path_and_why_it_is_off():
     model = lora_model(0.05)
     cpu = plan_speed(model, TrainCfg(), torch.device("cpu"), packed=False, optimizer="adamw")
-    assert cpu.on == ["chunked_ce"]
-    assert cpu.off["fused_lora"] == cpu.off["compile_layers"] == cpu.off["prefetch"] == "auto: cpu (on for CUDA)"
+    assert cpu.on == ["chunked_ce", "fused_lora"]
+    assert cpu.off["compile_layers"] == cpu.off["prefetch"] == "auto: cpu (on for CUDA)"
     assert cpu.off["flex_attention"] == "auto: cpu (on for CUDA)" and cpu.off["fused_adamw"] == "cpu"
     cuda = plan_speed(model, TrainCfg(), torch.device("cuda"), packed=True, optimizer="adamw")
     assert cuda.on == ["chunked_ce", "fused_lora", "compile_layers", "flex_attention", "prefetch", "fused_adamw"]
