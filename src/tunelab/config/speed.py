@@ -3,9 +3,9 @@
 Every switch defaults to `auto`: on where it applies and is exact (loss equal to the plain path within
 the tested tolerance), off elsewhere. On CUDA that is every fast path (fused LoRA, compiled decoder
 layers, chunked loss, flex_attention document masks for packed rows, batches prepared ahead on pinned
-memory, metrics read back every `log_every` steps); on a CPU only the chunked loss and the prefetch,
-so CPU runs behave as before. The exception is `cuda_graphs`, whose `auto` is off everywhere (AUTO_OFF). `true` asks for a path wherever it can run (fused LoRA and the chunked
-loss are plain torch and run on a CPU too); `false` turns it off. The run prints one `speed:` line
+memory, metrics read back every `log_every` steps); on a CPU the chunked loss and fused LoRA (AUTO_EVERYWHERE:
+plain torch, faster and leaner there too). The exception is `cuda_graphs`, whose `auto` is off everywhere
+(AUTO_OFF). `true` asks for a path wherever it can run; `false` turns it off. The run prints one `speed:` line
 saying which paths are on and why any is off (`tunelab.kernels.train.plan_speed`).
 """
 
@@ -21,6 +21,8 @@ Switch = bool | Literal["auto"]
 
 # switches whose `auto` is off everywhere, with the reason the `speed:` line gives
 AUTO_OFF = {"cuda_graphs": "auto: off, cold-start cost; set true to capture"}
+# switches whose `auto` is on for every device (the others: CUDA only)
+AUTO_EVERYWHERE = frozenset({"chunked_ce", "fused_lora"})
 
 
 class SpeedCfg(Section):
@@ -40,7 +42,7 @@ class SpeedCfg(Section):
     fused_lora: Switch = Field(
         "auto", description="Run each LoRA linear as one fused autograd node (less activation memory), LoRA dropout "
         "included (a seeded mask drawn inside the fused node). Works with save_every, resume and early stopping "
-        "(state-dict keys stay PEFT's). auto = on for CUDA; true = also on a CPU.")
+        "(state-dict keys stay PEFT's). auto = on (CUDA and CPU).")
     compile_layers: Switch = Field(
         "auto", description="torch.compile each decoder layer (fuses norms, rotary, SwiGLU, LoRA); one compiled "
         "layer serves all layers and inductor's cache is reused across runs. auto = on for CUDA; needs Triton.")
@@ -62,12 +64,12 @@ class SpeedCfg(Section):
     def wants(self, name: str, device_type: str) -> bool:
         """Whether switch `name` asks to be on for a device of `device_type` (before model checks).
 
-        mode plain: nothing; `false`: off; `true`: on; `auto`: on for CUDA (chunked_ce: everywhere; cuda_graphs:
-        nowhere, see AUTO_OFF).
+        mode plain: nothing; `false`: off; `true`: on; `auto`: on for CUDA (AUTO_EVERYWHERE: on any device;
+        AUTO_OFF: nowhere).
         """
         if self.mode == "plain":
             return False
         value = getattr(self, name)
         if value == "auto":
-            return name not in AUTO_OFF and (device_type == "cuda" or name == "chunked_ce")
+            return name not in AUTO_OFF and (device_type == "cuda" or name in AUTO_EVERYWHERE)
         return bool(value)
