@@ -89,3 +89,24 @@ def test_every_kind_of_base_names_its_source(tmp_path: Path, monkeypatch: pytest
     assert loader.base_source(str(gguf)) == {"base_model_name_or_path": str(converted),
                                              "base_model_path": str(converted)}
     assert loader.base_source("tiny-llama") == {"base_model_name_or_path": None, "base_model_path": None}
+
+
+def test_saving_an_adapter_of_a_hub_id_base_is_silent_and_keeps_the_embeddings_out(tmp_path: Path) -> None:
+    """A base recorded by hub id (as the bundled GGUF models are): PEFT's offline vocabulary check warned on
+    every save; the adapter is written without that warning and, as before, without the embedding weights."""
+    import warnings
+
+    from safetensors.torch import load_file
+
+    from tunelab.config.methods import LoraCfg
+
+    method = get_method("lora")
+    model = method.apply(load_model("tiny-llama"), LoraCfg(r=4, alpha=8))
+    for cfg in model.peft_config.values():
+        cfg.base_model_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method.save(model, tmp_path / "adapter")
+    assert not [str(w.message) for w in caught if "config file" in str(w.message)]
+    keys = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert keys and all("lora_" in k for k in keys)

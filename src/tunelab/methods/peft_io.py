@@ -6,6 +6,7 @@ HF, vLLM and llama.cpp users can load it without tunelab.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
@@ -21,8 +22,16 @@ def peft_model(model, config):
 
 
 def save(model, out_dir: Path) -> None:
-    """Write the adapter in PEFT format (safetensors)."""
-    model.save_pretrained(out_dir, safe_serialization=True)
+    """Write the adapter in PEFT format (safetensors).
+
+    PEFT asks the hub whether a base recorded by hub id (the bundled GGUF models are) has a config.json, to
+    see if the vocabulary was resized; tunelab runs offline (HF_HUB_OFFLINE, set on import), so the answer is
+    always "unknown" and PEFT warns on every save before doing what it does without one (embeddings not
+    saved unless targeted). That warning says nothing about the run and is dropped here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Could not find a config file in ", category=UserWarning)
+        model.save_pretrained(out_dir, safe_serialization=True)
 
 
 def load_state(model, out_dir: Path) -> None:
