@@ -49,6 +49,19 @@ def test_another_live_thread_means_the_normal_exit():
     assert out.stdout.splitlines()[0] == "True False True", out.stderr
 
 
+def test_an_attached_profiler_means_the_normal_exit():
+    """`python -m cProfile -m tunelab train ...` writes its report after the command returns: no fast exit then."""
+    out = run_python(
+        "import cProfile\n"
+        "from tunelab.utils.exit import can_exit_fast\n"
+        "profiler = cProfile.Profile()\n"
+        "profiler.enable()\n"
+        "profiled = can_exit_fast()\n"
+        "profiler.disable()\n"
+        "print(can_exit_fast(), profiled)\n")
+    assert out.stdout.splitlines()[0] == "True False", out.stderr
+
+
 def test_train_command_exits_fast_with_its_results_written(tmp_path, addition_file):
     config = tmp_path / "c.json"
     config.write_text(json.dumps({

@@ -32,9 +32,11 @@ def train_finished() -> bool:
 
 def can_exit_fast() -> bool:
     """True when nothing would be lost by skipping teardown: no other non-daemon thread is still running
-    (a normal exit would wait for it) and this Python can run the exit handlers itself."""
+    (a normal exit would wait for it), no profiler or tracer is attached (`python -m cProfile -m tunelab ...`
+    writes its report after the command returns), and this Python can run the exit handlers itself."""
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    return not others and hasattr(atexit, "_run_exitfuncs")
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    return not others and not watched and hasattr(atexit, "_run_exitfuncs")
 
 
 def fast_exit(code: int = 0) -> NoReturn:
