@@ -35,7 +35,8 @@ class SpeedCfg(Section):
         "the full (tokens, vocab) logits. Same loss and gradients as the plain path; falls back to it (with a note) "
         "for models or methods it does not support, e.g. prompt/prefix tuning. auto = on everywhere.")
     ce_chunk: int | None = Field(
-        None, gt=0, description="Tokens per chunk of the chunked loss; null = about 2**28 logits per chunk.")
+        None, gt=0, description="Tokens per chunk of the chunked loss; null = about 2**28 logits per chunk "
+        "(2**25 on a CPU).")
     ce_backend: Literal["auto", "torch", "liger"] = Field(
         "torch", description="Chunked-loss kernel: torch (any device), liger (Liger-Kernel, CUDA), auto = liger "
         "when installed on CUDA.")
