@@ -171,3 +171,23 @@ def test_compiled_fused_model_matches_peft():
     for (n1, p1), (n2, p2) in zip(ref_model.named_parameters(), fused_model.named_parameters()):
         if p1.requires_grad:
             torch.testing.assert_close(p2.grad, p1.grad, msg=n1)
+
+
+class ScaledLinear(torch.nn.Linear):
+    """An nn.Linear subclass with a forward of its own, as quantized bases (bitsandbytes' Linear4bit) are."""
+
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+def test_bases_with_their_own_forward_keep_peft_modules():
+    torch.manual_seed(0)
+    tiny = Tiny().double()
+    scaled = ScaledLinear(tiny.up.in_features, tiny.up.out_features).double()
+    scaled.load_state_dict(tiny.up.state_dict())
+    tiny.up = scaled
+    model = get_peft_model(tiny, LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"]))
+    x = torch.randn(2, 12, dtype=torch.float64)
+    ref = model(x)
+    assert fuse_lora(model) == 1   # only `down`: the fused node computes F.linear, not the subclass's forward
+    torch.testing.assert_close(model(x), ref)

@@ -259,9 +259,15 @@ class FusedLoraLinear(TransparentWrapper):
 
 
 def _is_peft_lora_linear(module: nn.Module) -> bool:
+    """A PEFT LoRA linear whose base computes `F.linear` (the fused node's base product): not a quantized base
+    such as bitsandbytes' Linear4bit, which subclasses nn.Linear with a forward of its own (on a CPU, PEFT
+    wraps it in its plain `lora.Linear`)."""
     from peft.tuners.lora import Linear as PeftLoraLinear
 
-    return isinstance(module, PeftLoraLinear)
+    if not isinstance(module, PeftLoraLinear):
+        return False
+    base = module.get_base_layer()
+    return isinstance(base, nn.Linear) and type(base).forward is nn.Linear.forward
 
 
 def fuse_lora(model: nn.Module) -> int:
