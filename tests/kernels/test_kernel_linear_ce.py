@@ -156,3 +156,18 @@ def test_compiled_bf16_path_close_to_fp64_reference(smoothing):
     assert abs(got.item() - ref.item()) / ref.item() < 1e-2
     for g, gr in zip(torch.autograd.grad(got, (hb, wb)), g_ref):
         assert ((g.double() - gr).norm() / gr.norm()).item() < 2e-2
+
+
+def test_cpu_bf16_autocast_close_to_fp64_reference():
+    """fp32 hidden states and head under bf16 autocast (an fp32 model trained with train.precision=bf16):
+    the chunk products run in bf16, the gradient comes back in the hidden states' own dtype."""
+    hidden, weight, _, labels = _inputs("cpu", n=64, h=32, v=300, bias=False)
+    ref = F.cross_entropy(F.linear(hidden, weight), labels, ignore_index=-100, reduction="sum")
+    (g_ref,) = torch.autograd.grad(ref, hidden)
+    h32 = hidden.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(h32, weight.detach().float(), labels, chunk_size=16)
+    (g,) = torch.autograd.grad(got, h32)
+    assert g.dtype == torch.float32
+    assert abs(got.item() - ref.item()) / ref.item() < 2e-2
+    assert ((g.double() - g_ref).norm() / g_ref.norm()).item() < 3e-2

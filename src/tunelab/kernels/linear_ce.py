@@ -134,7 +134,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             if grad_h is not None and rows is None:
                 torch.mm(g, w_h, out=grad_h[start:start + chunk_size])
             elif grad_h is not None:
-                grad_h.index_copy_(0, rows[start:start + chunk_size], g @ w_h)
+                grad_h.index_copy_(0, rows[start:start + chunk_size], (g @ w_h).to(grad_h.dtype))
             if grad_w is not None:
                 grad_w += (g.t() @ h).to(acc)                           # (V, H)
             if grad_b is not None:

@@ -173,9 +173,19 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     node with a hand-written backward (in-place add, only x and the (N, r) product saved).
     Under torch.compile: `lora_linear_ops`, so the compiler can fuse and re-plan saving.
     `dropout` is LoRA's dropout probability on the adapter's input (0 in eval mode).
+    Under autocast the node computes in the autocast dtype: x, weight and bias are cast as autocast casts a
+    linear's operands (differentiably, so a trained fp32 base still gets fp32 gradients) and the node runs
+    with autocast off, so its backward multiplies in that dtype too.
     """
     if torch.compiler.is_compiling():
         return lora_linear_ops(x, weight, bias, lora_a, lora_b, scaling, dropout)
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+        with torch.autocast(device, enabled=False):
+            return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, dropout)
     return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, dropout)
 
 
