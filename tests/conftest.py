@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# The suite's numbers must not depend on the CPU it runs on: `auto` precision is float32 here unless a test asks
+# for the bf16 default of CPUs with bf16 matrix units (tunelab.utils.cpu_bf16); subprocesses inherit it.
+os.environ.setdefault("TUNELAB_CPU_BF16", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TUNELAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -22,6 +22,7 @@ import torch
 
 from tunelab.config import RunCfg
 from tunelab.methods import count_parameters, get_method
+from tunelab.utils.cpu_bf16 import cpu_bf16
 
 GIB = 1024 ** 3
 
@@ -120,7 +121,7 @@ def meta_model(cfg: RunCfg):
 def _weight_dtype(cfg: RunCfg, device: str) -> str:
     if cfg.model.dtype != "auto":
         return cfg.model.dtype
-    return "float32" if device == "cpu" else "bfloat16"
+    return "bfloat16" if device != "cpu" or cpu_bf16() else "float32"  # as models.pick_dtype decides
 
 
 def _unique_params(model) -> list[torch.nn.Parameter]:

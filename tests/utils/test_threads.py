@@ -89,14 +89,14 @@ def test_run_header_and_run_json_show_the_threads(tmp_path, addition_file, monke
     res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml")])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())  # rich wraps the header at the terminal width
-    assert "parameters (0.13%) on cpu, 2 CPU threads" in text, res.output
+    assert "parameters (0.13%) on cpu in float32, 2 CPU threads" in text, res.output
     assert torch.get_num_threads() == 2
     assert json.loads((out / "run.json").read_text(encoding="utf-8"))["threads"] == 2
     # train.threads in the config wins over the environment
     res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), f"output_dir={tmp_path / 'run2'}",
                                    "train.threads=1"])
     assert res.exit_code == 0, res.output
-    assert "on cpu, 1 CPU thread data:" in " ".join(res.output.split()) and torch.get_num_threads() == 1
+    assert "on cpu in float32, 1 CPU thread data:" in " ".join(res.output.split()) and torch.get_num_threads() == 1
     monkeypatch.setenv("TUNELAB_THREADS", "many")
     res = CliRunner().invoke(app, ["train", str(tmp_path / "c.yaml"), f"output_dir={tmp_path / 'run3'}"])
     assert res.exit_code != 0 and "TUNELAB_THREADS='many': must be a whole number" in " ".join(res.output.split())

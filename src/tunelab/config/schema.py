@@ -39,7 +39,8 @@ class ModelCfg(Section):
         "a .gguf file, or a hub id already in the local cache (never downloaded).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight dtype; auto = float32 on CPU, bfloat16 on a GPU that supports it."
+        "auto", description="Weight dtype; auto = bfloat16 on a GPU that supports it and on a CPU with bf16 "
+        "matrix units (Intel AMX, AVX512-BF16; TUNELAB_CPU_BF16=0 keeps float32), float32 on other CPUs."
     )
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model folder. Off unless you trust the source."
@@ -83,7 +84,8 @@ class TrainCfg(Section):
         "auto", description="Where to train; auto picks CUDA if present (mps = Apple GPU, where torch supports it).")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Mixed precision: bf16 autocast; fp16 autocast with dynamic loss scaling (skipped "
-        "steps logged); fp32; auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU and mps.")
+        "steps logged); fp32; auto = bf16 on GPUs that have it, fp16 on older GPUs, bf16 on CPUs with bf16 "
+        "matrix units (as model.dtype), fp32 on other CPUs and mps.")
     threads: int | None = Field(
         None, gt=0, description="CPU threads for torch (torch.set_num_threads). null = the TUNELAB_THREADS or "
         "OMP_NUM_THREADS environment variable, else the cores this process may use (CPU affinity, cgroup quota).")

@@ -10,7 +10,8 @@
   ``loss_scale``. For GPUs without bf16 (T4, V100). Keep the trainable weights in float32
   (``model.dtype: float32``, what ``auto`` picks there): GradScaler refuses float16 gradients.
 - ``fp32``: no autocast.
-- ``auto``: bf16 on a CUDA GPU that supports it, fp16 on one that does not, fp32 on CPU and Apple ``mps``.
+- ``auto``: bf16 on a CUDA GPU that supports it, fp16 on one that does not; on a CPU bf16 where it multiplies
+  bf16 natively (AMX, AVX512-BF16: ``tunelab.utils.cpu_bf16``) and fp32 elsewhere; fp32 on Apple ``mps``.
 
 The loop calls four things and stays precision-agnostic: ``autocast()``, ``scale(loss)`` before backward,
 ``unscale(optimizer)`` before clipping, ``step(optimizer)`` instead of ``optimizer.step()``.
@@ -21,6 +22,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+from tunelab.utils.cpu_bf16 import cpu_bf16
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -34,7 +37,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
+        return "bf16" if device.type == "cpu" and cpu_bf16() else "fp32"
     if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ValueError("train.precision: bf16 is not supported by this GPU; use fp16 (with loss scaling) or auto")
     return requested

@@ -19,6 +19,7 @@ import torch
 
 from tunelab.models.gguf import ModelNotFound, gguf_as_hf_dir, smollm2_gguf_path
 from tunelab.runfolder import RunBase, RunFileError, RunFolder, RunNotFound
+from tunelab.utils.cpu_bf16 import cpu_bf16
 
 SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The Hugging Face model the bundled GGUF is a quantized copy of (recorded as an adapter's base)."""
@@ -147,9 +148,12 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """float32 on CPU, bfloat16 on a GPU that supports it (auto), else what was asked."""
+    """auto: bfloat16 on a GPU that supports it and on a CPU that multiplies it natively (utils.cpu_bf16),
+    float32 elsewhere; else what was asked."""
     if requested == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_bf16():
             return torch.bfloat16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]

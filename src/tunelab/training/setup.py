@@ -19,7 +19,7 @@ from tunelab.engine.recipe import Setup
 from tunelab.kernels.warmup import start_compile_workers
 from tunelab.methods import count_parameters, get_method
 from tunelab.bases import load_model
-from tunelab.models import load_tokenizer, pick_device
+from tunelab.models import load_tokenizer, pick_device, pick_dtype
 from tunelab.models.loader import base_chain, base_source, vision_source
 from tunelab.models.vision import VisionModelError, load_processor
 from tunelab.runfolder import RunFolder
@@ -141,7 +141,8 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
             "stage": cfg.stage, "trainable_params": trainable, "total_params": total,
             "trainable_pct": round(100 * trainable / max(total, 1), 4),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(device), "threads": threads, "torch": torch.__version__,
+            "device": str(device), "dtype": str(pick_dtype(cfg.model.dtype, device)).removeprefix("torch."),
+            "threads": threads, "torch": torch.__version__,
             "processes": distributed.current().world_size}
     meta.update(base_source(cfg.model.name))  # what other tools load as the base (see models.loader.base_source)
     if chain := base_chain(cfg.model.name):  # a run folder as the base: record what this run stands on
@@ -153,7 +154,8 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
 
         Console(stderr=True).print(
             f"[bold]{cfg.method.name}[/] on {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
-            f"({meta['trainable_pct']:.2f}%) on {device}, {threads} CPU thread{'s' if threads != 1 else ''}")
+            f"({meta['trainable_pct']:.2f}%) on {device} in {meta['dtype']}, "
+            f"{threads} CPU thread{'s' if threads != 1 else ''}")
     trackers = [make_tracker(name) for name in dict.fromkeys([*ALWAYS_ON, *cfg.train.report_to])]
     trackers += active_extra_trackers()  # a caller's live watchers (tunelab.sweep's pruning), if any
     trackers = trackers if main else []
