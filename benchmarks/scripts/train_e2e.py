@@ -11,7 +11,16 @@ imports, tokenizing and packing, loading, training, saving), `steady_tok_s` (rea
 step 1), `first_step_s`, `peak_gib` (torch.cuda.max_memory_allocated of the process: load included).
 HF+PEFT rows come from ../shared/bench/peer_lora.py (per step, random full rows; no wall time).
 Run names: `tunelab` (default), `tunelab-lean` (train.speed.mode lean), `tunelab-graphs` (the default config plus
-`train.speed.cuda_graphs=true` on the command line); a `-warm` suffix runs the same again (inductor cache warm).
+`train.speed.cuda_graphs=true` on the command line), `tunelab-fp32` (float32 on a CPU with bf16 matrix units); a
+`-warm` suffix runs the same again (inductor cache warm).
+
+On a CPU (`--device cpu`, shape `smollm2-135m`: the bundled model's real weights, dequantized once into an fp32
+folder) each tool runs as its CPU user gets it: tunelab's defaults (padded batches, chunked loss, fused LoRA),
+TRL unpacked in fp32 (`packing` is TRL's opt-in, and tunelab does not pack on a CPU), so both see the same
+samples; `trl-bf16` is TRL with bf16 weights and `bf16=True`; `peak_gib` is then the process's peak RSS.
+
+    python benchmarks/scripts/train_e2e.py --device cpu --shape smollm2-135m --tok - --bs 8 --seq 256 --steps 20 \
+        --data ../shared/data/llamafactory_demo/alpaca_en_demo.json --runs tunelab,trl --machine TAG --out ROWS.jsonl
 """
 from __future__ import annotations
 
@@ -27,29 +36,38 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def make_model(shape: str, tok: str, out: Path) -> None:
+def make_model(shape: str, tok: str, out: Path, device: str = "cuda") -> None:
     if (out / "config.json").is_file():
         return
     import torch
     from transformers import AutoModelForCausalLM
 
     sys.path.insert(0, str(HERE.parents[1] / "src"))
+    if shape == "smollm2-135m":  # the bundled model, real weights, as an fp32 folder both tools load alike
+        from tunelab.models import load_model, load_tokenizer
+
+        load_model(shape, dtype="float32").save_pretrained(out)
+        load_tokenizer(shape).save_pretrained(out)
+        return
     from tunelab.bench.shapes import build_config
 
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = AutoModelForCausalLM.from_config(build_config(shape), dtype=torch.bfloat16)
     model.save_pretrained(out)
     for f in Path(tok).iterdir():
         shutil.copy(f, out / f.name)
     del model
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
-def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> tuple[float, int]:
+def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> tuple[float, int, float | None]:
     """Run `cmd`, writing each output line to `log` prefixed with the seconds since launch (where the
-    fixed cost of a whole command goes: imports, loading, data, compilation, saving)."""
+    fixed cost of a whole command goes: imports, loading, data, compilation, saving). Returns the wall
+    seconds, the exit code and the command's peak resident memory in GiB (None if it timed out)."""
     t = time.perf_counter()
+    rss = None
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                 env=env)
@@ -58,12 +76,15 @@ def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> t
                 f.write(f"[{time.perf_counter() - t:7.1f}s] {line}")
                 if time.perf_counter() - t > timeout:
                     raise subprocess.TimeoutExpired(cmd, timeout)
-            rc = proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t)))
+            _, status, usage = os.wait4(proc.pid, 0)  # output closed: the process is ending
+            proc.returncode = rc = os.waitstatus_to_exitcode(status)
+            rss = round(usage.ru_maxrss / 2**20, 2)   # KiB on Linux
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
             rc = 124
         f.write(f"[{time.perf_counter() - t:7.1f}s] exit {rc}\n")
-    return time.perf_counter() - t, rc
+    return time.perf_counter() - t, rc, rss
 
 
 # run-name parts (tunelab-PART-PART...) that change one train.speed switch, for profiling where time goes
@@ -107,16 +128,18 @@ def tunelab_row(name: str, a, model: Path, work: Path) -> dict:
         env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
     if "nopool" in parts:  # the compiler's workers start with the first compilation (torch's own timing)
         env["TUNELAB_COMPILE_WARMUP"] = "0"
+    if "fp32" in parts:  # a CPU with bf16 matrix units, kept in float32 (tunelab.utils.cpu_bf16)
+        env["TUNELAB_CPU_BF16"] = "0"
     overrides = ["train.speed.cuda_graphs=true"] if "graphs" in parts else []  # same config file, one switch more
     cmd = [sys.executable, "-c", CLI_WITH_COMPILE_TIMES] if a.compile_times else [sys.executable, "-m", "tunelab"]
-    wall, rc = run([*cmd, "train", str(path), *overrides], work / f"{name}.log", a.timeout, env=env)
-    row = {"rc": rc, "wall_s": round(wall, 1), "overrides": overrides}
+    wall, rc, rss = run([*cmd, "train", str(path), *overrides], work / f"{name}.log", a.timeout, env=env)
+    row = {"rc": rc, "wall_s": round(wall, 1), "overrides": overrides, "peak_rss_gib": rss}
     if rc == 0:
         s = json.loads((out / "summary.json").read_text())
         mem = [m.get("mem_gib", 0) for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
         row.update(steady_tok_s=round(s["steady_tokens_per_s"]), first_step_s=s["first_step_s"],
-                   peak_gib=round(max(mem), 2), tokens_seen=s["tokens"], loss_tokens=s["loss_tokens"],
-                   train_loss=s["train_loss"], train_s=s["train_s"])
+                   peak_gib=rss if a.device == "cpu" else round(max(mem), 2), tokens_seen=s["tokens"],
+                   loss_tokens=s["loss_tokens"], train_loss=s["train_loss"], train_s=s["train_s"])
     speed_line = [ln.split("] ", 1)[1] for ln in (work / f"{name}.log").read_text().splitlines()
                   if "] speed:" in ln]
     row["speed_line"] = speed_line[0] if speed_line else None
@@ -146,17 +169,21 @@ def trl_row(name: str, a, model: Path, work: Path) -> dict:
     cmd += ["--gc"] if "gc" in name else []
     cmd += ["--liger"] if "liger" in name else []
     cmd += ["--qlora"] if a.method == "qlora" else []
-    wall, rc = run(cmd, work / f"{name}.log", a.timeout)
-    row = {"rc": rc, "wall_s": round(wall, 1)}
+    cmd += ["--cpu"] if a.device == "cpu" else []
+    cmd += ["--bf16"] if "bf16" in name else []
+    wall, rc, rss = run(cmd, work / f"{name}.log", a.timeout)
+    row = {"rc": rc, "wall_s": round(wall, 1), "peak_rss_gib": rss}
     if rc == 0 and res.is_file():
         row.update(json.loads(res.read_text()))
+        if a.device == "cpu":
+            row["peak_gib"] = rss  # measured as for the tunelab rows
     return row
 
 
 def peft_row(name: str, a, model: Path, work: Path) -> dict:
     cmd = [sys.executable, a.peer_script, "--shape", a.shape, "--bs", str(a.bs), "--seq", str(a.seq)]
     cmd += ["--gc"] if "gc" in name else []
-    wall, rc = run(cmd, work / f"{name}.log", a.timeout)
+    _, rc, _ = run(cmd, work / f"{name}.log", a.timeout)
     row = {"rc": rc, "per_step_only": True}
     lines = [ln.split("] ", 1)[1] for ln in (work / f"{name}.log").read_text().splitlines() if "] {" in ln]
     if rc == 0 and lines:
@@ -183,20 +210,25 @@ def main() -> None:
     ap.add_argument("--fresh-cache", action="store_true",
                     help="give each tunelab run its own empty inductor/Triton caches (a fresh machine's cold "
                     "compile); a run named ...-warm reuses the caches of the same name without -warm")
+    ap.add_argument("--config-suffix", default="",
+                    help="appended to each row's config, e.g. '@72cf826' for rows of an older checkout run through "
+                    "PYTHONPATH")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: each tool's CPU defaults (see the module doc); peaks are RSS")
     ap.add_argument("--compile-times", action="store_true",
                     help="print torch's compile-time table at the end of each tunelab run's log")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     model = work / f"model-{a.shape}"
-    make_model(a.shape, a.tok, model)
+    make_model(a.shape, a.tok, model, a.device)
     import torch
 
-    gpu = torch.cuda.get_device_name()
+    gpu = torch.cuda.get_device_name() if a.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     for name in a.runs.split(","):
         tool = "tunelab" if name.startswith("tunelab") else "hf+peft" if name.startswith("hf+peft") else "trl"
         fn = {"tunelab": tunelab_row, "trl": trl_row, "hf+peft": peft_row}[tool]
-        config = name.removeprefix(tool).lstrip("-") or "default"
+        config = (name.removeprefix(tool).lstrip("-") or "default") + a.config_suffix
         row = {"bench": "train-e2e", "tool": tool, "config": config, "method": a.method, "shape": a.shape,
                "data": Path(a.data).name, "steps": a.steps, "rows_x_seq": f"{a.bs}x{a.seq}",
                **fn(name, a, model, work), "machine": a.machine, "gpu": gpu,
