@@ -67,3 +67,32 @@ def test_a_bf16_cpu_run_trains_reloads_and_chats(tmp_path, addition_file, monkey
     assert sum(losses[-3:]) < sum(losses[:3])
     reply = tunelab.Run(tmp_path / "run").chat("What is 1 plus 2?", max_new_tokens=4)
     assert isinstance(reply, str)
+
+
+def test_trainable_weights_get_float32_storage_frozen_ones_stay_bf16():
+    from tunelab.utils.cpu_bf16 import keep_trainable_fp32
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)).bfloat16()
+    model[0].requires_grad_(False)
+    before = model[1].weight.detach().clone()
+    assert keep_trainable_fp32(model) == 2
+    assert model[0].weight.dtype == torch.bfloat16 and model[1].weight.dtype == torch.float32
+    assert torch.equal(model[1].weight.to(torch.bfloat16), before)  # the same values, wider storage
+    assert keep_trainable_fp32(model) == 0
+
+
+def test_a_bf16_cpu_freeze_run_keeps_float32_master_weights(tmp_path, addition_file, monkeypatch):
+    """Auto bf16 on a CPU with trained base weights (freeze: the top layer and the head): those weights are
+    stored and updated in float32 under bf16 autocast, the rest stays bf16; the run trains and reloads."""
+    import tunelab
+
+    monkeypatch.setenv(ENV, "1")
+    cfg = {"model": {"name": "tiny-llama"}, "data": {"train": str(addition_file), "val_size": 0.0},
+           "method": {"name": "freeze", "layers": 1},
+           "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "log_every": 1}, "output_dir": str(tmp_path / "run")}
+    run = tunelab.train(cfg, progress=False)
+    assert run.info["dtype"] == "bfloat16, trained weights float32"
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert all(map(torch.isfinite, torch.tensor(losses))) and losses[-1] < losses[0]
+    assert isinstance(tunelab.Run(tmp_path / "run").chat("What is 1 plus 2?", max_new_tokens=4), str)

@@ -15,6 +15,7 @@ from tunelab.config import RunCfg
 from tunelab.data.templates import apply_template_options, resolve_template
 from tunelab.engine import distributed
 from tunelab.engine.checkpoint import list_checkpoints
+from tunelab.engine.precision import resolve_precision
 from tunelab.engine.recipe import Setup
 from tunelab.kernels.warmup import start_compile_workers
 from tunelab.methods import count_parameters, get_method
@@ -25,6 +26,7 @@ from tunelab.models.vision import VisionModelError, load_processor
 from tunelab.runfolder import RunFolder
 from tunelab.tracking import ALWAYS_ON, active_extra_trackers, make_tracker
 from tunelab.training.vision import VISION_STAGES, check_switches, method_cfg_for_vision, set_trainable_parts
+from tunelab.utils.cpu_bf16 import keep_trainable_fp32
 from tunelab.utils.threads import apply_threads
 
 
@@ -128,6 +130,11 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
     model = method.apply(model, method_cfg)
     if processor is not None:
         set_trainable_parts(model, cfg.method)
+    dtype = str(pick_dtype(cfg.model.dtype, device)).removeprefix("torch.")
+    if (device.type == "cpu" and cfg.model.dtype == "auto" and dtype == "bfloat16"
+            and resolve_precision(cfg.train.precision, device) == "bf16"):
+        if keep_trainable_fp32(model):  # auto bf16 on a CPU: bf16 products, float32 master weights (utils.cpu_bf16)
+            dtype = "bfloat16, trained weights float32"
     folder = RunFolder(run_dir)
     if main:
         folder.write_config(cfg)
@@ -141,7 +148,7 @@ def setup_run(cfg: RunCfg, progress: bool = True) -> RunSetup:
             "stage": cfg.stage, "trainable_params": trainable, "total_params": total,
             "trainable_pct": round(100 * trainable / max(total, 1), 4),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(device), "dtype": str(pick_dtype(cfg.model.dtype, device)).removeprefix("torch."),
+            "device": str(device), "dtype": dtype,
             "threads": threads, "torch": torch.__version__,
             "processes": distributed.current().world_size}
     meta.update(base_source(cfg.model.name))  # what other tools load as the base (see models.loader.base_source)

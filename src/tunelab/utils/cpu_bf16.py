@@ -40,3 +40,19 @@ def cpu_bf16() -> bool:
         raise ValueError(f"{ENV}={os.environ[ENV]!r}: use 1 (bfloat16 on any CPU), 0 (float32) or auto "
                          "(bfloat16 where the CPU multiplies it natively)")
     return native_bf16_matmul()
+
+
+def keep_trainable_fp32(model: torch.nn.Module) -> int:
+    """Give `model`'s trainable bfloat16 parameters float32 storage (the optimizer's master weights); frozen ones
+    stay bfloat16. Returns how many were upcast.
+
+    bf16 keeps 8 bits of mantissa, so an update smaller than about 1/256 of a weight is rounded away: a full or
+    freeze fine-tune stored in bf16 loses most small-learning-rate steps. Under bf16 autocast the products still
+    run in bf16, so this costs memory for the trained part only. LoRA adapters are float32 already (PEFT).
+    """
+    upcast = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype == torch.bfloat16:
+            p.data = p.data.float()
+            upcast += 1
+    return upcast
