@@ -56,3 +56,21 @@ def test_apply_freezes_the_base_and_keeps_its_dtypes():
     assert trainable and all("lora_" in n for n in trainable)
     emb = model.get_base_model().get_input_embeddings().weight
     assert emb.dtype == torch.bfloat16  # not upcast to fp32
+
+
+def test_merge_of_a_bf16_model_runs_in_one_dtype():
+    """The merged QLoRA model (dequantized W4 + delta, summed in float32) takes the dtype of the model's other
+    weights, so a bf16 model's merge runs without autocast (it held float32 linears among bf16 norms)."""
+    pytest.importorskip("bitsandbytes")
+    from tunelab.methods.qlora import merge
+    from tunelab.models import load_model
+
+    torch.manual_seed(0)
+    cfg = build_config({"data": {"train": "x.json"}, "method": {"name": "qlora", "r": 4}})
+    model = get_method("qlora").apply(load_model("tiny-llama").to(torch.bfloat16), cfg.method)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits.float()
+        merged = merge(model)
+        assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+        torch.testing.assert_close(merged(input_ids=ids).logits.float(), unmerged, rtol=5e-2, atol=5e-2)

@@ -148,11 +148,16 @@ def dequantized_linear(q) -> torch.nn.Linear:
 
 
 def merge(model):
-    """Plain float model: each adapted layer becomes dequantize(W4) + LoRA delta; other 4-bit layers are dequantized."""
+    """Plain float model: each adapted layer becomes dequantize(W4) + LoRA delta; other 4-bit layers are dequantized.
+
+    The sums are made in float32 and stored in the dtype of the model's unquantized weights (its embeddings), so
+    the merged model runs in one dtype (bf16 where the model was loaded in bf16).
+    """
     from peft.tuners.lora import LoraLayer
 
     bnb = _bnb()
     base = model.get_base_model()
+    dtype = base.get_input_embeddings().weight.dtype
     modules = list(base.named_modules())
     adapted = [n for n, m in modules if isinstance(m, LoraLayer)]
     for name, module in modules:
@@ -166,6 +171,6 @@ def merge(model):
         else:
             continue
         parent_name, _, child = name.rpartition(".")
-        setattr(base.get_submodule(parent_name) if parent_name else base, child, lin)
+        setattr(base.get_submodule(parent_name) if parent_name else base, child, lin.to(dtype))
     del base.tunelab_quantized
     return base
