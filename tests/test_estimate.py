@@ -89,7 +89,8 @@ def test_steps_and_time_from_the_data_size():
     assert t["tokens_per_step"] == 8 * 10.0
     p = est["params"]
     assert t["flops_per_token"] == 4 * p["total"] + 2 * p["trainable"]
-    assert t["seconds"] == pytest.approx(t["steps"] * 80 * t["flops_per_token"] / 0.05e12)
+    assert est["dtype"] == "float32"  # the suite pins CPU runs to float32 (conftest)
+    assert t["seconds"] == pytest.approx(t["steps"] * 80 * t["flops_per_token"] / 0.1e12)
     full = estimate_run(cfg_of(method={"name": "full"}, train={"max_steps": 5}), None, None, "h100")["time"]
     assert full["steps"] == 5 and full["tokens_per_step"] == 8 * 16  # unknown length: max_length
     assert full["flops_per_token"] == 6 * estimate_run(cfg_of(method={"name": "full"}), 1, None, "cpu")["params"]["total"]
@@ -127,3 +128,18 @@ def test_cli_prints_the_estimate_and_config_errors(tmp_path):
     assert est["time"]["train_samples"] == 17 and est["time"]["steps"] == 9  # 20 - 3 held out, batches of 2
     r = CliRunner().invoke(app, ["estimate", str(config), "train.bach_size=4"])
     assert r.exit_code == 2 and "train.bach_size: unknown key; did you mean train.batch_size?" in r.output
+
+
+def test_cpu_time_uses_the_bf16_rate_only_where_bf16_runs_natively(monkeypatch):
+    import tunelab.estimate as estimate
+
+    cfg = cfg_of(method={"name": "lora"}, train={"max_steps": 10}, model={"name": "tiny-llama", "dtype": "bfloat16"})
+    monkeypatch.setattr(estimate, "native_bf16_matmul", lambda: True)
+    fast = estimate_run(cfg, None, 10.0, "cpu")["time"]
+    assert fast["assumed_tflops"] == estimate.CPU_BF16_TFLOPS
+    monkeypatch.setattr(estimate, "native_bf16_matmul", lambda: False)  # bf16 emulated: no faster than fp32
+    slow = estimate_run(cfg, None, 10.0, "cpu")["time"]
+    assert slow["assumed_tflops"] == estimate.DEVICE_TFLOPS["cpu"]
+    assert slow["seconds"] == pytest.approx(fast["seconds"] * estimate.CPU_BF16_TFLOPS / estimate.DEVICE_TFLOPS["cpu"])
+    gpu = estimate_run(cfg, None, 10.0, "h100")["time"]
+    assert gpu["assumed_tflops"] == estimate.DEVICE_TFLOPS["h100"]

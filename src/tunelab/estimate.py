@@ -22,7 +22,7 @@ import torch
 
 from tunelab.config import RunCfg
 from tunelab.methods import count_parameters, get_method
-from tunelab.utils.cpu_bf16 import cpu_bf16
+from tunelab.utils.cpu_bf16 import cpu_bf16, native_bf16_matmul
 
 GIB = 1024 ** 3
 
@@ -32,11 +32,15 @@ SMOLLM2_135M = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 15
                 "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": True,
                 "bos_token_id": 1, "eos_token_id": 2}
 
-# Assumed sustained training throughput (TFLOP/s) per device kind.
-#   cpu:  ~0.05 effective on a few desktop cores (fp32 matmuls at well below peak).
+# Assumed sustained training throughput (TFLOP/s) per device kind, counted on the tokens the FLOP formula
+# counts (a sample's own tokens).
+#   cpu:  0.1 in float32: `tunelab train` of SmolLM2-135M LoRA on 2 cores of a Xeon ran 184 real tok/s x
+#         ~0.57 GFLOP/token (docs/speed.md, "On a CPU"); more cores run faster, so this is a floor.
 #   cuda: 150, a generic modern GPU; docs/speed.md measures HF+PEFT at MFU 0.15 of an H100's 989.
 #   h100: 367, docs/speed.md's tunelab fast LoRA row (MFU 0.371 x 989 TFLOP/s).
-DEVICE_TFLOPS: dict[str, float] = {"cpu": 0.05, "cuda": 150.0, "h100": 367.0}
+DEVICE_TFLOPS: dict[str, float] = {"cpu": 0.1, "cuda": 150.0, "h100": 367.0}
+# bfloat16 on a CPU with bf16 matrix units (utils.cpu_bf16; `auto` picks it there) ran the same run at 261 tok/s.
+CPU_BF16_TFLOPS = 0.15
 
 # Optimizer state bytes per trainable parameter (or a function of the parameter's shape).
 OPTIM_BYTES: dict[str, Callable[[tuple[int, ...]], float]] = {
@@ -234,7 +238,9 @@ def estimate_run(cfg: RunCfg, n_train_samples: int | None, mean_tokens: float | 
         flops_per_token += 2 * total
     train_tokens = steps * tokens_per_step if steps is not None else None
     flops = train_tokens * flops_per_token if train_tokens is not None else None
-    seconds = flops / (DEVICE_TFLOPS[device] * 1e12) if flops is not None else None
+    native_bf16 = device == "cpu" and dtype == "bfloat16" and native_bf16_matmul()
+    tflops = CPU_BF16_TFLOPS if native_bf16 else DEVICE_TFLOPS[device]
+    seconds = flops / (tflops * 1e12) if flops is not None else None
 
     return {
         "model": cfg.model.name, "method": method, "device": device, "dtype": dtype, "optimizer": optim,
@@ -249,7 +255,7 @@ def estimate_run(cfg: RunCfg, n_train_samples: int | None, mean_tokens: float | 
         "time": {
             "train_samples": samples, "steps": steps, "tokens_per_step": tokens_per_step,
             "mean_tokens": n_tokens, "train_tokens": train_tokens, "flops_per_token": flops_per_token,
-            "flops": flops, "assumed_tflops": DEVICE_TFLOPS[device], "seconds": seconds,
+            "flops": flops, "assumed_tflops": tflops, "seconds": seconds,
         },
     }
 
@@ -292,5 +298,5 @@ def count_train_records(path: str) -> int:
     return len(read_any(path))
 
 
-__all__ = ["DEVICE_TFLOPS", "OPTIM_BYTES", "EstimateError", "activation_bytes", "count_train_records",
+__all__ = ["CPU_BF16_TFLOPS", "DEVICE_TFLOPS", "OPTIM_BYTES", "EstimateError", "activation_bytes", "count_train_records",
            "estimate_run", "format_estimate", "meta_model", "model_config"]
