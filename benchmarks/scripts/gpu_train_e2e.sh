@@ -100,16 +100,19 @@ print(f'import torch {a-t:.1f}s, cuda init {b-a:.1f}s, transformers+peft+tunelab
       --runs tunelab,trl --timeout 180
     ;;
   T)  # the correctness gate (GPU tests), bench fast vs HF+PEFT at 1.5B, then the 1.5B whole 200-step run on empty
-      # compiler caches beside TRL (S); U follows on the same machine
+      # compiler caches beside TRL and again warm; U follows on the same machine
     TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 170 python3 -m pytest -q -p no:cacheprovider \
       tests/kernels/test_cuda_graphs_gpu.py tests/kernels/test_speed_gpu.py 2>&1 | tail -25 | tee $OUT/gpu_tests.txt
-    timeout 300 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
-      --runs tunelab,trl --timeout 180
+    timeout 340 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
+      --runs tunelab,trl,tunelab-warm --timeout 180
     timeout 100 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \
       --peer-script assets/peer_lora.py 2>&1 | grep '^{' | tee $OUT/bench.jsonl
     ;;
-  U)  # the 7B LoRA steady rate against TRL over 40 steps (R's second half)
-    timeout 300 $E2E --shape qwen2.5-7b --data $HH --steps 40 --runs tunelab,trl --timeout 140
+  U)  # after T on the same machine: the 7B LoRA steady rate against TRL over 40 steps, then the 1.5B run with
+      # CUDA graphs, cold and warm (T's tunelab and tunelab-warm rows are the same without graphs)
+    timeout 270 $E2E --shape qwen2.5-7b --data $HH --steps 40 --runs tunelab,trl --timeout 130
+    timeout 200 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
+      --runs tunelab-graphs,tunelab-graphs-warm --timeout 100
     ;;
 esac
 (cd /tmp/e2e && tar czf $OUT/logs.tgz *.log); ls /tmp/e2e
