@@ -143,3 +143,96 @@ def test_cpu_time_uses_the_bf16_rate_only_where_bf16_runs_natively(monkeypatch):
     assert slow["seconds"] == pytest.approx(fast["seconds"] * estimate.CPU_BF16_TFLOPS / estimate.DEVICE_TFLOPS["cpu"])
     gpu = estimate_run(cfg, None, 10.0, "h100")["time"]
     assert gpu["assumed_tflops"] == estimate.DEVICE_TFLOPS["h100"]
+
+
+def _records(n: int) -> list[dict]:
+    return [{"instruction": "word " * (1 + i % 7) + f"q{i}", "output": "answer " * (1 + i % 5)} for i in range(n)]
+
+
+def _sft_config(tmp_path, records: list[dict] | None = None, name: str = "train.jsonl", **data):
+    import json
+
+    train = tmp_path / name
+    train.write_text("".join(json.dumps(r) + "\n" for r in (records or _records(30))))
+    return build_config({"model": {"name": "tiny-llama"}, "method": {"name": "lora", "r": 4},
+                         "data": {"train": str(train), "max_length": 44, "val_size": 0.0, **data},
+                         "train": {"batch_size": 4}})
+
+
+def _trained_lengths(cfg) -> list[int]:
+    from tunelab.data.pipeline import prepare_data
+    from tunelab.data.templates import resolve_template
+    from tunelab.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-llama")
+    return [len(s.input_ids) for s in prepare_data(cfg.data, tok, resolve_template(tok, None), seed=0).train]
+
+
+def test_measured_sample_length_is_what_training_tokenizes(tmp_path):
+    from tunelab.estimate import measure_mean_tokens
+
+    cfg = _sft_config(tmp_path, cache=False)
+    lengths = _trained_lengths(cfg)
+    assert len(lengths) == 30 and max(lengths) == 44 and min(lengths) < 44  # some samples are cut, some not
+    mean, n = measure_mean_tokens(cfg)
+    assert n == 30 and mean == pytest.approx(sum(lengths) / len(lengths))
+    # a sample of 10 is every third record, not the first ten
+    every_third = _trained_lengths(_sft_config(tmp_path, _records(30)[::3], "third.jsonl", cache=False))
+    mean, n = measure_mean_tokens(cfg, sample=10)
+    assert n == 10 and mean == pytest.approx(sum(every_third) / 10)
+
+
+def test_measuring_falls_back_with_the_reason(tmp_path):
+    from tunelab.estimate import measure_mean_tokens
+
+    cfg = _sft_config(tmp_path)
+    with pytest.raises(EstimateError, match="stage dpo: sample lengths are measured for sft data only"):
+        measure_mean_tokens(build_config({**cfg.model_dump(mode="json", exclude_unset=True), "stage": "dpo"}))
+    missing = build_config({**cfg.model_dump(mode="json", exclude_unset=True), "model": {"name": str(tmp_path / "no")}})
+    with pytest.raises(EstimateError, match="no tokenizer on this machine"):
+        measure_mean_tokens(missing)
+
+
+def test_packed_runs_take_the_steps_their_rows_need():
+    cfg = cfg_of(data={"packing": True, "max_length": 100}, train={"batch_size": 4, "epochs": 1})
+    t = estimate_run(cfg, 1000, 30.0, "cpu")["time"]
+    samples = 1000 - 150  # val_size 0.15 held out
+    assert t["steps"] == math.ceil(math.ceil(samples * 30 / 100) / 4)  # 255 full rows of 100 tokens, 4 per step
+    assert t["tokens_per_step"] == 4 * 100 and t["sample_tokens"] == 30.0 and t["packing"]
+    unpacked = estimate_run(cfg_of(data={"max_length": 100}, train={"batch_size": 4, "epochs": 1}), 1000, 30.0, "cpu")["time"]
+    assert unpacked["steps"] == math.ceil(samples / 4) and unpacked["tokens_per_step"] == 4 * 30
+    # the same tokens either way, so the same FLOPs up to the last row's rounding
+    assert t["flops"] == pytest.approx(unpacked["flops"], rel=0.02)
+
+
+def test_cli_says_where_the_sample_length_came_from(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from tunelab.cli.estimate import estimate
+
+    app = typer.Typer()
+    app.command()(estimate)
+    app.command("other")(lambda: None)
+    config = tmp_path / "run.yaml"
+    config.write_text(_sft_config(tmp_path).model_dump_json(exclude_unset=True))
+    r = CliRunner().invoke(app, ["estimate", str(config), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "tokens (measured on 30 records)" in r.output
+    r = CliRunner().invoke(app, ["estimate", str(config), "--device", "cpu", "--mean-tokens", "12"])
+    assert "sample length: 12 tokens (given)" in r.output
+    r = CliRunner().invoke(app, ["estimate", str(config), "--device", "cpu", "stage=dpo"])
+    assert r.exit_code == 0, r.output
+    assert "not measured: stage dpo" in r.output and "upper bound" in r.output
+
+
+def test_a_vision_model_is_estimated_from_its_skeleton():
+    from tunelab.methods import count_parameters as count
+
+    from tunelab.models import load_model as load
+
+    cfg = cfg_of(model={"name": "tiny-llava"}, method={"name": "lora", "r": 4})
+    model, config = meta_model(cfg)
+    assert config.model_type != "llava" and config.hidden_size > 0  # the decoder's config drives the formulas
+    real = get_method("lora").apply(load("tiny-llava"), cfg.method)
+    assert count_parameters(model) == count(real)

@@ -109,11 +109,13 @@ def model_config(name: str):
 def meta_model(cfg: RunCfg):
     """The model skeleton on the meta device with the method applied: shapes and requires_grad, no storage."""
     with _BUILD_LOCK:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
         config = model_config(cfg.model.name)
+        vision = getattr(config, "vision_config", None) is not None  # an image-text-to-text model (e.g. Llava)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = (AutoModelForImageTextToText if vision else AutoModelForCausalLM).from_config(config)
+        config = config.get_text_config()  # the decoder's shapes drive activations and the head
         name = META_STANDINS.get(cfg.method.name, cfg.method.name)
         try:
             return get_method(name).apply(model, cfg.method), config
@@ -188,12 +190,19 @@ def _steps(cfg: RunCfg, n_train_samples: int | None) -> tuple[int | None, float 
     return math.ceil(cfg.train.epochs * math.ceil(samples / per_step)), samples
 
 
+def _packed_steps(cfg: RunCfg, samples: int, mean_tokens: float) -> int:
+    """Optimizer steps when samples of `mean_tokens` are packed into rows of data.max_length."""
+    rows = math.ceil(samples * min(mean_tokens, cfg.data.max_length) / cfg.data.max_length)
+    return math.ceil(cfg.train.epochs * math.ceil(rows / (cfg.train.batch_size * cfg.train.grad_accum)))
+
+
 def estimate_run(cfg: RunCfg, n_train_samples: int | None, mean_tokens: float | None, device: str) -> dict:
     """Parameters, memory (bytes and GiB) and time of a run before it starts; no weights are loaded.
 
     `device` is a key of DEVICE_TFLOPS (cpu, cuda, h100) or "auto". Unknown `n_train_samples`
     leaves the step count unknown unless train.max_steps is set; unknown `mean_tokens` assumes
-    every sample fills data.max_length (an upper bound). Packing always fills max_length.
+    every sample fills data.max_length (an upper bound). Packed rows always fill max_length; with a known
+    `mean_tokens` a packed run has as many steps as its rows need.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -232,6 +241,8 @@ def estimate_run(cfg: RunCfg, n_train_samples: int | None, mean_tokens: float | 
     # Time: FLOPs per trained token = forward 2·N + activation gradients 2·N + weight gradients 2·trainable,
     # i.e. 6·N for full training and ~4·N for adapters; gradient checkpointing adds one forward (2·N).
     steps, samples = _steps(cfg, n_train_samples)
+    if cfg.data.packing and not cfg.train.max_steps and samples is not None and mean_tokens is not None:
+        steps = _packed_steps(cfg, samples, mean_tokens)
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * n_tokens
     flops_per_token = 4 * total + 2 * trainable
     if cfg.train.gradient_checkpointing:
@@ -254,7 +265,8 @@ def estimate_run(cfg: RunCfg, n_train_samples: int | None, mean_tokens: float | 
         },
         "time": {
             "train_samples": samples, "steps": steps, "tokens_per_step": tokens_per_step,
-            "mean_tokens": n_tokens, "train_tokens": train_tokens, "flops_per_token": flops_per_token,
+            "mean_tokens": n_tokens, "sample_tokens": mean_tokens, "packing": cfg.data.packing,
+            "train_tokens": train_tokens, "flops_per_token": flops_per_token,
             "flops": flops, "assumed_tflops": tflops, "seconds": seconds,
         },
     }
@@ -278,6 +290,10 @@ def format_estimate(est: dict) -> str:
     else:
         lines.append(f"time: {t['steps']:,} steps x {t['tokens_per_step']:,.0f} tokens, {t['flops']:.3g} FLOPs "
                      f"at {t['assumed_tflops']:g} TFLOP/s assumed = {_duration(t['seconds'])}")
+    if t.get("sample_lengths"):
+        mean = f"{t['sample_tokens']:,.0f} tokens" if t.get("sample_tokens") else "unknown"
+        packed = f", packed into rows of {m['max_length']:,}" if t.get("packing") else ""
+        lines.append(f"sample length: {mean} ({t['sample_lengths']}){packed}")
     return "\n".join(lines)
 
 
@@ -291,6 +307,47 @@ def _duration(seconds: float) -> str:
     return f"~{seconds / 3600:.1f} h"
 
 
+def measure_mean_tokens(cfg: RunCfg, sample: int = 2000) -> tuple[float, int]:
+    """Mean tokens per training sample (each cut at data.max_length) as `tunelab train` would tokenize them:
+    the model's tokenizer and chat template over up to `sample` records of the config's SFT files, evenly spread.
+
+    Returns (mean, records measured). Raises EstimateError when that is not possible here (another stage, a
+    non-file source, a tokenizer that is not on this machine, records that do not parse), so the caller can
+    fall back to data.max_length and say why.
+    """
+    from pathlib import Path
+
+    from tunelab.data.inspect import inspect_data
+    from tunelab.data.sources import read_any
+    from tunelab.data.templates import resolve_template
+    from tunelab.models.loader import is_vision_model, load_tokenizer
+
+    if cfg.stage != "sft":
+        raise EstimateError(f"stage {cfg.stage}: sample lengths are measured for sft data only")
+    try:
+        vision = is_vision_model(cfg.model.name)
+        tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+        template = resolve_template(tokenizer, cfg.model.chat_template)
+    except Exception as e:  # noqa: BLE001 - any reason the tokenizer is not here is a reason to fall back
+        raise EstimateError(f"model {cfg.model.name}: no tokenizer on this machine ({type(e).__name__})") from e
+    if vision:
+        raise EstimateError("a vision model's samples are measured with their images: `tunelab data inspect`")
+    lengths: list[int] = []
+    for source in cfg.data.sources():
+        if not Path(source.path).is_file():
+            raise EstimateError(f"{source.path}: not a local file")
+        records = read_any(source.path)
+        if cfg.data.max_samples:
+            records = records[:cfg.data.max_samples]
+        every = max(1, math.ceil(len(records) / sample))
+        report = inspect_data(source.path, tokenizer, template, cfg.data.max_length, fmt=cfg.data.format,
+                              columns=cfg.data.columns, records=records[::every])
+        lengths += [min(n, cfg.data.max_length) for n in report.token_lengths]
+    if not lengths:
+        raise EstimateError("no training record could be tokenized")
+    return sum(lengths) / len(lengths), len(lengths)
+
+
 def count_train_records(path: str) -> int:
     """Records in a .json/.jsonl training file (read, not tokenized)."""
     from tunelab.data.sources import read_any
@@ -299,4 +356,4 @@ def count_train_records(path: str) -> int:
 
 
 __all__ = ["CPU_BF16_TFLOPS", "DEVICE_TFLOPS", "OPTIM_BYTES", "EstimateError", "activation_bytes", "count_train_records",
-           "estimate_run", "format_estimate", "meta_model", "model_config"]
+           "estimate_run", "measure_mean_tokens", "format_estimate", "meta_model", "model_config"]
