@@ -99,10 +99,11 @@ print(f'import torch {a-t:.1f}s, cuda init {b-a:.1f}s, transformers+peft+tunelab
     timeout 300 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
       --runs tunelab,trl --timeout 180
     ;;
-  T)  # the correctness gate (GPU tests), bench fast vs HF+PEFT at 1.5B, then the 1.5B whole 200-step run on empty
-      # compiler caches beside TRL and again warm; U follows on the same machine
-    TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 170 python3 -m pytest -q -p no:cacheprovider \
-      tests/kernels/test_cuda_graphs_gpu.py tests/kernels/test_speed_gpu.py 2>&1 | tail -25 | tee $OUT/gpu_tests.txt
+  T)  # the correctness gate (GPU tests, and the kernel tests with CUDA cases), the 1.5B whole 200-step run on
+      # empty compiler caches beside TRL and again warm, bench fast vs HF+PEFT at 1.5B; U follows on the same machine
+    TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 200 python3 -m pytest -q -p no:cacheprovider \
+      tests/kernels/test_cuda_graphs_gpu.py tests/kernels/test_speed_gpu.py tests/kernels/test_kernel_lora.py \
+      tests/kernels/test_kernel_linear_ce.py 2>&1 | tail -25 | tee $OUT/gpu_tests.txt
     timeout 340 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
       --runs tunelab,trl,tunelab-warm --timeout 180
     timeout 100 python3 -m tunelab bench --shape qwen2.5-1.5b --batch 4 --seq 2048 --method lora --peer \

@@ -193,24 +193,26 @@ def test_bases_with_their_own_forward_keep_peft_modules():
     torch.testing.assert_close(model(x), ref)
 
 
-def test_fused_node_under_cpu_bf16_autocast_follows_peft():
-    """An fp32 model under bf16 autocast (train.precision=bf16 with model.dtype=float32): the fused node
-    computes in bf16 as autocast's linears do, and gradients reach the fp32 adapter in fp32."""
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_fused_node_under_bf16_autocast_follows_peft(device):
+    """An fp32 model under bf16 autocast (train.precision=bf16 with model.dtype=float32; on CUDA also a run
+    with compiled layers off): the fused node computes in bf16 as autocast's linears do, and gradients reach
+    the fp32 adapter in fp32."""
     torch.manual_seed(0)
     models = []
     for _ in range(2):
         torch.manual_seed(0)
-        model = get_peft_model(Tiny(), LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"]))
+        model = get_peft_model(Tiny(), LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"])).to(device)
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.5)
         models.append(model)
     ref_model, fused_model = models
     assert fuse_lora(fused_model) == 2
-    x = torch.randn(6, 12)
+    x = torch.randn(6, 12, device=device)
     grads = []
     for model in (ref_model, fused_model):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             out = model(x)
         assert out.dtype == torch.bfloat16
         out.float().square().sum().backward()
