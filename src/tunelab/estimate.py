@@ -34,13 +34,15 @@ SMOLLM2_135M = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 15
 
 # Assumed sustained training throughput (TFLOP/s) per device kind, counted on the tokens the FLOP formula
 # counts (a sample's own tokens).
-#   cpu:  0.1 in float32: `tunelab train` of SmolLM2-135M LoRA on 2 cores of a Xeon ran 184 real tok/s x
-#         ~0.57 GFLOP/token (docs/speed.md, "On a CPU"); more cores run faster, so this is a floor.
+#   cpu:  0.08 in float32, measured on 2 cores of a Xeon (more cores run faster, so this is a floor): the bf16
+#         rate below divided by the float32/bf16 speed ratio of `tunelab train` on the same machine (184 vs 261
+#         tok/s, docs/speed.md "On a CPU").
 #   cuda: 150, a generic modern GPU; docs/speed.md measures HF+PEFT at MFU 0.15 of an H100's 989.
 #   h100: 367, docs/speed.md's tunelab fast LoRA row (MFU 0.371 x 989 TFLOP/s).
-DEVICE_TFLOPS: dict[str, float] = {"cpu": 0.1, "cuda": 150.0, "h100": 367.0}
-# bfloat16 on a CPU with bf16 matrix units (utils.cpu_bf16; `auto` picks it there) ran the same run at 261 tok/s.
-CPU_BF16_TFLOPS = 0.15
+DEVICE_TFLOPS: dict[str, float] = {"cpu": 0.08, "cuda": 150.0, "h100": 367.0}
+# bfloat16 on a CPU with bf16 matrix units (utils.cpu_bf16; `auto` picks it there): examples/sft_lora.yaml's
+# epoch on those 2 cores, 171,709 tokens x 0.567 GFLOP in 780 s of training.
+CPU_BF16_TFLOPS = 0.12
 
 # Optimizer state bytes per trainable parameter (or a function of the parameter's shape).
 OPTIM_BYTES: dict[str, Callable[[tuple[int, ...]], float]] = {
