@@ -116,5 +116,14 @@ print(f'import torch {a-t:.1f}s, cuda init {b-a:.1f}s, transformers+peft+tunelab
     timeout 280 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
       --runs ${WARM}tunelab-graphs,tunelab-graphs-warm --timeout 100
     ;;
+  V)  # one call when little device time is left: the GPU tests, the 1.5B whole 200-step run on empty compiler
+      # caches beside TRL, then the 7B steady rate beside TRL over 20 steps (rows are written as each run ends)
+    TUNELAB_TEST_TOKENIZER=$PWD/assets/tok timeout 150 python3 -m pytest -q -p no:cacheprovider \
+      tests/kernels/test_cuda_graphs_gpu.py tests/kernels/test_speed_gpu.py tests/kernels/test_kernel_lora.py \
+      2>&1 | tail -25 | tee $OUT/gpu_tests.txt
+    timeout 270 $E2E --shape qwen2.5-1.5b --data $HH --steps 200 --fresh-cache --compile-times \
+      --runs tunelab,trl --timeout 170
+    timeout 200 $E2E --shape qwen2.5-7b --data $HH --steps 20 --runs tunelab,trl --timeout 95
+    ;;
 esac
 (cd /tmp/e2e && tar czf $OUT/logs.tgz *.log); ls /tmp/e2e
