@@ -327,13 +327,14 @@ def measure_mean_tokens(cfg: RunCfg, sample: int = 2000) -> tuple[float, int]:
     if cfg.stage != "sft":
         raise EstimateError(f"stage {cfg.stage}: sample lengths are measured for sft data only")
     try:
-        vision = is_vision_model(cfg.model.name)
+        if is_vision_model(cfg.model.name):
+            raise EstimateError("a vision model's samples are measured with their images: `tunelab data inspect`")
         tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
         template = resolve_template(tokenizer, cfg.model.chat_template)
+    except EstimateError:
+        raise
     except Exception as e:  # noqa: BLE001 - any reason the tokenizer is not here is a reason to fall back
         raise EstimateError(f"model {cfg.model.name}: no tokenizer on this machine ({type(e).__name__})") from e
-    if vision:
-        raise EstimateError("a vision model's samples are measured with their images: `tunelab data inspect`")
     lengths: list[int] = []
     for source in cfg.data.sources():
         if not Path(source.path).is_file():
