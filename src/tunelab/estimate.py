@@ -175,8 +175,10 @@ def activation_bytes(config, batch_size: int, seq_len: int, act_bytes: int, chec
     return {"layers": int(layers), "logits": int(logits), "total": int(layers + logits)}
 
 
-def _steps(cfg: RunCfg, n_train_samples: int | None) -> tuple[int | None, float | None]:
-    """(optimizer steps, samples in training) from max_steps, or epochs × ceil(train samples / samples per step)."""
+def _steps(cfg: RunCfg, n_train_samples: int | None,
+           mean_tokens: float | None = None) -> tuple[int | None, float | None]:
+    """(optimizer steps, samples in training) from max_steps, or epochs × ceil(batch units / units per step);
+    a unit is a sample, or with data.packing and a known `mean_tokens` a packed row of data.max_length."""
     per_step = cfg.train.batch_size * cfg.train.grad_accum  # one process; torchrun multiplies it by its ranks
     samples = None
     if n_train_samples is not None:
@@ -189,13 +191,10 @@ def _steps(cfg: RunCfg, n_train_samples: int | None) -> tuple[int | None, float 
         return cfg.train.max_steps, samples
     if samples is None:
         return None, None
-    return math.ceil(cfg.train.epochs * math.ceil(samples / per_step)), samples
-
-
-def _packed_steps(cfg: RunCfg, samples: int, mean_tokens: float) -> int:
-    """Optimizer steps when samples of `mean_tokens` are packed into rows of data.max_length."""
-    rows = math.ceil(samples * min(mean_tokens, cfg.data.max_length) / cfg.data.max_length)
-    return math.ceil(cfg.train.epochs * math.ceil(rows / (cfg.train.batch_size * cfg.train.grad_accum)))
+    units = samples
+    if cfg.data.packing and mean_tokens is not None:
+        units = math.ceil(samples * min(mean_tokens, cfg.data.max_length) / cfg.data.max_length)
+    return math.ceil(cfg.train.epochs * math.ceil(units / per_step)), samples
 
 
 def estimate_run(cfg: RunCfg, n_train_samples: int | None, mean_tokens: float | None, device: str) -> dict:
@@ -242,9 +241,7 @@ def estimate_run(cfg: RunCfg, n_train_samples: int | None, mean_tokens: float | 
 
     # Time: FLOPs per trained token = forward 2·N + activation gradients 2·N + weight gradients 2·trainable,
     # i.e. 6·N for full training and ~4·N for adapters; gradient checkpointing adds one forward (2·N).
-    steps, samples = _steps(cfg, n_train_samples)
-    if cfg.data.packing and not cfg.train.max_steps and samples is not None and mean_tokens is not None:
-        steps = _packed_steps(cfg, samples, mean_tokens)
+    steps, samples = _steps(cfg, n_train_samples, mean_tokens)
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * n_tokens
     flops_per_token = 4 * total + 2 * trainable
     if cfg.train.gradient_checkpointing:
